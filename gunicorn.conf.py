@@ -1,0 +1,63 @@
+"""gunicorn settings for never-ending responses (SSE) on gevent workers.
+
+- `worker_class = "gevent"`: each stream is a greenlet, not a thread.
+- `max_requests = 0`: a stream counts as one request; recycling workers by
+  request count would cut streams for nothing.
+- Drain on SIGTERM: streams never finish on their own, so a plain graceful
+  shutdown would hang for `graceful_timeout` and then cut every client. Each
+  worker instead ends its streams at once when told to stop; clients
+  reconnect (to another machine, or to this one restarted) and resume from
+  `Last-Event-ID`, losing nothing.
+- No `preload_app`: Redis clients must be made after gevent monkey-patches
+  the worker.
+"""
+
+import os
+
+bind = [f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"]
+workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+worker_class = "gevent"
+worker_connections = int(os.environ.get("SLUICE_WORKER_CONNECTIONS", "25000"))
+max_requests = 0
+timeout = 30  # with gevent only a liveness check of the worker's main loop
+graceful_timeout = int(os.environ.get("SLUICE_GRACEFUL_TIMEOUT", "10"))
+keepalive = 5
+backlog = 4096
+accesslog = os.environ.get("SLUICE_ACCESS_LOG") or None
+errorlog = "-"
+loglevel = os.environ.get("SLUICE_LOG_LEVEL", "info")
+forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
+preload_app = False
+
+
+def on_starting(server):
+    """Without REDIS_URL (development), start one embedded server in the master so
+    that every worker shares it."""
+    if (
+        not os.environ.get("REDIS_URL")
+        and os.environ.get("SLUICE_ENV", "development") != "production"
+    ):
+        from sluice.redis import start_embedded
+
+        os.environ["REDIS_URL"] = start_embedded()
+
+
+def post_worker_init(worker):
+    """Watch for the stop signal and drain this worker's streams at once."""
+    import gevent
+
+    def watch():
+        while worker.alive:
+            gevent.sleep(0.1)
+        app = worker.wsgi
+        state = getattr(app, "extensions", {}).get("sluice")
+        if state is not None:
+            ended = state.hub.drain()
+            worker.log.info("draining: ended %d streams", ended)
+
+    gevent.spawn(watch)
+
+
+# gunicorn 27's control socket would be shared by every instance on a machine
+# (tests, demo and bench start several); Sluice does not use it.
+control_socket_disable = True

@@ -1,0 +1,170 @@
+"""`python -m sluice …`: the command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import click
+
+
+def _redis_url() -> str:
+    from .redis import start_embedded
+
+    url = os.environ.get("REDIS_URL")
+    if url:
+        return url
+    if os.environ.get("SLUICE_ENV", "development") == "production":
+        raise click.ClickException("REDIS_URL is required when SLUICE_ENV=production")
+    return start_embedded()
+
+
+def _client():  # -> redis.Redis
+    from .redis import connect
+
+    return connect(_redis_url())
+
+
+def _fail_on_api_error(func):
+    """Turn the service's validation errors into a clean CLI error (exit 1)."""
+    import functools
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        from .errors import ApiError
+
+        try:
+            return func(*args, **kwargs)
+        except ApiError as exc:
+            details = "; ".join(f"{k}: {v}" for k, v in exc.details.items())
+            raise click.ClickException(exc.message + (f" ({details})" if details else "")) from None
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name=None, version=__import__("sluice").__version__)
+def main() -> None:
+    """Sluice: a live stream of what your background jobs are doing.
+
+    Settings come from the environment (REDIS_URL, SECRET_KEY, ...); see the README.
+    """
+
+
+@main.command("create-user")
+@click.argument("email")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+@_fail_on_api_error
+def create_user_command(email: str, password_stdin: bool) -> None:
+    """Create a dashboard user (the password is stored as an Argon2id hash)."""
+    from .auth import create_user
+
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    user = create_user(_client(), email, password)
+    click.echo(json.dumps(user))
+
+
+@main.command("create-connection")
+@click.option("--user", "email", required=True, help="Email of the owner.")
+@click.option(
+    "--framework",
+    type=click.Choice(["celery", "bullmq", "sidekiq"]),
+    default="celery",
+    show_default=True,
+)
+@click.argument("name")
+@_fail_on_api_error
+def create_connection_command(email: str, framework: str, name: str) -> None:
+    """Create a connection; prints {"id", "name", "apiKey"} (the key is shown only once)."""
+    from .auth import find_user_id
+    from .connections import create_connection
+
+    r = _client()
+    user_id = find_user_id(r, email)
+    if user_id is None:
+        raise click.ClickException(f"no user with email {email!r}")
+    created = create_connection(r, user_id, name, framework)
+    click.echo(
+        json.dumps({"id": created["id"], "name": created["name"], "apiKey": created["apiKey"]})
+    )
+
+
+@main.command()
+@click.option(
+    "--port", type=int, default=lambda: int(os.environ.get("PORT", "8000")), show_default="8000"
+)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--workers", type=int, default=1, show_default=True)
+@click.option(
+    "--rate", type=float, default=20.0, show_default=True, help="Synthetic events per second."
+)
+@click.option("--no-traffic", is_flag=True, help="Serve without the synthetic producer.")
+def demo(port: int, host: str, workers: int, rate: float, no_traffic: bool) -> None:
+    """The one-command tour: Redis (embedded unless REDIS_URL is set), a demo user and
+    connection, live synthetic traffic, and the server on gunicorn+gevent."""
+    from .demo import run_demo
+
+    run_demo(
+        redis_url=_redis_url(),
+        host=host,
+        port=port,
+        workers=workers,
+        rate=rate,
+        traffic=not no_traffic,
+    )
+
+
+@main.command()
+@click.option(
+    "--port", type=int, default=lambda: int(os.environ.get("PORT", "8000")), show_default="8000"
+)
+@click.option(
+    "--workers",
+    type=int,
+    default=lambda: int(os.environ.get("WEB_CONCURRENCY", "2")),
+    show_default="2",
+)
+def serve(port: int, workers: int) -> None:
+    """Run the server under gunicorn with gunicorn.conf.py (production-style)."""
+    from .demo import gunicorn_command, repo_root
+
+    env = dict(os.environ, PORT=str(port), WEB_CONCURRENCY=str(workers))
+    os.chdir(repo_root())
+    os.execvpe(sys.executable, gunicorn_command(), env)
+
+
+@main.command()
+@click.option("--url", required=True, help="Base URL of Sluice, e.g. http://127.0.0.1:8000")
+@click.option(
+    "--api-key", required=True, envvar="SLUICE_API_KEY", help="The connection's sk_live_ key."
+)
+@click.option("--connection", "connection_id", required=True, help="Connection id (UUID).")
+@click.option("--types", default="", help="Comma-separated types: job,worker,queue or event names.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per event.")
+@click.option("--heartbeats", is_flag=True, help="Also print heartbeats.")
+@click.option("--last-event-id", default=None, help="Resume after this event id.")
+def tail(
+    url: str,
+    api_key: str,
+    connection_id: str,
+    types: str,
+    as_json: bool,
+    heartbeats: bool,
+    last_event_id: str | None,
+) -> None:
+    """Follow a connection's live stream in the terminal (reconnects and resumes)."""
+    from .tail import follow
+
+    follow(
+        url,
+        api_key,
+        connection_id,
+        types=types,
+        as_json=as_json,
+        heartbeats=heartbeats,
+        last_event_id=last_event_id,
+    )

@@ -1,0 +1,119 @@
+"""The one JSON error format, and handlers that turn every failure into it.
+
+Clients (and the browser's EventSource, before a stream starts) always get
+``{"error": {"code", "message", "details"}}``; never HTML, never a redirect,
+never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import redis
+from flask import Flask, Response
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger("sluice")
+
+#: HTTP status -> contract error code.
+CODES: dict[int, str] = {
+    400: "VALIDATION_ERROR",
+    401: "UNAUTHORIZED",
+    404: "NOT_FOUND",
+    405: "METHOD_NOT_ALLOWED",
+    409: "CONFLICT",
+    413: "PAYLOAD_TOO_LARGE",
+    415: "VALIDATION_ERROR",
+    429: "RATE_LIMITED",
+    500: "INTERNAL_ERROR",
+    503: "UNAVAILABLE",
+}
+
+
+class ApiError(Exception):
+    """An error with a contract code, raised anywhere in a request."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        details: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = CODES.get(status, "INTERNAL_ERROR")
+        self.message = message
+        self.details = details or {}
+        self.headers = headers or {}
+
+
+def error_body(code: str, message: str, details: dict[str, Any] | None = None) -> bytes:
+    """The error wire format, byte for byte."""
+    payload = {"error": {"code": code, "message": message, "details": details or {}}}
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def error_response(
+    status: int,
+    message: str,
+    details: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    response = Response(
+        error_body(CODES.get(status, "INTERNAL_ERROR"), message, details),
+        status=status,
+        mimetype="application/json",
+    )
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+def _from_api_error(exc: ApiError) -> Response:
+    return error_response(exc.status, exc.message, exc.details, exc.headers)
+
+
+def _from_http_exception(exc: HTTPException) -> Response:
+    status = exc.code or 500
+    headers: dict[str, str] = {}
+    if status == 429:
+        retry_after = getattr(exc, "retry_after", None)
+        limit = getattr(exc, "limit", None)
+        if retry_after is None and limit is not None:
+            retry_after = getattr(limit.limit, "get_expiry", lambda: 60)()
+        headers["Retry-After"] = str(int(retry_after or 60))
+        message = "Too many requests; retry later"
+    elif status == 413:
+        message = "Request body is too large"
+    elif status == 405:
+        message = "Method not allowed"
+        allowed = exc.get_headers()
+        headers.update({k: v for k, v in allowed if k.lower() == "allow"})
+    elif status == 404:
+        message = "Not found"
+    elif status >= 500:
+        message = "Internal server error"
+    else:
+        message = exc.description or exc.name
+    return error_response(status, message, headers=headers)
+
+
+def _from_redis_error(exc: redis.RedisError) -> Response:
+    log.error("redis unavailable: %s", exc)
+    return error_response(503, "The event store is unavailable; retry shortly")
+
+
+def _from_unexpected(exc: Exception) -> Response:
+    log.exception("unhandled error")
+    return error_response(500, "Internal server error")
+
+
+def register_error_handlers(app: Flask) -> None:
+    app.register_error_handler(ApiError, _from_api_error)
+    app.register_error_handler(HTTPException, _from_http_exception)
+    app.register_error_handler(redis.ConnectionError, _from_redis_error)
+    app.register_error_handler(redis.TimeoutError, _from_redis_error)
+    app.register_error_handler(Exception, _from_unexpected)

@@ -1,0 +1,363 @@
+"""Shared Redis readers and fan-out, one hub per worker process.
+
+One greenlet per process blocks on a single ``XREAD`` over every stream that
+has listeners in this process. Each entry becomes an SSE frame once, and the
+same bytes are appended to the pending list of every listener that wants the
+event. Redis connections therefore grow with processes, not with viewers.
+
+A listener that falls more than ``listener_buffer`` frames behind is cut off
+(its socket is shut down so a blocked write returns at once); it reconnects
+with ``Last-Event-ID`` and catches up from history, so it loses nothing and
+never holds more than its buffer.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import uuid
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import gevent
+import redis
+from gevent.event import Event
+
+from ..config import Settings
+from ..redis import Keys, connect_blocking
+from .sse import ENTRY_DATA, ENTRY_EVENT, control_frame, event_frame
+
+log = logging.getLogger("sluice.hub")
+
+CLOSED_EVENT = b"stream:closed"
+#: How long one XREAD blocks; new streams wake it earlier, so this only bounds
+#: how often an idle reader goes round its loop.
+READ_BLOCK_MS = 5_000
+READ_COUNT = 1_000
+#: Fan-out yields to other greenlets after this many listeners, for fairness.
+FANOUT_YIELD_EVERY = 256
+
+
+def parse_id(entry_id: bytes | str) -> tuple[int, int]:
+    """A stream entry id as a comparable pair."""
+    if isinstance(entry_id, bytes):
+        entry_id = entry_id.decode()
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+class Listener:
+    """One client's place in the fan-out: its filter, its pending frames, its wake-up."""
+
+    __slots__ = (
+        "stream_key",
+        "types",
+        "pending",
+        "wake",
+        "limit",
+        "closed",
+        "close_reason",
+        "skip_until",
+        "sock",
+    )
+
+    def __init__(
+        self,
+        stream_key: bytes,
+        types: frozenset[bytes] | None,
+        limit: int,
+        sock: socket.socket | None = None,
+    ) -> None:
+        self.stream_key = stream_key
+        self.types = types
+        self.pending: list[bytes] = []
+        self.wake = Event()
+        self.limit = limit
+        self.closed = False
+        self.close_reason = ""
+        self.skip_until: tuple[int, int] | None = None
+        self.sock = sock
+
+    def deliver(self, frames: list[tuple[bytes, bytes, bytes]]) -> None:
+        """Queue frames (entry id, event, frame) for this listener; the hot path."""
+        if self.closed:
+            return
+        types = self.types
+        pending = self.pending
+        if self.skip_until is not None:
+            frames = self._skip(frames)
+        if types is None:
+            pending.extend([f for _, _, f in frames])
+        else:
+            pending.extend([f for _, ev, f in frames if ev in types])
+        if len(pending) > self.limit:
+            self.cut_off()
+        elif pending:
+            self.wake.set()
+
+    def _skip(self, frames: list[tuple[bytes, bytes, bytes]]) -> list[tuple[bytes, bytes, bytes]]:
+        """Drop frames this client has already seen (it resumed ahead of the hub)."""
+        until = self.skip_until
+        kept = [f for f in frames if parse_id(f[0]) > until]
+        if kept:
+            self.skip_until = None
+        return kept
+
+    def close(self, reason: str) -> None:
+        if not self.closed:
+            self.closed = True
+            self.close_reason = reason
+        self.wake.set()
+
+    def cut_off(self) -> None:
+        """Too far behind: free the buffer and end the response even if its
+        write is blocked. The client resumes from its last id."""
+        self.pending.clear()
+        self.close("overflow")
+        if self.sock is not None:
+            try:
+                self.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+class _Stream:
+    __slots__ = ("cursor", "listeners")
+
+    def __init__(self, cursor: bytes) -> None:
+        self.cursor = cursor
+        self.listeners: set[Listener] = set()
+
+
+class Subscription:
+    """What `Hub.subscribe` hands the response: the listener plus the history to send first."""
+
+    __slots__ = ("listener", "reset_reason", "catchup_from", "catchup_to")
+
+    def __init__(
+        self,
+        listener: Listener,
+        reset_reason: str | None,
+        catchup_from: bytes | None,
+        catchup_to: bytes | None,
+    ) -> None:
+        self.listener = listener
+        self.reset_reason = reset_reason
+        self.catchup_from = catchup_from
+        self.catchup_to = catchup_to
+
+
+class Draining(Exception):
+    """The process is shutting down and takes no new streams."""
+
+
+class TooManyStreams(Exception):
+    """A connection has as many open streams in this process as allowed."""
+
+
+class Hub:
+    """Per-process shared reader and fan-out."""
+
+    def __init__(self, settings: Settings, client: redis.Redis, redis_url: str) -> None:
+        self.settings = settings
+        self.redis = client
+        self._redis_url = redis_url
+        self._blocking: redis.Redis | None = None
+        self._streams: dict[bytes, _Stream] = {}
+        self._reader: gevent.Greenlet | None = None
+        self._wake_key = f"sluice:hub:{uuid.uuid4()}:wake".encode()
+        self._wake_cursor = b"$"
+        self.draining = False
+        self.listener_count = 0
+
+    # -- joining and leaving -------------------------------------------------
+
+    def subscribe(
+        self,
+        connection_id: str,
+        last_event_id: str | None,
+        types: frozenset[bytes] | None,
+        sock: socket.socket | None = None,
+    ) -> Subscription:
+        """Register a listener positioned after `last_event_id` (or at the tail).
+
+        Redis is asked first (that yields); the registration itself runs
+        without yielding, so the hub's cursor cannot move in between and the
+        live feed joins history with no gap and no duplicate.
+        """
+        if self.draining:
+            raise Draining()
+        key = Keys.stream(connection_id).encode()
+        stream = self._streams.get(key)
+        if stream is not None and len(stream.listeners) >= self.settings.max_streams_per_connection:
+            raise TooManyStreams()
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.xrange(key, count=1)
+        pipe.xrevrange(key, count=1)
+        first_entries, last_entries = pipe.execute()
+        first = parse_id(first_entries[0][0]) if first_entries else None
+        tail = last_entries[0][0] if last_entries else b"0-0"
+
+        reset_reason: str | None = None
+        if last_event_id is None:
+            position = tail
+        else:
+            wanted = parse_id(last_event_id)
+            position = f"{wanted[0]}-{wanted[1]}".encode()
+            if wanted == (0, 0):
+                pass  # "from the beginning": every retained event, no reset
+            elif wanted > parse_id(tail):
+                reset_reason, position = "unknown_event_id", tail
+            elif first is not None and wanted < first:
+                reset_reason = "history_trimmed"
+
+        if self.draining:
+            raise Draining()
+        listener = Listener(key, types, self.settings.listener_buffer, sock)
+        catchup_from = catchup_to = None
+        stream = self._streams.get(key)
+        if stream is None:
+            stream = self._streams[key] = _Stream(position)
+            needs_wake = True
+        else:
+            needs_wake = False
+            hub_at = parse_id(stream.cursor)
+            at = parse_id(position)
+            if at < hub_at:
+                catchup_from, catchup_to = position, stream.cursor
+            elif at > hub_at:
+                listener.skip_until = at
+        stream.listeners.add(listener)
+        self.listener_count += 1
+        self._ensure_reader()
+        if needs_wake:
+            self._wake_reader()
+        return Subscription(listener, reset_reason, catchup_from, catchup_to)
+
+    def unsubscribe(self, listener: Listener) -> None:
+        stream = self._streams.get(listener.stream_key)
+        if stream is None or listener not in stream.listeners:
+            return
+        stream.listeners.discard(listener)
+        self.listener_count -= 1
+        if not stream.listeners:
+            del self._streams[listener.stream_key]
+
+    def history(
+        self, listener: Listener, after: bytes, until: bytes | None
+    ) -> Iterator[list[bytes]]:
+        """Frames of retained entries after `after` (up to `until`), in pages."""
+        key = listener.stream_key
+        start = b"(" + after
+        end = until if until is not None else b"+"
+        batch = self.settings.catchup_batch
+        while True:
+            entries = self.redis.xrange(key, min=start, max=end, count=batch)
+            if not entries:
+                return
+            frames = []
+            for entry_id, fields in entries:
+                event = fields.get(ENTRY_EVENT, b"")
+                if event == CLOSED_EVENT:
+                    listener.close("connection_deleted")
+                    break
+                if listener.types is None or event in listener.types:
+                    frames.append(event_frame(entry_id, event, fields.get(ENTRY_DATA, b"")))
+            yield frames
+            if listener.closed or len(entries) < batch:
+                return
+            start = b"(" + entries[-1][0]
+
+    def drain(self, reason: str = "shutdown") -> int:
+        """End every stream of this process (they reconnect elsewhere and resume)."""
+        self.draining = True
+        count = 0
+        for stream in list(self._streams.values()):
+            for listener in list(stream.listeners):
+                listener.close(reason)
+                count += 1
+        return count
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "streams": len(self._streams),
+            "listeners": self.listener_count,
+            "readerAlive": bool(self._reader and not self._reader.dead),
+            "draining": self.draining,
+        }
+
+    # -- the shared reader ---------------------------------------------------
+
+    def _ensure_reader(self) -> None:
+        if self._reader is None or self._reader.dead:
+            self._reader = gevent.spawn(self._read_forever)
+
+    def _wake_reader(self) -> None:
+        """Interrupt the blocked XREAD so it picks up a newly watched stream."""
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.xadd(self._wake_key, {b"w": b"1"}, maxlen=1, approximate=False)
+            pipe.expire(self._wake_key, 3600)
+            pipe.execute()
+        except redis.RedisError as exc:  # the reader retries on its own schedule
+            log.warning("could not wake the stream reader: %s", exc)
+
+    def _read_forever(self) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                self._read_once()
+                backoff = 0.1
+            except redis.RedisError as exc:
+                log.warning("stream reader: redis error %s; retrying in %.1fs", exc, backoff)
+                gevent.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            except Exception:
+                log.exception("stream reader failed; restarting")
+                gevent.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    def _read_once(self) -> None:
+        if self._blocking is None:
+            self._blocking = connect_blocking(self._redis_url, READ_BLOCK_MS / 1000)
+        watched = dict(self._streams)
+        wanted: dict[bytes, bytes] = {k: s.cursor for k, s in watched.items()}
+        wanted[self._wake_key] = self._wake_cursor
+        reply = self._blocking.xread(wanted, count=READ_COUNT, block=READ_BLOCK_MS)
+        for key, entries in reply or ():
+            if key == self._wake_key:
+                self._wake_cursor = entries[-1][0]
+                continue
+            stream = self._streams.get(key)
+            # A stream dropped and re-added while we were blocked has a new
+            # cursor: this reply is relative to the old one, so skip it and
+            # let the next read start from the right place.
+            if stream is not None and stream is watched.get(key) and entries:
+                self._dispatch(stream, entries)
+
+    def _dispatch(self, stream: _Stream, entries: Iterable[tuple[bytes, dict]]) -> None:
+        frames: list[tuple[bytes, bytes, bytes]] = []
+        closed = False
+        last_id = stream.cursor
+        for entry_id, fields in entries:
+            last_id = entry_id
+            event = fields.get(ENTRY_EVENT, b"")
+            if event == CLOSED_EVENT:
+                closed = True
+                break
+            frames.append(
+                (entry_id, event, event_frame(entry_id, event, fields.get(ENTRY_DATA, b"")))
+            )
+        stream.cursor = last_id
+        listeners = list(stream.listeners)
+        for i, listener in enumerate(listeners, 1):
+            if frames:
+                listener.deliver(frames)
+            if closed:
+                listener.close("connection_deleted")
+            if i % FANOUT_YIELD_EVERY == 0:
+                gevent.sleep(0)
+
+
+def reset_frame(reason: str) -> bytes:
+    return control_frame("stream:reset", {"reason": reason})

@@ -1,0 +1,47 @@
+"""The wire formats of the stream: one function for each, pinned by tests.
+
+A Redis Stream entry holds two fields, ``t`` (the SSE event name) and ``d``
+(the JSON data exactly as clients will see it), so a frame is built by
+concatenation: no JSON work per event on the way out, and the same bytes go
+to every listener.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ..timefmt import now_iso
+
+ENTRY_EVENT = b"t"
+ENTRY_DATA = b"d"
+
+
+def encode_entry_fields(event: str, data_json: str) -> dict[str, str]:
+    """The Redis Stream entry for one event."""
+    return {"t": event, "d": data_json}
+
+
+def dumps(data: Any) -> str:
+    """Compact JSON, the form stored in entries and sent in frames."""
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+
+
+def event_frame(entry_id: bytes, event: bytes, data: bytes) -> bytes:
+    """One stored event as an SSE frame; its `id:` is the Redis Stream entry id."""
+    return b"id: " + entry_id + b"\nevent: " + event + b"\ndata: " + data + b"\n\n"
+
+
+def control_frame(event: str, data: Any) -> bytes:
+    """An event that is not in the stream (no `id:`, so it never moves the resume point)."""
+    return f"event: {event}\ndata: {dumps(data)}\n\n".encode()
+
+
+def heartbeat_frame() -> bytes:
+    return control_frame("heartbeat", {"timestamp": now_iso()})
+
+
+def retry_frame(retry_ms: int) -> bytes:
+    """The first bytes of every stream: tells EventSource how soon to reconnect and
+    lets `onopen` fire at once."""
+    return f"retry: {int(retry_ms)}\n\n".encode()

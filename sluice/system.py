@@ -1,0 +1,29 @@
+"""Health and client configuration endpoints (cheap; never touch the stream)."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, jsonify
+
+from .errors import ApiError
+from .extensions import state
+
+bp = Blueprint("system", __name__, url_prefix="/api")
+
+
+@bp.get("/health")
+def health() -> Response:
+    """For load balancers and Fly's checks: is Redis reachable, is this process draining."""
+    app_state = state()
+    try:
+        app_state.redis.ping()
+    except Exception:
+        raise ApiError(503, "Redis is unreachable") from None
+    if app_state.hub.draining:
+        raise ApiError(503, "Shutting down")
+    return jsonify({"status": "ok", "hub": app_state.hub.stats()})
+
+
+@bp.get("/config")
+def client_config() -> Response:
+    """Settings a dashboard needs to interpret the stream (e.g. when to call it stale)."""
+    return jsonify({"heartbeatSeconds": state().settings.heartbeat_seconds})

@@ -1,0 +1,39 @@
+"""Request-body parsing shared by the JSON endpoints."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from flask import request
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from .errors import ApiError
+
+
+def read_json_object() -> dict[str, Any]:
+    """The request body as a JSON object, or a 400/413 that says what is wrong."""
+    try:
+        raw = request.get_data(cache=True)
+    except RequestEntityTooLarge:
+        raise ApiError(413, "Request body is too large") from None
+    if not raw:
+        raise ApiError(400, "Request body must be a JSON object", {"body": "empty"})
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, "Request body is not valid JSON", {"body": str(exc)[:200]}) from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "Request body must be a JSON object", {"body": "not an object"})
+    return body
+
+
+def parse_uuid(value: Any, field: str) -> str:
+    """A canonical lowercase UUID string, or a 400 naming the field."""
+    if not isinstance(value, str) or not value:
+        raise ApiError(400, f"{field} is required", {field: "required"})
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise ApiError(400, f"{field} must be a UUID", {field: "not a UUID"}) from None

