@@ -1,0 +1,371 @@
+"""`python -m sluice celery-agent`: watch a Celery deployment from outside.
+
+Like Flower, it listens to Celery's own event stream on the broker
+(`EventReceiver`), so the workers need no code change; it also polls the
+depth of the queues (Redis: LLEN of each queue's keys incl. its priority
+variants; RabbitMQ: a passive queue_declare, which also gives the number of
+consumers). Everything is normalised by `celery_events` and sent in batches
+to `POST /api/ingest` by an `IngestSender` (bounded buffer, retries, producer
+ids), so a Sluice outage loses nothing up to the buffer and duplicates
+nothing.
+
+Celery is imported inside the functions: the server does not depend on it.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import click
+
+from .celery_events import CeleryEventMapper, queue_event
+from .ingest_client import DEFAULT_BUFFER, IngestSender
+
+log = logging.getLogger("sluice.celery_agent")
+
+#: Exchanges and queue names of Celery's own plumbing, never user queues.
+_INTERNAL_EXCHANGES = {"celeryev", "celery.pidbox", "reply.celery.pidbox"}
+
+HOW_TO_ENABLE = (
+    "Celery workers send task events only when asked: start them with `celery worker -E` "
+    "(or set worker_send_task_events = True), and set task_send_sent_event = True in the processes "
+    "that publish tasks to see tasks as queued before a worker takes them."
+)
+
+
+class CeleryAgent:
+    """The agent's moving parts: event capture (main thread), queue polling and the sender."""
+
+    def __init__(
+        self,
+        broker: str,
+        url: str,
+        api_key: str,
+        connection_id: str,
+        *,
+        queues: Iterable[str] = (),
+        poll_interval: float = 5.0,
+        buffer_size: int = DEFAULT_BUFFER,
+        enable_events: bool = True,
+        warn_after: float = 30.0,
+        discover_queues: bool = True,
+    ) -> None:
+        from celery import Celery  # lazily: Celery is not a server dependency
+
+        self.app = Celery("sluice-agent", broker=broker, set_as_current=False)
+        self.app.conf.broker_connection_retry_on_startup = True
+        self.broker = broker
+        self.connection_id = connection_id
+        self.sender = IngestSender(url, api_key, max_buffer=buffer_size, name="sluice-agent-sender")
+        self.mapper = CeleryEventMapper(connection_id)
+        self.static_queues = [q for q in queues if q] or []
+        self.poll_interval = poll_interval
+        self.enable_events = enable_events
+        self.warn_after = warn_after
+        self.discover_queues = discover_queues
+        self.stop_event = threading.Event()
+        self._lock = threading.Lock()  # the mapper is shared by the capture and poll threads
+        self._receiver: Any = None
+        self._started = time.monotonic()
+        self._warned = False
+
+    # -- lifecycle --
+
+    def run(self) -> int:
+        """Capture until stopped (SIGTERM/SIGINT or `stop()`); returns an exit code."""
+        log.info(
+            "sluice celery-agent: broker %s → %s (connection %s)",
+            self._safe_broker(),
+            self.sender.url,
+            self.connection_id,
+        )
+        poller = threading.Thread(target=self._poll_loop, name="sluice-agent-poll", daemon=True)
+        poller.start()
+        delay = 1.0
+        while not self.stop_event.is_set():
+            connected_at = time.monotonic()
+            try:
+                self._capture()
+            except Exception as exc:  # broker gone: reconnect with backoff
+                if self.stop_event.is_set():
+                    break
+                if time.monotonic() - connected_at > 30:
+                    delay = 1.0
+                log.warning(
+                    "sluice: lost the broker (%s: %s); reconnecting in %.0f s",
+                    type(exc).__name__,
+                    exc,
+                    delay,
+                )
+                self.stop_event.wait(delay)
+                delay = min(30.0, delay * 2)
+        poller.join(timeout=self.poll_interval + 5)
+        delivered = self.sender.close(timeout=10.0)
+        s = self.sender.stats
+        log.info(
+            "sluice celery-agent stopped: %d events accepted, %d duplicates, %d dropped, %d rejected",
+            s.accepted,
+            s.duplicates,
+            s.dropped,
+            s.rejected,
+        )
+        return 0 if delivered else 1
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        receiver = self._receiver
+        if receiver is not None:
+            receiver.should_stop = True
+
+    def _safe_broker(self) -> str:
+        try:
+            return self.app.connection_for_read().as_uri()  # hides the password
+        except Exception:
+            return "<broker>"
+
+    # -- events --
+
+    def _capture(self) -> None:
+        with self.app.connection_for_read() as conn:
+            conn.ensure_connection(max_retries=1)
+            log.info("sluice: connected to the broker, capturing events")
+            if self.enable_events:
+                self._enable_worker_events()
+            receiver = self.app.events.Receiver(conn, handlers={"*": self._on_event})
+            receiver.should_stop = self.stop_event.is_set()
+            self._receiver = receiver
+            try:
+                receiver.capture(limit=None, timeout=None, wakeup=True)
+            finally:
+                self._receiver = None
+
+    def _enable_worker_events(self) -> None:
+        """As Flower does: ask running workers to send task events (no restart needed)."""
+        try:
+            self.app.control.enable_events()
+            log.info(
+                "sluice: asked the workers to send task events (enable_events); "
+                "use --no-enable-events to leave their setting alone"
+            )
+        except Exception as exc:
+            log.warning("sluice: could not ask the workers to enable events: %s", exc)
+
+    def _on_event(self, event: dict[str, Any]) -> None:
+        try:
+            with self._lock:
+                out = self.mapper.map(event)
+            if out:
+                self.sender.submit_many(out)
+        except Exception:
+            log.exception("sluice: could not map Celery event %r", event.get("type"))
+
+    # -- periodic work: queue depths, silent workers, the no-events warning --
+
+    def _poll_loop(self) -> None:
+        conn = None
+        next_enable = time.monotonic() + 60.0
+        while not self.stop_event.is_set():
+            started = time.monotonic()
+            try:
+                if conn is None:
+                    conn = self.app.connection_for_read()
+                    conn.ensure_connection(max_retries=1)
+                self._poll_queues(conn)
+                if self.enable_events and started >= next_enable:
+                    next_enable = started + 60.0  # workers that started since then
+                    self.app.control.enable_events(connection=conn)
+            except Exception as exc:
+                log.debug("sluice: queue poll failed: %s", exc)
+                if conn is not None:
+                    try:
+                        conn.release()
+                    except Exception:
+                        pass
+                conn = None
+            with self._lock:
+                expired = self.mapper.expire_workers()
+            if expired:
+                self.sender.submit_many(expired)
+            self._maybe_warn()
+            self.stop_event.wait(max(0.1, self.poll_interval - (time.monotonic() - started)))
+        if conn is not None:
+            conn.release()
+
+    def queue_names(self, conn: Any) -> list[str]:
+        """Queues to poll: --queue names, else the default queue + queues seen or bound on the broker."""
+        if self.static_queues:
+            return list(self.static_queues)
+        names = {self.app.conf.task_default_queue}
+        with self._lock:
+            names |= self.mapper.queues_seen
+        if self.discover_queues and conn.transport.driver_type == "redis":
+            names |= _redis_bound_queues(conn)
+        return sorted(names)
+
+    def _poll_queues(self, conn: Any) -> None:
+        driver = conn.transport.driver_type
+        events = []
+        for name in self.queue_names(conn):
+            depth, consumers = queue_depth(conn, name)
+            if depth is None:
+                continue
+            events.append(
+                queue_event(
+                    self.connection_id,
+                    name=name,
+                    depth=depth,
+                    consumers=consumers,
+                    extensions={"broker": driver},
+                )
+            )
+        if events:
+            self.sender.submit_many(events)
+
+    def _maybe_warn(self) -> None:
+        if self._warned or time.monotonic() - self._started < self.warn_after:
+            return
+        m = self.mapper
+        if m.seen_task_events:
+            return
+        self._warned = True
+        if m.seen_worker_events:
+            log.warning(
+                "sluice: workers %s are online but sent no task events in %.0f s. %s",
+                ", ".join(sorted(m.workers)) or "?",
+                self.warn_after,
+                HOW_TO_ENABLE,
+            )
+        else:
+            log.warning(
+                "sluice: no Celery events seen on the broker in %.0f s: are workers running and "
+                "connected to this broker (and the same virtual host / db)? %s",
+                self.warn_after,
+                HOW_TO_ENABLE,
+            )
+
+
+def queue_depth(conn: Any, name: str) -> tuple[int | None, int | None]:
+    """(messages waiting, consumers or None) of one queue, from the broker itself."""
+    driver = conn.transport.driver_type
+    channel = conn.default_channel
+    if driver == "redis":
+        # LLEN of the queue's list and of its priority variants (`name\x06\x16<pri>`).
+        return int(channel._size(name)), None
+    try:
+        ok = channel.queue_declare(queue=name, passive=True)
+        return int(ok.message_count), int(ok.consumer_count)
+    except Exception as exc:
+        if conn.connection_errors and isinstance(exc, conn.connection_errors):
+            raise
+        # The queue does not exist (yet): AMQP closes the channel; open a new one next time.
+        try:
+            conn.default_channel.close()
+        except Exception:
+            pass
+        conn._default_channel = None
+        return None, None
+
+
+def _redis_bound_queues(conn: Any) -> set[str]:
+    """User queues bound to exchanges on a Redis broker (kombu keeps `_kombu.binding.<exchange>` sets)."""
+    channel = conn.default_channel
+    client = channel.client
+    prefix = channel.keyprefix_queue.split("%s")[0]  # "_kombu.binding."
+    names: set[str] = set()
+    for raw_key in client.scan_iter(match=f"{channel.global_keyprefix}{prefix}*", count=200):
+        key = raw_key.decode() if isinstance(raw_key, bytes) else raw_key
+        exchange = key[len(channel.global_keyprefix) + len(prefix) :]
+        if exchange in _INTERNAL_EXCHANGES:
+            continue
+        for member in client.smembers(key[len(channel.global_keyprefix) :]):
+            text = member.decode() if isinstance(member, bytes) else member
+            queue = text.split(channel.sep)[-1]
+            if queue and not queue.startswith("celeryev.") and not queue.endswith(".pidbox"):
+                names.add(queue)
+    return names
+
+
+def run_agent(**kwargs: Any) -> int:
+    """Build an agent from CLI options, stop it cleanly on SIGTERM/SIGINT, run it."""
+    agent = CeleryAgent(**kwargs)
+
+    def on_signal(signum: int, frame: Any) -> None:
+        log.info("sluice: signal %d: stopping (flushing what is buffered)", signum)
+        agent.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    return agent.run()
+
+
+@click.command("celery-agent")
+@click.option(
+    "--broker",
+    envvar="CELERY_BROKER_URL",
+    required=True,
+    help="Celery broker URL (redis://, amqp://).",
+)
+@click.option(
+    "--url", envvar="SLUICE_URL", required=True, help="Sluice base URL, e.g. http://localhost:8000."
+)
+@click.option(
+    "--api-key",
+    envvar="SLUICE_API_KEY",
+    required=True,
+    help="The connection's API key (sk_live_…).",
+)
+@click.option(
+    "--connection",
+    "connection_id",
+    envvar="SLUICE_CONNECTION_ID",
+    required=True,
+    help="The connection id the key belongs to (every ingest event names it).",
+)
+@click.option(
+    "--queue", "queues", multiple=True, help="Queue to poll (repeatable; default: discovered)."
+)
+@click.option(
+    "--poll-interval",
+    type=float,
+    default=5.0,
+    show_default=True,
+    help="Seconds between queue polls.",
+)
+@click.option(
+    "--buffer-size",
+    type=int,
+    default=DEFAULT_BUFFER,
+    show_default=True,
+    help="Events kept while Sluice is down.",
+)
+@click.option(
+    "--enable-events/--no-enable-events",
+    default=True,
+    show_default=True,
+    help="Ask running workers to send task events (like Flower).",
+)
+@click.option(
+    "--warn-after",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="Warn if no task events after N s.",
+)
+@click.option("--log-level", default="INFO", show_default=True)
+def celery_agent_command(log_level: str, **kwargs: Any) -> None:
+    """Watch a Celery deployment (events and queues) and send it to Sluice."""
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    raise SystemExit(run_agent(**kwargs))
+
+
+if (
+    __name__ == "__main__"
+):  # python -m sluice.bridges.celery_agent (the CLI proper is `python -m sluice`)
+    celery_agent_command(auto_envvar_prefix=None)  # pragma: no cover

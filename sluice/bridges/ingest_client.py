@@ -1,0 +1,328 @@
+"""A background sender for `POST /api/ingest` that never blocks or raises into its caller.
+
+Producers (the Celery agent, the in-worker integration) hand events to
+`IngestSender.submit`, which only appends to a bounded in-memory buffer. One
+daemon thread drains it in batches. While Sluice is unreachable the buffer
+keeps the newest events and drops the oldest (counted and logged), so memory
+stays bounded; every event carries a producer id, so a batch that is resent
+after a lost response is not appended twice.
+
+Only the standard library is used (`http.client`), so the sender works under
+gevent's monkey patching and in a Celery worker without extra dependencies.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import os
+import random
+import threading
+import time
+import weakref
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+log = logging.getLogger("sluice.ingest_client")
+
+DEFAULT_BUFFER = 10_000
+DEFAULT_BATCH = 200
+USER_AGENT = "sluice-celery-bridge/1"
+
+
+@dataclass
+class SenderStats:
+    """Counters a user can read (and the logs report) to see what happened to events."""
+
+    submitted: int = 0
+    accepted: int = 0
+    duplicates: int = 0
+    dropped: int = 0  # buffer full: the oldest events were discarded
+    rejected: int = 0  # the server refused the event itself (400/413 on a single event)
+    failed_posts: int = 0
+    last_error: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class _Outcome:
+    OK, RETRY, SPLIT, DROP = range(4)
+
+
+class IngestSender:
+    """Bounded, batching, retrying sender of ingest events on a daemon thread."""
+
+    def __init__(
+        self,
+        url: str,
+        api_key: str,
+        *,
+        max_buffer: int = DEFAULT_BUFFER,
+        batch_size: int = DEFAULT_BATCH,
+        timeout: float = 10.0,
+        backoff_initial: float = 0.25,
+        backoff_max: float = 30.0,
+        name: str = "sluice-ingest",
+    ) -> None:
+        parts = urlsplit(url.rstrip("/"))
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"Sluice URL must be http(s)://host[:port]: {url!r}")
+        self.url = url.rstrip("/")
+        self._scheme = parts.scheme
+        self._host = parts.hostname
+        self._port = parts.port
+        self._path = (parts.path or "") + "/api/ingest"
+        self._headers = {
+            "Authorization": f"Bearer {api_key}",
+            "Content-Type": "application/json",
+            "User-Agent": USER_AGENT,
+        }
+        self.max_buffer = max(1, int(max_buffer))
+        self.batch_size = max(1, int(batch_size))
+        self.timeout = timeout
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.name = name
+        self.stats = SenderStats()
+        self._init_runtime()
+        # A forked child (Celery prefork) must not share the parent's socket,
+        # lock or buffer: start afresh there, lazily, on the first submit.
+        ref = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: (s := ref()) is not None and s._init_runtime())
+
+    def _init_runtime(self) -> None:
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._idle = threading.Condition(self._lock)
+        self._stop = threading.Event()
+        self._buffer: deque[dict] = deque()
+        self._inflight: list[dict] = []
+        self._thread: threading.Thread | None = None
+        self._conn: http.client.HTTPConnection | None = None
+        self._last_drop_log = 0.0
+        self._drops_unlogged = 0
+        self._failing_since: float | None = None
+        self.stats = SenderStats()
+
+    # -- producer side: cheap, never raises, never blocks on the network --
+
+    def submit(self, event: dict) -> None:
+        """Queue one ingest event; drops the oldest buffered event when full."""
+        self.submit_many((event,))
+
+    def submit_many(self, events: Any) -> None:
+        """Queue several events in order (same rules as `submit`)."""
+        try:
+            dropped = 0
+            with self._lock:
+                for event in events:
+                    if len(self._buffer) >= self.max_buffer:
+                        self._buffer.popleft()
+                        dropped += 1
+                    self._buffer.append(event)
+                    self.stats.submitted += 1
+                self.stats.dropped += dropped
+                self._drops_unlogged += dropped
+            if dropped:
+                self._log_drops()
+            self._ensure_thread()
+            self._wake.set()
+        except Exception:  # never let a monitoring hiccup reach the caller
+            log.debug("sluice: could not queue an event", exc_info=True)
+
+    def _log_drops(self) -> None:
+        now = time.monotonic()
+        if now - self._last_drop_log < 10.0:
+            return
+        self._last_drop_log = now
+        with self._lock:
+            count, self._drops_unlogged = self._drops_unlogged, 0
+        log.warning(
+            "sluice: buffer full (%d events): dropped the %d oldest events (%d in all); "
+            "is Sluice at %s reachable? last error: %s",
+            self.max_buffer,
+            count,
+            self.stats.dropped,
+            self.url,
+            self.stats.last_error,
+        )
+
+    def pending(self) -> int:
+        """Events not yet confirmed by the server."""
+        with self._lock:
+            return len(self._buffer) + len(self._inflight)
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait (bounded) until everything queued so far was delivered; True if it was."""
+        if self._thread is None or self._pid != os.getpid():
+            return self.pending() == 0
+        self._wake.set()
+        deadline = time.monotonic() + timeout
+        with self._idle:
+            while self._buffer or self._inflight:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._idle.wait(min(remaining, 0.1))
+        return True
+
+    def close(self, timeout: float = 5.0) -> bool:
+        """Flush (bounded), then stop the thread; True if nothing was left behind."""
+        delivered = self.flush(timeout)
+        self._stop.set()
+        self._wake.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=1.0)
+        left = self.pending()
+        if left:
+            log.warning("sluice: %d events were not delivered to %s before exit", left, self.url)
+        return delivered and not left
+
+    def _ensure_thread(self) -> None:
+        if self._pid != os.getpid():  # forked without the at-fork hook (should not happen)
+            self._init_runtime()
+        thread = self._thread
+        if thread is not None and thread.is_alive():
+            return
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive():
+                return
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+            self._thread.start()
+
+    # -- the sender thread --
+
+    def _run(self) -> None:
+        limit = self.batch_size
+        delay = self.backoff_initial
+        while True:
+            try:
+                with self._lock:
+                    while len(self._inflight) < self.batch_size and self._buffer:
+                        self._inflight.append(self._buffer.popleft())
+                    batch = self._inflight[:limit]
+                    if not batch:
+                        self._idle.notify_all()
+                        self._wake.clear()
+                if not batch:
+                    if self._stop.is_set():
+                        return
+                    self._wake.wait(1.0)
+                    continue
+                outcome, wait = self._post(batch)
+                if outcome == _Outcome.OK:
+                    with self._lock:
+                        del self._inflight[: len(batch)]
+                        self._idle.notify_all()
+                    if self._failing_since is not None:
+                        log.info(
+                            "sluice: delivering to %s again after %.0f s",
+                            self.url,
+                            time.monotonic() - self._failing_since,
+                        )
+                        self._failing_since = None
+                    delay = self.backoff_initial
+                    limit = min(self.batch_size, limit * 2)
+                elif outcome == _Outcome.SPLIT:
+                    limit = max(1, len(batch) // 2)
+                elif outcome == _Outcome.DROP:
+                    with self._lock:
+                        del self._inflight[: len(batch)]
+                        self.stats.rejected += len(batch)
+                        self._idle.notify_all()
+                else:
+                    if self._failing_since is None:
+                        self._failing_since = time.monotonic()
+                    pause = wait if wait is not None else delay * random.uniform(0.8, 1.2)
+                    delay = min(self.backoff_max, delay * 2)
+                    if self._stop.wait(pause):
+                        return
+            except Exception:  # the thread must survive anything
+                log.exception("sluice: sender error")
+                if self._stop.wait(1.0):
+                    return
+
+    def _connection(self) -> http.client.HTTPConnection:
+        if self._conn is None:
+            cls = (
+                http.client.HTTPSConnection
+                if self._scheme == "https"
+                else http.client.HTTPConnection
+            )
+            self._conn = cls(self._host, self._port, timeout=self.timeout)
+        return self._conn
+
+    def _post(self, batch: list[dict]) -> tuple[int, float | None]:
+        """One POST; returns what to do with the batch and an optional wait."""
+        body = json.dumps({"events": batch}, separators=(",", ":"), default=str).encode()
+        try:
+            conn = self._connection()
+            conn.request("POST", self._path, body=body, headers=self._headers)
+            resp = conn.getresponse()
+            payload = resp.read()
+            status = resp.status
+            retry_after = resp.getheader("Retry-After")
+        except Exception as exc:
+            self._reset_connection()
+            return self._failure(f"{type(exc).__name__}: {exc}"), None
+        if resp.will_close:
+            self._reset_connection()
+        if 200 <= status < 300:
+            try:
+                answer = json.loads(payload)
+                self.stats.accepted += int(answer.get("accepted", 0))
+                self.stats.duplicates += int(answer.get("duplicates", 0))
+            except Exception:
+                self.stats.accepted += len(batch)
+            return _Outcome.OK, None
+        text = payload[:500].decode("utf-8", "replace")
+        if status in (400, 413):
+            if len(batch) > 1:  # find the offending event by halving
+                return _Outcome.SPLIT, None
+            log.error(
+                "sluice: the server rejected an event (%s): %s; event dropped: %.500s",
+                status,
+                text,
+                batch[0],
+            )
+            return _Outcome.DROP, None
+        if status == 429:
+            try:
+                wait = float(retry_after or 1)
+            except ValueError:
+                wait = 1.0
+            return self._failure(f"HTTP 429 rate limited, retry after {wait:g} s"), min(
+                wait, self.backoff_max
+            )
+        if status in (401, 403, 404):
+            return self._failure(
+                f"HTTP {status} {text} (check the API key and connection id)"
+            ), self.backoff_max
+        return self._failure(f"HTTP {status} {text}"), None
+
+    def _failure(self, message: str) -> int:
+        self.stats.failed_posts += 1
+        first = self.stats.last_error is None or self._failing_since is None
+        self.stats.last_error = message
+        if first:
+            log.warning(
+                "sluice: could not deliver events to %s (%s); retrying with backoff",
+                self.url,
+                message,
+            )
+        else:
+            log.debug("sluice: delivery failed again: %s", message)
+        return _Outcome.RETRY
+
+    def _reset_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:
+                pass

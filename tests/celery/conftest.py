@@ -1,0 +1,15 @@
+"""Fixtures of the Celery tests: a capture server for unit tests, plus the rigs
+(broker, worker subprocess, agent subprocess) in rig.py for the real ones."""
+
+from __future__ import annotations
+
+import pytest
+
+from .capture import CaptureServer
+
+
+@pytest.fixture
+def capture():
+    server = CaptureServer()
+    yield server
+    server.close()

@@ -1,0 +1,277 @@
+"""The Celery → ingest mapping, fed with events built by Celery's own `Event()`.
+
+Every ingest event produced here is also checked against the server's own
+validator (`sluice.ingest.validate_event`), so a mapping the server would
+reject fails here first.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+pytest.importorskip(
+    "celery", reason="Celery is not installed: pip install -r requirements-celery.txt"
+)
+
+from celery.events import Event  # noqa: E402
+
+from sluice.bridges import celery_events as ce  # noqa: E402
+
+CONN = "7d3f2d8e-1111-4222-8333-444455556666"
+
+
+def validate(events: list[dict]) -> None:
+    from sluice.config import load_settings
+    from sluice.ingest import _Errors, validate_event
+
+    errors = _Errors()
+    for i, event in enumerate(events):
+        validate_event(errors, event, i, CONN, load_settings({}))
+    assert not errors.details, errors.details
+
+
+def run(mapper: ce.CeleryEventMapper, *events: dict) -> list[dict]:
+    out: list[dict] = []
+    for event in events:
+        out.extend(mapper.map(event))
+    validate(out)
+    return out
+
+
+def states(out: list[dict]) -> list[str]:
+    return [e["job"]["state"] for e in out if e["type"] == "job_state_change"]
+
+
+def test_success_lifecycle_keeps_name_queue_worker_and_one_external_id():
+    m = ce.CeleryEventMapper(CONN)
+    t0 = time.time()
+    out = run(
+        m,
+        Event(
+            "task-sent",
+            uuid="t1",
+            name="app.add",
+            args="(1, 2)",
+            kwargs="{}",
+            retries=0,
+            eta=None,
+            queue="emails",
+            exchange="",
+            routing_key="emails",
+            timestamp=t0,
+        ),
+        Event(
+            "task-received",
+            uuid="t1",
+            name="app.add",
+            args="(1, 2)",
+            kwargs="{}",
+            retries=0,
+            eta=None,
+            hostname="celery@web-1",
+            timestamp=t0 + 0.1,
+        ),
+        Event("task-started", uuid="t1", hostname="celery@web-1", pid=42, timestamp=t0 + 0.2),
+        Event(
+            "task-succeeded",
+            uuid="t1",
+            result="3",
+            runtime=0.01,
+            hostname="celery@web-1",
+            timestamp=t0 + 0.3,
+        ),
+    )
+    # task-received after task-sent is no change of state: one `queued`.
+    assert states(out) == ["queued", "active", "completed"]
+    assert {e["job"]["externalId"] for e in out} == {"t1"}
+    assert all(e["job"]["name"] == "app.add" for e in out)
+    assert [e["job"].get("previousState") for e in out] == [None, "queued", "active"]
+    done = out[-1]["job"]
+    assert done["queue"] == "emails" and done["workerId"] == "celery@web-1" and done["attempt"] == 1
+    assert done["extensions"]["runtime"] == 0.01 and done["extensions"]["result"] == "3"
+    assert done["finishedAt"].endswith("Z") and done["startedAt"] <= done["finishedAt"]
+    assert out[0]["framework"] == "celery" and out[0]["connectionId"] == CONN
+    assert len({e["id"] for e in out}) == 3
+
+
+def test_failure_carries_error_and_tail_of_a_huge_traceback():
+    m = ce.CeleryEventMapper(CONN)
+    tb = "Traceback (most recent call last):\n" + "  frame\n" * 20_000 + "ValueError: boom"
+    out = run(
+        m,
+        Event(
+            "task-received", uuid="t2", name="app.boom", retries=0, eta=None, hostname="celery@w"
+        ),
+        Event("task-started", uuid="t2", hostname="celery@w"),
+        Event(
+            "task-failed",
+            uuid="t2",
+            exception="ValueError('boom' * 5000)" + "x" * 20_000,
+            traceback=tb,
+            hostname="celery@w",
+        ),
+    )
+    failed = out[-1]["job"]
+    assert failed["state"] == "failed"
+    assert len(failed["error"]) <= 10_000 and failed["error"].startswith("ValueError('boom")
+    assert len(failed["stacktrace"]) <= 50_000 and failed["stacktrace"].endswith("ValueError: boom")
+
+
+def test_retries_carry_attempts_and_ids_differ_per_attempt():
+    m = ce.CeleryEventMapper(CONN)
+    evs = [
+        Event(
+            "task-received", uuid="t3", name="app.flaky", retries=0, eta=None, hostname="celery@w"
+        )
+    ]
+    for n in range(2):
+        evs += [
+            Event("task-started", uuid="t3", hostname="celery@w"),
+            Event(
+                "task-retried",
+                uuid="t3",
+                exception=f"RuntimeError('attempt {n + 1}')",
+                traceback="tb",
+                hostname="celery@w",
+            ),
+            Event(
+                "task-sent", uuid="t3", name="app.flaky", retries=n + 1, eta=None, queue="celery"
+            ),
+            Event(
+                "task-received",
+                uuid="t3",
+                name="app.flaky",
+                retries=n + 1,
+                eta=None,
+                hostname="celery@w",
+            ),
+        ]
+    evs += [
+        Event("task-started", uuid="t3", hostname="celery@w"),
+        Event("task-succeeded", uuid="t3", runtime=0.1),
+    ]
+    out = run(m, *evs)
+    jobs = [e["job"] for e in out]
+    assert [(j["state"], j["attempt"]) for j in jobs] == [
+        ("queued", 1),
+        ("active", 1),
+        ("retrying", 1),
+        ("queued", 2),
+        ("active", 2),
+        ("retrying", 2),
+        ("queued", 3),
+        ("active", 3),
+        ("completed", 3),
+    ]
+    assert jobs[2]["error"] == "RuntimeError('attempt 1')"
+    assert len({e["id"] for e in out}) == len(out)
+
+
+def test_eta_is_scheduled_and_revoked_is_cancelled_and_rejected_is_failed():
+    m = ce.CeleryEventMapper(CONN)
+    eta = "2030-01-01T00:00:00+00:00"
+    out = run(
+        m,
+        Event("task-sent", uuid="t4", name="app.later", retries=0, eta=eta, queue="celery"),
+        Event(
+            "task-received", uuid="t4", name="app.later", retries=0, eta=eta, hostname="celery@w"
+        ),
+        Event(
+            "task-revoked",
+            uuid="t4",
+            terminated=False,
+            signum=None,
+            expired=False,
+            hostname="celery@w",
+        ),
+        Event("task-received", uuid="t5", name="app.x", retries=0, eta=None, hostname="celery@w"),
+        Event("task-rejected", uuid="t5", requeue=False, hostname="celery@w"),
+    )
+    assert [(e["job"]["externalId"], e["job"]["state"]) for e in out] == [
+        ("t4", "scheduled"),
+        ("t4", "cancelled"),
+        ("t5", "queued"),
+        ("t5", "failed"),
+    ]
+    assert out[0]["job"]["extensions"]["eta"] == eta
+
+
+def test_stale_queued_after_started_is_dropped_and_ids_are_stable():
+    a, b = ce.CeleryEventMapper(CONN), ce.CeleryEventMapper(CONN)
+    started = Event("task-started", uuid="t6", hostname="celery@w")
+    late = Event("task-sent", uuid="t6", name="app.y", retries=0, eta=None, queue="celery")
+    assert states(run(a, started, late)) == ["active"]
+    # The same meaning gives the same producer id in another process (agent restart, integration).
+    first = run(b, Event("task-received", uuid="t7", name="n", retries=0, eta=None))[0]
+    again = ce.CeleryEventMapper(CONN).map(
+        Event("task-sent", uuid="t7", name="n", retries=0, eta=None)
+    )[0]
+    assert first["id"] == again["id"]
+
+
+def test_worker_online_heartbeats_offline_and_silent_worker_expiry():
+    m = ce.CeleryEventMapper(CONN, worker_timeout=0.05)
+    sw = {"sw_ident": "py-celery", "sw_ver": "5.7.0", "sw_sys": "Linux", "freq": 1.0}
+    out = run(
+        m,
+        Event("worker-online", hostname="celery@web-1", pid=7, **sw),
+        Event(
+            "worker-heartbeat", hostname="celery@web-1", active=2, processed=5, pid=7, clock=1, **sw
+        ),
+        Event(
+            "worker-heartbeat", hostname="celery@web-1", active=0, processed=7, pid=7, clock=2, **sw
+        ),
+        Event("worker-offline", hostname="celery@web-1", pid=7, **sw),
+    )
+    assert [(e["type"], e["worker"]["state"]) for e in out] == [
+        ("worker_state_change", "online"),
+        ("worker_heartbeat", "busy"),
+        ("worker_heartbeat", "idle"),
+        ("worker_state_change", "offline"),
+    ]
+    assert out[1]["worker"]["activeJobs"] == 2 and out[1]["worker"]["hostname"] == "web-1"
+    assert out[1]["worker"]["externalId"] == "celery@web-1"
+    # A worker first seen by a heartbeat (it started before the agent) is announced online.
+    hb = run(m, Event("worker-heartbeat", hostname="celery@web-2", active=0, freq=1.0))
+    assert [(e["type"], e["worker"]["state"]) for e in hb] == [
+        ("worker_state_change", "online"),
+        ("worker_heartbeat", "idle"),
+    ]
+    time.sleep(0.1)  # past the (tiny) heartbeat window: that is what is under test
+    expired = m.expire_workers()
+    validate(expired)
+    assert [(e["worker"]["externalId"], e["worker"]["state"]) for e in expired] == [
+        ("celery@web-2", "offline")
+    ]
+
+
+def test_extensions_stay_bounded():
+    m = ce.CeleryEventMapper(CONN)
+    huge = "x" * 100_000
+    out = run(
+        m,
+        Event(
+            "task-sent",
+            uuid="t8",
+            name="n",
+            args=huge,
+            kwargs=huge,
+            retries=0,
+            eta=None,
+            queue="q",
+            routing_key=huge,
+            exchange=huge,
+        ),
+    )
+    assert len(json.dumps(out[0]["job"]["extensions"]).encode()) <= ce.MAX_EXTENSIONS_BYTES
+    assert len(out[0]["job"]["queue"]) <= 255
+    assert ce.bounded_extensions({"a": {"nested": huge}, "b": 1})["b"] == 1
+
+
+def test_iso_forms():
+    assert ce.iso(0) == "1970-01-01T00:00:00.000Z"
+    assert ce.iso("2026-02-27T10:30:00.123456+01:00") == "2026-02-27T09:30:00.123Z"
+    assert ce.iso("not a date") is None
