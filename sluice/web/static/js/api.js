@@ -50,5 +50,5 @@ export function errorMessage(result, fallback = "Something went wrong. Please tr
 /** Send the browser to the login page, coming back here afterwards. */
 export function goToLogin() {
   const next = location.pathname + location.search;
-  location.assign("/login?next=" + encodeURIComponent(next));
+  location.assign("/login?next=" + encodeURIComponent(next).replace(/%2F/g, "/"));
 }

@@ -1,0 +1,60 @@
+"""Small helpers shared by the browser tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from playwright.sync_api import expect
+
+from tests.conftest import Account
+
+RECORD_INDICATOR = """() => {
+  window.__states = [];
+  const el = document.querySelector('[data-indicator]');
+  new MutationObserver(() => window.__states.push(el.dataset.state))
+    .observe(el, {attributes: true, attributeFilter: ['data-state']});
+}"""
+
+
+def login_ui(page: Any, base_url: str, account: Account, next_path: str = "/") -> None:
+    """Sign in through the login form, coming back to `next_path`."""
+    page.goto(base_url + next_path)
+    expect(page).to_have_url(f"{base_url}/login?next={next_path}")
+    page.fill("#email", account.email)
+    page.fill("#password", account.password)
+    page.click("[data-login-submit]")
+    expect(page).to_have_url(base_url + next_path)
+
+
+def login_cookie(page: Any, base_url: str, account: Account) -> None:
+    """Sign in through the API from the page's own cookie jar (faster than the form)."""
+    response = page.context.request.post(
+        base_url + "/api/auth/login", data={"email": account.email, "password": account.password}
+    )
+    assert response.status == 200, response.text()
+
+
+def open_live(page: Any, base_url: str, connection_id: str) -> None:
+    page.goto(f"{base_url}/connections/{connection_id}")
+    expect(page.locator("[data-indicator]")).to_have_attribute("data-state", "live")
+
+
+def job_row(page: Any, external_id: str) -> Any:
+    return page.locator(f'tbody[data-jobs-body] tr[data-external-id="{external_id}"]')
+
+
+def event_count(page: Any) -> int:
+    return int(page.locator('[data-stat="events"]').get_attribute("data-count") or "0")
+
+
+def wait_counts(page: Any, *, rows: int, events: int, timeout: float = 10_000) -> None:
+    """Wait until the table has `rows` rows and the event counter says `events`."""
+    page.wait_for_function(
+        """([rows, events]) => {
+            const n = document.querySelectorAll('tbody[data-jobs-body] tr').length;
+            const c = Number(document.querySelector('[data-stat="events"]').dataset.count || 0);
+            return n === rows && c === events;
+        }""",
+        arg=[rows, events],
+        timeout=timeout,
+    )

@@ -1,0 +1,156 @@
+"""Login, logout and the connections page in a real browser."""
+
+from __future__ import annotations
+
+import re
+
+import requests
+from playwright.sync_api import expect
+
+from tests.browser.helpers import login_ui, open_live, wait_counts
+from tests.util import ingest, job_event
+
+
+def test_login_shows_a_clear_error_then_signs_in(server, account, page):
+    page.goto(server.url + "/")
+    expect(page).to_have_url(server.url + "/login?next=/")
+    page.fill("#email", account.email)
+    page.fill("#password", "wrong password")
+    page.click("[data-login-submit]")
+    error = page.locator("[data-login-error]")
+    expect(error).to_be_visible()
+    expect(error).to_have_text("Incorrect email or password.")
+    expect(error).to_have_attribute("role", "alert")
+    expect(page).to_have_url(re.compile(r"/login\?next=/$"))
+    page.fill("#password", account.password)
+    page.press("#password", "Enter")  # keyboard submit works
+    expect(page).to_have_url(server.url + "/")
+    expect(page.locator(f'[data-connection-id="{account.connection_id}"]')).to_contain_text(
+        "Test cluster"
+    )
+
+
+def test_logout_returns_to_login_and_pages_need_a_session(server, account, page):
+    login_ui(page, server.url, account)
+    page.click("[data-action=logout]")
+    expect(page).to_have_url(server.url + "/login")
+    page.goto(f"{server.url}/connections/{account.connection_id}")
+    expect(page).to_have_url(f"{server.url}/login?next=/connections/{account.connection_id}")
+
+
+def test_create_connection_shows_key_once_and_curl_that_works(server, account, page):
+    login_ui(page, server.url, account)
+    page.fill("#conn-name", "Checkout workers")
+    page.select_option("#conn-framework", "sidekiq")
+    page.click("[data-create-submit]")
+    panel = page.locator("[data-key-panel]")
+    expect(panel).to_be_visible()
+    key = page.locator("[data-key-value]").input_value()
+    assert key.startswith("sk_live_")
+    curl = page.locator("[data-curl]").inner_text()
+    assert f"Bearer {key}" in curl and f"{server.url}/api/ingest" in curl
+    item = page.locator(".conn-item", has_text="Checkout workers")
+    expect(item).to_have_count(1)
+    expect(item.locator(".chip")).to_have_text("Sidekiq")
+    connection_id = item.get_attribute("data-connection-id")
+    assert connection_id and connection_id in curl
+
+    # The copy button copies the key (clipboard permission granted for the check).
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=server.url)
+    page.click('[data-copy-target="#api-key-value"]')
+    expect(page.locator('[data-copy-target="#api-key-value"]')).to_have_text("Copied")
+    assert page.evaluate("navigator.clipboard.readText()") == key
+
+    # Dismissing forgets the key; a reload never shows it again.
+    page.click("[data-key-dismiss]")
+    expect(panel).to_be_hidden()
+    page.reload()
+    expect(page.locator("[data-key-panel]")).to_be_hidden()
+    assert key not in page.content()
+
+    # The shown key ingests into the new connection, which the live view shows.
+    item = page.locator(f'[data-connection-id="{connection_id}"] .conn-main')
+    item.click()
+    expect(page).to_have_url(f"{server.url}/connections/{connection_id}")
+    expect(page.locator("[data-indicator]")).to_have_attribute("data-state", "live")
+    response = ingest(server.url, key, connection_id, [job_event(connection_id, "c1", "queued")])
+    assert response.status_code == 202, response.text
+    wait_counts(page, rows=1, events=1)
+
+
+def test_delete_connection_asks_for_confirmation(server, account, page):
+    login_ui(page, server.url, account)
+    item = page.locator(f'[data-connection-id="{account.connection_id}"]')
+    item.locator("[data-action=delete]").click()
+    dialog = page.locator("[data-delete-dialog]")
+    expect(dialog).to_be_visible()
+    expect(dialog).to_contain_text("Delete Test cluster?")
+    page.keyboard.press("Escape")  # cancel by keyboard
+    expect(dialog).to_be_hidden()
+    expect(item).to_have_count(1)
+
+    item.locator("[data-action=delete]").click()
+    page.click("[data-delete-confirm]")
+    expect(dialog).to_be_hidden()
+    expect(item).to_have_count(0)
+    expect(page.locator("[data-conn-empty]")).to_be_visible()
+    session = account.login(server.url)
+    listed = session.get(server.url + "/api/connections", timeout=5).json()["data"]
+    assert all(c["id"] != account.connection_id for c in listed)
+    response = ingest(
+        server.url,
+        account.api_key,
+        account.connection_id,
+        [job_event(account.connection_id, "x", "queued")],
+    )
+    assert response.status_code == 401
+
+
+def test_live_view_of_a_deleted_connection_says_so(server, account, page):
+    login_ui(page, server.url, account, f"/connections/{account.connection_id}")
+    expect(page.locator("[data-indicator]")).to_have_attribute("data-state", "live")
+    session = account.login(server.url)
+    assert (
+        session.delete(f"{server.url}/api/connections/{account.connection_id}").status_code == 204
+    )
+    expect(page.locator("[data-indicator]")).to_have_attribute("data-state", "gone")
+    expect(page.locator("[data-indicator-text]")).to_have_text("Connection deleted")
+
+
+def test_phone_width_has_no_horizontal_page_scroll(server, account, browser):
+    context = browser.new_context(viewport={"width": 375, "height": 740}, is_mobile=True)
+    try:
+        page = context.new_page()
+        response = page.context.request.post(
+            server.url + "/api/auth/login",
+            data={"email": account.email, "password": account.password},
+        )
+        assert response.status == 200
+        ingest(
+            server.url,
+            account.api_key,
+            account.connection_id,
+            [job_event(account.connection_id, "p1", "failed", error="E" * 400)],
+        )
+        open_live(page, server.url, account.connection_id)
+        wait_counts(page, rows=1, events=1)
+        for path in ("", "/", "/login"):
+            if path:
+                page.goto(server.url + path)
+            width = page.evaluate("document.documentElement.scrollWidth")
+            assert width <= 375, (path, width)
+    finally:
+        context.close()
+
+
+def test_pages_redirect_anonymous_users_and_send_no_store(server):
+    for path in ("/", "/connections/8f1b7a9e-3d7c-4a35-9d86-1a2b3c4d5e6f"):
+        response = requests.get(server.url + path, allow_redirects=False, timeout=5)
+        assert response.status_code == 302
+        assert response.headers["Location"].startswith("/login?next=")
+    login = requests.get(server.url + "/login", timeout=5)
+    assert login.status_code == 200 and "text/html" in login.headers["Content-Type"]
+    assert login.headers["Cache-Control"] == "no-store"
+    assert "<script>" not in login.text and "style=" not in login.text  # CSP: no inline code
+    css = requests.get(server.url + "/static/app.css", timeout=5)
+    assert css.status_code == 200 and "text/css" in css.headers["Content-Type"]

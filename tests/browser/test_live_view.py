@@ -1,0 +1,259 @@
+"""The live view in a real browser against the real gunicorn+gevent server and Redis."""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from playwright.sync_api import expect
+
+from tests.browser.helpers import (
+    event_count,
+    job_row,
+    login_cookie,
+    login_ui,
+    open_live,
+    wait_counts,
+)
+from tests.util import ingest, job_event, queue_event, worker_event
+
+
+def iso(dt: datetime) -> str:
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def send(server: Any, account: Any, events: list[dict]) -> None:
+    response = ingest(server.url, account.api_key, account.connection_id, events)
+    assert response.status_code == 202, response.text
+
+
+def test_job_row_appears_within_a_second_then_changes_state(server, account, page):
+    login_ui(page, server.url, account, f"/connections/{account.connection_id}")
+    expect(page.locator("[data-indicator]")).to_have_attribute("data-state", "live")
+    expect(page.locator("[data-conn-name]")).to_have_text("Test cluster")
+    cid = account.connection_id
+
+    send(server, account, [job_event(cid, "job-1", "queued", queue="emails", attempt=1)])
+    row = job_row(page, "job-1")
+    expect(row).to_be_visible(timeout=1000)
+    expect(row.locator(".badge")).to_have_text("Queued")
+    expect(row.locator(".job-name")).to_have_text("app.tasks.send_email")
+    expect(row.locator(".c-queue")).to_have_text("emails")
+
+    started = datetime.now(UTC)
+    send(
+        server,
+        account,
+        [job_event(cid, "job-1", "active", workerId="celery@w1", startedAt=iso(started))],
+    )
+    expect(row.locator(".badge")).to_have_text("Active", timeout=1000)
+    expect(row.locator(".c-worker")).to_have_text("celery@w1")
+
+    finished = started + timedelta(milliseconds=1500)
+    send(server, account, [job_event(cid, "job-1", "completed", finishedAt=iso(finished))])
+    expect(row.locator(".badge")).to_have_text("Completed", timeout=1000)
+    expect(row.locator(".c-duration")).to_have_text("1.5 s")
+
+    send(
+        server,
+        account,
+        [
+            job_event(cid, "job-2", "queued"),
+            job_event(cid, "job-2", "failed", error="ValueError: <b>not markup</b>"),
+        ],
+    )
+    failed = job_row(page, "job-2")
+    expect(failed.locator(".badge")).to_have_text("Failed", timeout=1000)
+    # Untrusted text is text, never HTML.
+    expect(failed.locator(".job-error")).to_have_text("ValueError: <b>not markup</b>")
+    assert failed.locator(".job-error b").count() == 0
+    # Newest first, one row per job, every event counted once.
+    expect(page.locator("tbody[data-jobs-body] tr")).to_have_count(2)
+    assert (
+        page.locator("tbody[data-jobs-body] tr").first.get_attribute("data-external-id") == "job-2"
+    )
+    wait_counts(page, rows=2, events=5)
+
+
+def test_all_eight_states_have_badges(server, account, page):
+    states = [
+        "unknown",
+        "queued",
+        "scheduled",
+        "active",
+        "completed",
+        "failed",
+        "retrying",
+        "cancelled",
+    ]
+    cid = account.connection_id
+    send(server, account, [job_event(cid, f"s-{s}", s) for s in states])
+    login_cookie(page, server.url, account)
+    open_live(page, server.url, cid)  # a fresh page replays the retained history
+    for state in states:
+        badge = job_row(page, f"s-{state}").locator(".badge")
+        expect(badge).to_have_text(state.capitalize())
+        expect(badge).to_have_class(re.compile(rf"\bbadge-{state}\b"))
+    colors = page.eval_on_selector_all(
+        "tbody[data-jobs-body] .badge", "els => els.map(e => getComputedStyle(e).color)"
+    )
+    assert len(set(colors)) >= 6, colors  # states are told apart by colour too
+
+
+def test_fresh_page_shows_retained_history(server, account, page):
+    cid = account.connection_id
+    send(
+        server,
+        account,
+        [job_event(cid, f"h-{i}", "completed") for i in range(5)]
+        + [worker_event(cid, "celery@w1", "online", activeJobs=2, concurrency=4)]
+        + [queue_event(cid, "default", 12, consumers=3)],
+    )
+    login_cookie(page, server.url, account)
+    started = time.monotonic()
+    page.goto(f"{server.url}/connections/{cid}")
+    wait_counts(page, rows=5, events=7, timeout=1000)
+    assert time.monotonic() - started < 3
+    expect(page.locator('[data-workers] [data-state="online"] .worker-jobs')).to_have_text(
+        "2 / 4 active"
+    )
+    expect(page.locator('[data-queue-name="default"] .queue-depth')).to_have_text("12")
+
+
+def test_worker_going_offline_is_greyed(server, account, page):
+    cid = account.connection_id
+    login_cookie(page, server.url, account)
+    open_live(page, server.url, cid)
+    send(
+        server,
+        account,
+        [worker_event(cid, "celery@w9", "online", hostname="celery@w9", activeJobs=1)],
+    )
+    worker = page.locator("[data-workers] li.worker")
+    expect(worker).to_have_count(1)
+    expect(worker).to_have_attribute("data-state", "online")
+    expect(worker.locator(".worker-ago")).to_have_text(re.compile(r"heartbeat \d+ s ago"))
+    opacity_online = float(worker.evaluate("el => getComputedStyle(el).opacity"))
+
+    send(
+        server,
+        account,
+        [
+            worker_event(
+                cid, "celery@w9", "offline", kind="worker_state_change", previousState="online"
+            )
+        ],
+    )
+    expect(worker).to_have_attribute("data-state", "offline", timeout=1000)
+    expect(worker).to_have_class(re.compile(r"\bis-offline\b"))
+    expect(worker.locator(".worker-state")).to_have_text("offline")
+    opacity_offline = float(worker.evaluate("el => getComputedStyle(el).opacity"))
+    assert opacity_offline < opacity_online
+    expect(page.locator('[data-stat="workers"]')).to_have_text("0")
+
+
+def test_queue_depth_and_sparkline(server, account, page):
+    cid = account.connection_id
+    login_cookie(page, server.url, account)
+    open_live(page, server.url, cid)
+    for depth in (3, 9, 5):
+        send(server, account, [queue_event(cid, "emails", depth, consumers=2)])
+    item = page.locator('[data-queue-name="emails"]')
+    expect(item.locator(".queue-depth")).to_have_text("5")
+    expect(item.locator(".queue-consumers")).to_have_text("2 consumers")
+    path = item.locator("svg .spark-line")
+    expect(path).to_have_attribute("d", re.compile(r"^M[\d.]+ [\d.]+(L[\d.]+ [\d.]+)+$"))
+
+
+def test_search_and_state_filter(server, account, page):
+    cid = account.connection_id
+    send(
+        server,
+        account,
+        [
+            job_event(cid, "a1", "completed", name="billing.charge_card"),
+            job_event(cid, "a2", "failed", name="billing.refund", error="boom"),
+            job_event(cid, "a3", "failed", name="emails.send"),
+            job_event(cid, "a4", "queued", name="emails.digest"),
+        ],
+    )
+    login_cookie(page, server.url, account)
+    open_live(page, server.url, cid)
+    rows = page.locator("tbody[data-jobs-body] tr")
+    expect(rows).to_have_count(4)
+    page.fill("[data-job-search]", "billing")
+    expect(rows).to_have_count(2)
+    page.click('[data-state-filter="failed"]')
+    expect(page.locator('[data-state-filter="failed"]')).to_have_attribute("aria-pressed", "true")
+    expect(rows).to_have_count(1)
+    expect(rows.first).to_have_attribute("data-external-id", "a2")
+    page.fill("[data-job-search]", "")
+    expect(rows).to_have_count(2)
+    # A live event that matches the filter shows up; one that does not, does not.
+    send(
+        server,
+        account,
+        [job_event(cid, "a5", "failed", name="x.y"), job_event(cid, "a6", "completed", name="x.z")],
+    )
+    expect(rows).to_have_count(3)
+    expect(job_row(page, "a6")).to_have_count(0)
+    page.click('[data-state-filter="all"]')
+    expect(rows).to_have_count(6)
+
+
+def test_rows_are_capped_with_a_count_of_the_rest(server, account, page):
+    cid = account.connection_id
+    send(server, account, [job_event(cid, f"cap-{i:04d}", "queued") for i in range(520)])
+    login_cookie(page, server.url, account)
+    open_live(page, server.url, cid)
+    wait_counts(page, rows=500, events=520)
+    more = page.locator("[data-jobs-more]")
+    expect(more).to_have_attribute("data-hidden-count", "20")
+    expect(more).to_contain_text("20 more not shown")
+    # Newest first: the newest job is on top, the 20 oldest are the ones left out.
+    first = page.locator("tbody[data-jobs-body] tr").first
+    expect(first).to_have_attribute("data-external-id", "cap-0519")
+    expect(job_row(page, "cap-0019")).to_have_count(0)
+    expect(job_row(page, "cap-0020")).to_have_count(1)
+    # A state change of a visible job updates its row in place (same element).
+    handle = job_row(page, "cap-0300").element_handle()
+    send(server, account, [job_event(cid, "cap-0300", "active")])
+    expect(job_row(page, "cap-0300").locator(".badge")).to_have_text("Active")
+    assert handle.evaluate("el => el.isConnected")
+    assert handle.evaluate("el => el.dataset.state") == "active"
+
+
+def test_type_filters_reopen_the_stream_with_types(server, account, page):
+    cid = account.connection_id
+    send(
+        server,
+        account,
+        [
+            job_event(cid, "t1", "queued"),
+            worker_event(cid, "celery@t", "online"),
+            queue_event(cid, "default", 4),
+        ],
+    )
+    streams: list[str] = []
+    page.on("request", lambda r: streams.append(r.url) if "/api/events/stream" in r.url else None)
+    login_cookie(page, server.url, account)
+    open_live(page, server.url, cid)
+    wait_counts(page, rows=1, events=3)
+    page.uncheck('[data-type-filter][value="queue"]')
+    page.wait_for_function("() => document.body.classList.contains('hide-queues')")
+    expect(page.locator("[data-indicator]")).to_have_attribute("data-state", "live")
+    wait_counts(page, rows=1, events=2)  # rebuilt from the filtered replay
+    assert "types=job%2Cworker" in streams[-1] and "lastEventId=0" in streams[-1], streams
+    expect(page.locator('[data-queue-name="default"]')).to_have_count(0)
+    send(server, account, [queue_event(cid, "default", 5), job_event(cid, "t2", "queued")])
+    wait_counts(page, rows=2, events=3)  # the queue event was not delivered
+    page.uncheck('[data-type-filter][value="worker"]')
+    # The last checked type cannot be unchecked (empty would mean "all").
+    expect(page.locator('[data-type-filter][value="job"]')).to_be_disabled()
+    page.check('[data-type-filter][value="queue"]')
+    page.check('[data-type-filter][value="worker"]')
+    wait_counts(page, rows=2, events=5)
+    assert "types=" not in streams[-1], streams
+    assert event_count(page) == 5
