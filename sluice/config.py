@@ -68,6 +68,8 @@ class Settings:
     session_days: int = 14
     # Redis client.
     redis_max_connections: int = 50
+    # Operations.
+    debug_stats: bool = False  # /api/debug/stats (greenlets, listeners): tests and ops only
 
     @property
     def is_production(self) -> bool:
@@ -97,6 +99,7 @@ ENV_NAMES: dict[str, str] = {
     "ingest_rate_limit": "SLUICE_INGEST_RATE_LIMIT",
     "session_days": "SLUICE_SESSION_DAYS",
     "redis_max_connections": "SLUICE_REDIS_MAX_CONNECTIONS",
+    "debug_stats": "SLUICE_DEBUG_STATS",
 }
 
 
@@ -127,6 +130,7 @@ def load_settings(
         "ingest_rate_limit": env.get("SLUICE_INGEST_RATE_LIMIT") or "100 per second",
         "session_days": _int(env, "SLUICE_SESSION_DAYS", 14, 1),
         "redis_max_connections": _int(env, "SLUICE_REDIS_MAX_CONNECTIONS", 50, 2),
+        "debug_stats": (env.get("SLUICE_DEBUG_STATS") or "").lower() in ("1", "true", "yes"),
     }
     if overrides:
         known = {f.name for f in fields(Settings)}

@@ -55,6 +55,7 @@ class Keys:
 def connect(url: str, **kwargs: object) -> redis.Redis:
     """A client for ordinary commands (short socket timeout, bytes replies)."""
     options: dict[str, object] = {
+        "client_name": f"sluice-{os.getpid()}",
         "socket_timeout": 5.0,
         "socket_connect_timeout": 5.0,
         "health_check_interval": 30,

@@ -23,6 +23,21 @@ def health() -> Response:
     return jsonify({"status": "ok", "hub": app_state.hub.stats()})
 
 
+@bp.get("/debug/stats")
+def debug_stats() -> Response:
+    """Per-process counters for tests and operators (off unless SLUICE_DEBUG_STATS=1)."""
+    app_state = state()
+    if not app_state.settings.debug_stats:
+        raise ApiError(404, "Not found")
+    import gc
+    import os
+
+    from greenlet import greenlet
+
+    live = sum(1 for obj in gc.get_objects() if isinstance(obj, greenlet) and not obj.dead)
+    return jsonify({"pid": os.getpid(), "greenlets": live, "hub": app_state.hub.stats()})
+
+
 @bp.get("/config")
 def client_config() -> Response:
     """Settings a dashboard needs to interpret the stream (e.g. when to call it stale)."""

@@ -146,6 +146,21 @@ class SSEStream:
                 out.append(event)
         return out
 
+    def data_events_within(self, seconds: float) -> list[SSEEvent]:
+        """Every event with an id that arrives within `seconds` (heartbeats skipped)."""
+        deadline = time.monotonic() + seconds
+        out: list[SSEEvent] = []
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return out
+            try:
+                event = self.next_event(left)
+            except TimeoutError:
+                return out
+            if event.id is not None:
+                out.append(event)
+
     def close(self) -> None:
         try:
             self.sock.close()
