@@ -123,6 +123,7 @@ class SluiceCelery:
         )  # task id → queue (before → after publish)
         self._started: dict[str, float] = {}  # task id → monotonic start, for runtime
         self._deferred: dict[str, dict] = {}  # retry publish, sent after its `retrying`
+        self._retry_at: dict[str, float] = {}  # task id → when task.retry() published
         self._worker: dict[str, Any] = {}
         self._hb_stop = threading.Event()
         self._hb_thread: threading.Thread | None = None
@@ -195,6 +196,9 @@ class SluiceCelery:
             if queue:
                 break
         queue = queue or kw.get("routing_key")
+        if headers.get("retries") and _current_request_id() == task_id:
+            # task.retry() decided to retry now: that is when the attempt became `retrying`.
+            self._retry_at[task_id] = time.time()
         if queue:
             self._queues[task_id] = queue
             while len(self._queues) > 1000:
@@ -426,10 +430,12 @@ class SluiceCelery:
         if sender is None or not self._mine(sender):
             return
         exc = getattr(reason, "exc", None) or reason
+        task_id = getattr(request, "id", None) or sender.request.id
         self._finish(
             sender,
             "retrying",
             "task_retry",
+            timestamp=self._retry_at.pop(task_id, None),
             error=_describe(exc),
             stacktrace=getattr(einfo, "traceback", None),
             extensions={
@@ -438,13 +444,14 @@ class SluiceCelery:
                 else None
             },
         )
-        deferred = self._deferred.pop(getattr(request, "id", None) or sender.request.id, None)
+        deferred = self._deferred.pop(task_id, None)
         if deferred is not None:
             self.sender.submit(deferred)
 
     def on_postrun(self, sender: Any = None, task_id: str | None = None, **kw: Any) -> None:
         if task_id:
             self._started.pop(task_id, None)
+            self._retry_at.pop(task_id, None)
             deferred = self._deferred.pop(task_id, None)
             if deferred is not None:
                 self.sender.submit(deferred)
@@ -492,6 +499,7 @@ class SluiceCelery:
         # parent's per-task bookkeeping too. The sender thread starts on first use.
         self._started.clear()
         self._deferred.clear()
+        self._retry_at.clear()
         self._hb_thread = None
 
     def on_process_shutdown(self, **kw: Any) -> None:

@@ -188,7 +188,7 @@ class CeleryAgent:
                         pass
                 conn = None
             with self._lock:
-                expired = self.mapper.expire_workers()
+                expired = self.mapper.release_held() + self.mapper.expire_workers()
             if expired:
                 self.sender.submit_many(expired)
             self._maybe_warn()

@@ -293,7 +293,10 @@ def queue_event(
 
 
 class _Task:
-    __slots__ = ("name", "state", "attempt", "queue", "worker", "created", "started", "max_retries")
+    __slots__ = (
+        "name", "state", "attempt", "queue", "worker", "created", "started", "pending",
+        "pending_since",
+    )  # fmt: skip
 
     def __init__(self) -> None:
         self.name: str | None = None
@@ -303,7 +306,9 @@ class _Task:
         self.worker: str | None = None
         self.created: Any = None
         self.started: Any = None
-        self.max_retries: int | None = None
+        #: The next attempt's events that came before the task-retried they follow.
+        self.pending: list[dict[str, Any]] = []
+        self.pending_since: float | None = None
 
 
 class CeleryEventMapper:
@@ -344,12 +349,53 @@ class CeleryEventMapper:
         kind = event.get("type", "")
         if kind.startswith("task-"):
             self.seen_task_events += 1
-            out = self._map_task(kind, event)
-            return [out] if out else []
+            return self._map_task_ordered(kind, event)
         if kind.startswith("worker-"):
             self.seen_worker_events += 1
             return self._map_worker(kind, event)
         return []
+
+    def _map_task_ordered(self, kind: str, ev: dict[str, Any]) -> list[dict[str, Any]]:
+        """Put retries back in order.
+
+        A retrying task publishes its next attempt (task-sent from the pool
+        child, then task-received, even task-started) before the worker's main
+        process reports task-retried for the attempt that failed. The next
+        attempt's events are held until that task-retried arrives (or for at
+        most `hold_seconds`, see `release_held`), so the stream reads
+        active(1) → retrying(1) → queued(2) → active(2).
+        """
+        task_id = ev.get("uuid")
+        task = self._tasks.get(task_id) if task_id else None
+        if task is None:
+            return [e for e in [self._map_task(kind, ev)] if e]
+        if task.pending:
+            if kind != "task-retried":
+                task.pending.append(ev)
+                return []
+            held, task.pending, task.pending_since = task.pending, [], None
+            out = [self._map_task(kind, ev)]
+            out += [self._map_task(e.get("type", ""), e) for e in held]
+            return [e for e in out if e]
+        if (
+            kind in ("task-sent", "task-received")
+            and task.state == "active"
+            and attempt_from_retries(ev.get("retries")) > task.attempt
+        ):
+            task.pending = [ev]
+            task.pending_since = time.monotonic()
+            return []
+        return [e for e in [self._map_task(kind, ev)] if e]
+
+    def release_held(self, hold_seconds: float = 3.0) -> list[dict[str, Any]]:
+        """Events held for a task-retried that never came (task events partly lost)."""
+        out: list[dict[str, Any]] = []
+        now = time.monotonic()
+        for task in self._tasks.values():
+            if task.pending and now - (task.pending_since or now) >= hold_seconds:
+                held, task.pending, task.pending_since = task.pending, [], None
+                out += [e for e in (self._map_task(h.get("type", ""), h) for h in held) if e]
+        return out
 
     def _map_task(self, kind: str, ev: dict[str, Any]) -> dict[str, Any] | None:
         state = TASK_STATES.get(kind)
@@ -411,6 +457,7 @@ class CeleryEventMapper:
             stack = ev.get("traceback")
         elif kind == "task-rejected":
             error = "rejected by the worker" + (" (requeued)" if ev.get("requeue") else "")
+        attempt = task.attempt  # held events of the next attempt are not applied yet
         previous = task.state
         task.state = state
         return job_event(
@@ -420,7 +467,7 @@ class CeleryEventMapper:
             state=state,
             timestamp=ts,
             previous_state=previous,
-            attempt=task.attempt,
+            attempt=attempt,
             queue=task.queue,
             worker_id=task.worker,
             error=error,

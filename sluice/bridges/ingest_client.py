@@ -260,16 +260,19 @@ class IngestSender:
     def _post(self, batch: list[dict]) -> tuple[int, float | None]:
         """One POST; returns what to do with the batch and an optional wait."""
         body = json.dumps({"events": batch}, separators=(",", ":"), default=str).encode()
-        try:
-            conn = self._connection()
-            conn.request("POST", self._path, body=body, headers=self._headers)
-            resp = conn.getresponse()
-            payload = resp.read()
-            status = resp.status
-            retry_after = resp.getheader("Retry-After")
-        except Exception as exc:
-            self._reset_connection()
-            return self._failure(f"{type(exc).__name__}: {exc}"), None
+        for fresh in (self._conn is None, True):
+            try:
+                conn = self._connection()
+                conn.request("POST", self._path, body=body, headers=self._headers)
+                resp = conn.getresponse()
+                payload = resp.read()
+                status = resp.status
+                retry_after = resp.getheader("Retry-After")
+                break
+            except Exception as exc:
+                self._reset_connection()
+                if fresh:  # a kept-alive socket the server had closed gets one quick retry
+                    return self._failure(f"{type(exc).__name__}: {exc}"), None
         if resp.will_close:
             self._reset_connection()
         if 200 <= status < 300:

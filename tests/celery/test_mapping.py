@@ -128,26 +128,13 @@ def test_retries_carry_attempts_and_ids_differ_per_attempt():
         )
     ]
     for n in range(2):
+        # The order a real worker sends them in: the retry message is published
+        # (task-sent, task-received) before task-retried reports the failed attempt.
         evs += [
             Event("task-started", uuid="t3", hostname="celery@w"),
-            Event(
-                "task-retried",
-                uuid="t3",
-                exception=f"RuntimeError('attempt {n + 1}')",
-                traceback="tb",
-                hostname="celery@w",
-            ),
-            Event(
-                "task-sent", uuid="t3", name="app.flaky", retries=n + 1, eta=None, queue="celery"
-            ),
-            Event(
-                "task-received",
-                uuid="t3",
-                name="app.flaky",
-                retries=n + 1,
-                eta=None,
-                hostname="celery@w",
-            ),
+            Event("task-sent", uuid="t3", name="app.flaky", retries=n + 1, eta=None, queue="c"),
+            Event("task-received", uuid="t3", name="app.flaky", retries=n + 1, eta=None),
+            Event("task-retried", uuid="t3", exception=f"RuntimeError('attempt {n + 1}')"),
         ]
     evs += [
         Event("task-started", uuid="t3", hostname="celery@w"),

@@ -1,0 +1,47 @@
+"""The Celery app the test workers run (`celery -A tests.celery.celeryapp worker`).
+
+Configured from the environment by rig.py: TEST_BROKER_URL, TEST_QUEUE and,
+for the in-worker integration, TEST_SLUICE_INSTALL=1 with SLUICE_URL /
+SLUICE_API_KEY / SLUICE_CONNECTION_ID / SLUICE_HEARTBEAT_INTERVAL.
+"""
+
+from __future__ import annotations
+
+import os
+
+from celery import Celery
+
+app = Celery("sluice_test", broker=os.environ.get("TEST_BROKER_URL", "memory://"))
+app.conf.update(
+    task_default_queue=os.environ.get("TEST_QUEUE", "celery"),
+    broker_connection_retry_on_startup=True,
+    worker_prefetch_multiplier=1,
+    task_send_sent_event=True,
+    result_backend=None,
+    task_ignore_result=True,
+    worker_hijack_root_logger=True,
+)
+if os.environ.get("TEST_SLUICE_INSTALL") == "1":
+    import sluice.celery
+
+    sluice.celery.install(app)
+
+
+@app.task(name="sluice_test.add")
+def add(x: int, y: int) -> int:
+    return x + y
+
+
+@app.task(name="sluice_test.boom")
+def boom(message: str) -> None:
+    raise ValueError(message)
+
+
+@app.task(name="sluice_test.flaky", bind=True, max_retries=5)
+def flaky(self, failures: int) -> str:
+    """Fails `failures` times (retrying at once), then succeeds."""
+    if self.request.retries < failures:
+        raise self.retry(
+            countdown=0, exc=RuntimeError(f"attempt {self.request.retries + 1} failed")
+        )
+    return "ok"
