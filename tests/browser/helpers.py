@@ -40,7 +40,7 @@ def open_live(page: Any, base_url: str, connection_id: str) -> None:
 
 
 def job_row(page: Any, external_id: str) -> Any:
-    return page.locator(f'tbody[data-jobs-body] tr[data-external-id="{external_id}"]')
+    return page.locator(f'[data-jobs-body] .job-row[data-external-id="{external_id}"]')
 
 
 def event_count(page: Any) -> int:
@@ -51,7 +51,7 @@ def wait_counts(page: Any, *, rows: int, events: int, timeout: float = 10_000) -
     """Wait until the table has `rows` rows and the event counter says `events`."""
     page.wait_for_function(
         """([rows, events]) => {
-            const n = document.querySelectorAll('tbody[data-jobs-body] tr').length;
+            const n = document.querySelectorAll('[data-jobs-body] .job-row').length;
             const c = Number(document.querySelector('[data-stat="events"]').dataset.count || 0);
             return n === rows && c === events;
         }""",

@@ -34,7 +34,7 @@ def send(server: Any, account: Any, events: list[dict]) -> None:
 
 def external_ids(page: Any) -> list[str]:
     return page.eval_on_selector_all(
-        "tbody[data-jobs-body] tr", "els => els.map(e => e.dataset.externalId)"
+        "[data-jobs-body] .job-row", "els => els.map(e => e.dataset.externalId)"
     )
 
 
@@ -66,12 +66,12 @@ def test_restart_reconnects_and_resumes_without_loss_or_duplicates(own_server, a
     assert "lastEventId=" in resumed and "lastEventId=0&" not in resumed + "&", streams
     # One more live event proves the stream is live and nothing arrives twice.
     send(own_server, account, [job_event(cid, "r-5", "completed")])
-    expect(page.locator('tr[data-external-id="r-5"] .badge')).to_have_text("Completed")
+    expect(page.locator('.job-row[data-external-id="r-5"] .badge')).to_have_text("Completed")
     ids = external_ids(page)
     assert len(ids) == 30 and len(set(ids)) == 30
     assert event_count(page) == 36
     for i in range(5):
-        expect(page.locator(f'tr[data-external-id="r-{i}"] .badge')).to_have_text("Active")
+        expect(page.locator(f'.job-row[data-external-id="r-{i}"] .badge')).to_have_text("Active")
 
 
 def test_signed_out_stream_sends_the_page_to_login(own_server, account, page):

@@ -18,13 +18,24 @@ const workers = new WorkersPanel(root);
 const queues = new QueuesPanel(root);
 const stats = new Stats(root);
 
+// The DOM is written at most every RENDER_INTERVAL_MS, always inside an animation
+// frame: a table that shifts more often cannot be read anyway, and each redraw costs a
+// relayout and a repaint. Events between two redraws only touch the in-memory store.
+// (The connection indicator is not throttled: it changes rarely and matters at once.)
+const RENDER_INTERVAL_MS = 100;
 let frame = 0;
+let lastDraw = -Infinity;
 function scheduleRender() {
   if (!frame) frame = requestAnimationFrame(render);
 }
 
-function render() {
+function render(ts) {
   frame = 0;
+  if (ts - lastDraw < RENDER_INTERVAL_MS) {
+    scheduleRender(); // too soon: draw on a later frame
+    return;
+  }
+  lastDraw = ts;
   const now = client.serverNow();
   jobs.render(store);
   workers.render(store, now);

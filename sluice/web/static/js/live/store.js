@@ -193,20 +193,30 @@ export class Store {
     this.queuesChanged = true;
   }
 
-  /** Events per second over the last `windowS` seconds, in server time. */
+  /**
+   * Events per second over the last `windowS` complete seconds, in server time
+   * (stream ids carry Redis's clock, so a replayed backlog does not count as a burst).
+   */
   rate(nowMs, windowS = 5) {
     const nowS = Math.floor(nowMs / 1000);
     let sum = 0;
-    for (let s = nowS - windowS + 1; s <= nowS; s++) sum += this.buckets.get(s) || 0;
+    for (let s = nowS - windowS; s < nowS; s++) sum += this.buckets.get(s) || 0;
     for (const s of this.buckets.keys()) if (s < nowS - RATE_WINDOW_S) this.buckets.delete(s);
     return sum / windowS;
   }
 
-  /** Per-second event counts for the last n seconds (oldest first), for the rate sparkline. */
+  /**
+   * Per-second event counts (oldest first) for the rate sparkline: the last n complete
+   * seconds, or fewer when the page has not seen that much history yet.
+   */
   rateSeries(nowMs, n = 60) {
     const nowS = Math.floor(nowMs / 1000);
+    let start = nowS - n;
+    let first = Infinity;
+    for (const s of this.buckets.keys()) if (s >= start && s < first) first = s;
+    if (first !== Infinity) start = Math.max(start, Math.min(first, nowS - 10));
     const out = [];
-    for (let s = nowS - n + 1; s <= nowS; s++) out.push([s * 1000, this.buckets.get(s) || 0]);
+    for (let s = start; s < nowS; s++) out.push([s * 1000, this.buckets.get(s) || 0]);
     return out;
   }
 

@@ -42,7 +42,7 @@ export class JobsTable {
     this.empty = root.querySelector("[data-jobs-empty]");
     this.more = root.querySelector("[data-jobs-more]");
     this.chips = root.querySelector("[data-state-chips]");
-    /** @type {Map<string, HTMLTableRowElement>} */
+    /** @type {Map<string, HTMLDivElement>} */
     this.rows = new Map();
     this.filter = { state: "", search: "" };
     this.filterChanged = true;
@@ -127,11 +127,19 @@ export class JobsTable {
   }
 
   createRow(job) {
-    const tr = el("tr");
+    // A div grid rather than <tr>: rows can then skip rendering while off screen
+    // (content-visibility), which keeps relayout cheap with 500 rows and 1,000 events/s.
+    const tr = el("div", "job-row");
+    tr.setAttribute("role", "row");
     tr.dataset.jobId = job.id;
     if (job.externalId != null) tr.dataset.externalId = String(job.externalId);
-    const stateTd = el("td", "c-state");
-    const nameTd = el("td", "c-name");
+    const cell = (cls) => {
+      const c = el("div", cls);
+      c.setAttribute("role", "cell");
+      return c;
+    };
+    const stateTd = cell("c-state");
+    const nameTd = cell("c-name");
     const name = el("div", "job-name");
     const sub = el("div", "job-sub mono");
     const err = el("div", "job-error");
@@ -141,11 +149,11 @@ export class JobsTable {
       name,
       sub,
       err,
-      queue: el("td", "c-queue"),
-      worker: el("td", "c-worker mono"),
-      attempt: el("td", "c-attempt num"),
-      duration: el("td", "c-duration num"),
-      updated: el("td", "c-updated num"),
+      queue: cell("c-queue"),
+      worker: cell("c-worker mono"),
+      attempt: cell("c-attempt num"),
+      duration: cell("c-duration num"),
+      updated: cell("c-updated num"),
     };
     const c = tr._cells;
     tr.append(stateTd, nameTd, c.queue, c.worker, c.attempt, c.duration, c.updated);
@@ -225,7 +233,7 @@ export class WorkersPanel {
     }
     for (const w of shown) {
       const li = this.items.get(w.id);
-      if (li) setText(li._cells.ago, w.lastHeartbeatMs == null ? "no heartbeat yet" : `heartbeat ${formatAgo(nowMs - w.lastHeartbeatMs)}`);
+      if (li) setText(li._cells.ago, w.lastHeartbeatMs == null ? "no heartbeat yet" : `last heartbeat ${formatAgo(nowMs - w.lastHeartbeatMs)}`);
     }
   }
 
