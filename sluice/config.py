@@ -54,8 +54,11 @@ class Settings:
     stream_maxlen: int = 10_000
     stream_max_seconds: float = 0.0  # 0 = no lifetime cap
     retry_ms: int = 2_000
-    listener_buffer: int = 5_000  # frames pending for one client before it is cut off
+    listener_buffer_bytes: int = (
+        4_194_304  # bytes pending for a client that is not reading, before it is cut off
+    )
     catchup_batch: int = 500
+    read_block_ms: int = 5_000  # how long the shared XREAD blocks before going round again
     max_streams_per_connection: int = 10_000
     # Ingest.
     max_body_bytes: int = 1_048_576
@@ -88,8 +91,9 @@ ENV_NAMES: dict[str, str] = {
     "stream_maxlen": "SLUICE_STREAM_MAXLEN",
     "stream_max_seconds": "SLUICE_STREAM_MAX_SECONDS",
     "retry_ms": "SLUICE_RETRY_MS",
-    "listener_buffer": "SLUICE_LISTENER_BUFFER",
+    "listener_buffer_bytes": "SLUICE_LISTENER_BUFFER_BYTES",
     "catchup_batch": "SLUICE_CATCHUP_BATCH",
+    "read_block_ms": "SLUICE_READ_BLOCK_MS",
     "max_streams_per_connection": "SLUICE_MAX_STREAMS_PER_CONNECTION",
     "max_body_bytes": "SLUICE_MAX_BODY_BYTES",
     "max_batch_events": "SLUICE_MAX_BATCH_EVENTS",
@@ -119,8 +123,9 @@ def load_settings(
         "stream_maxlen": _int(env, "SLUICE_STREAM_MAXLEN", 10_000, 1),
         "stream_max_seconds": _float(env, "SLUICE_STREAM_MAX_SECONDS", 0.0),
         "retry_ms": _int(env, "SLUICE_RETRY_MS", 2_000, 0),
-        "listener_buffer": _int(env, "SLUICE_LISTENER_BUFFER", 5_000, 1),
+        "listener_buffer_bytes": _int(env, "SLUICE_LISTENER_BUFFER_BYTES", 4_194_304, 1024),
         "catchup_batch": _int(env, "SLUICE_CATCHUP_BATCH", 500, 1),
+        "read_block_ms": _int(env, "SLUICE_READ_BLOCK_MS", 5_000, 1),
         "max_streams_per_connection": _int(env, "SLUICE_MAX_STREAMS_PER_CONNECTION", 10_000, 1),
         "max_body_bytes": _int(env, "SLUICE_MAX_BODY_BYTES", 1_048_576, 1),
         "max_batch_events": _int(env, "SLUICE_MAX_BATCH_EVENTS", 1_000, 1),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import socket
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlencode, urlsplit
@@ -38,8 +39,7 @@ class SSEStream:
         self.body_log = bytearray()  # every decoded body byte, for byte-exact tests
         self.retry: int | None = None
         self.ended = False
-        self._lines: list[str] = []
-        self._fields: dict[str, list[str]] = {}
+        self._lines: deque[str] = deque()
         self._decode()
 
     # -- transport ---------------------------------------------------------
@@ -117,12 +117,17 @@ class SSEStream:
                 self.retry = int(value)
 
     def _next_line(self, deadline: float) -> str:
-        while b"\n" not in self._body:
+        # Split whole buffers at once: partitioning a multi-megabyte buffer line by
+        # line would make the reader, not the server, the slow part.
+        while not self._lines:
+            if b"\n" in self._body:
+                *lines, self._body = self._body.split(b"\n")
+                self._lines.extend(line.decode().rstrip("\r") for line in lines)
+                break
             if self.ended:
                 raise ConnectionError("server closed the stream")
             self._fill(deadline)
-        line, _, self._body = self._body.partition(b"\n")
-        return line.decode().rstrip("\r")
+        return self._lines.popleft()
 
     def events_until(
         self, predicate: Callable[[SSEEvent], bool], timeout: float = 5
@@ -185,6 +190,7 @@ def open_stream(
     query_last_event_id: str | None = None,
     extra_params: dict[str, str] | None = None,
     timeout: float = 5,
+    rcvbuf: int | None = None,
 ) -> SSEStream:
     """Open `GET /api/events/stream` and read the status line and headers."""
     parts = urlsplit(base_url)
@@ -204,7 +210,11 @@ def open_stream(
         lines.append("Cookie: " + "; ".join(f"{k}={v}" for k, v in cookies.items()))
     if last_event_id is not None:
         lines.append(f"Last-Event-ID: {last_event_id}")
-    sock = socket.create_connection((parts.hostname, parts.port), timeout=timeout)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if rcvbuf is not None:  # before connect, so the advertised window is small from the start
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.settimeout(timeout)
+    sock.connect((parts.hostname, parts.port))
     sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
     deadline = time.monotonic() + timeout
     buf = b""

@@ -5,10 +5,12 @@ has listeners in this process. Each entry becomes an SSE frame once, and the
 same bytes are appended to the pending list of every listener that wants the
 event. Redis connections therefore grow with processes, not with viewers.
 
-A listener that falls more than ``listener_buffer`` frames behind is cut off
-(its socket is shut down so a blocked write returns at once); it reconnects
-with ``Last-Event-ID`` and catches up from history, so it loses nothing and
-never holds more than its buffer.
+A listener whose previous write is still blocked (the client is not reading)
+while more than ``listener_buffer_bytes`` pile up is cut off: its buffer is
+freed and its socket shut down so the blocked write returns at once. It
+reconnects with ``Last-Event-ID`` and catches up from history, so it loses
+nothing and never holds more than its buffer. A listener that is merely
+waiting takes any batch, however large, in one write.
 """
 
 from __future__ import annotations
@@ -30,9 +32,6 @@ from .sse import ENTRY_DATA, ENTRY_EVENT, control_frame, event_frame
 log = logging.getLogger("sluice.hub")
 
 CLOSED_EVENT = b"stream:closed"
-#: How long one XREAD blocks; new streams wake it earlier, so this only bounds
-#: how often an idle reader goes round its loop.
-READ_BLOCK_MS = 5_000
 READ_COUNT = 1_000
 #: Fan-out yields to other greenlets after this many listeners, for fairness.
 FANOUT_YIELD_EVERY = 256
@@ -53,6 +52,8 @@ class Listener:
         "stream_key",
         "types",
         "pending",
+        "pending_bytes",
+        "writing",
         "wake",
         "limit",
         "closed",
@@ -71,6 +72,8 @@ class Listener:
         self.stream_key = stream_key
         self.types = types
         self.pending: list[bytes] = []
+        self.pending_bytes = 0
+        self.writing = False  # set by the response while its write may block
         self.wake = Event()
         self.limit = limit
         self.closed = False
@@ -78,22 +81,38 @@ class Listener:
         self.skip_until: tuple[int, int] | None = None
         self.sock = sock
 
-    def deliver(self, frames: list[tuple[bytes, bytes, bytes]]) -> None:
-        """Queue frames (entry id, event, frame) for this listener; the hot path."""
+    def deliver(self, frames: list[tuple[bytes, bytes, bytes]], size: int) -> None:
+        """Queue frames (entry id, event, frame) for this listener; the hot path.
+
+        `size` is the byte size of all `frames`, computed once per batch.
+        """
         if self.closed:
             return
         types = self.types
         pending = self.pending
         if self.skip_until is not None:
             frames = self._skip(frames)
+            size = sum(len(f) for _, _, f in frames)
         if types is None:
             pending.extend([f for _, _, f in frames])
+            self.pending_bytes += size
         else:
-            pending.extend([f for _, ev, f in frames if ev in types])
-        if len(pending) > self.limit:
+            kept = [f for _, ev, f in frames if ev in types]
+            if not kept:
+                return
+            pending.extend(kept)
+            self.pending_bytes += sum(map(len, kept))
+        if self.writing and self.pending_bytes > self.limit:
             self.cut_off()
         elif pending:
             self.wake.set()
+
+    def take(self) -> bytes:
+        """Everything pending as one chunk (one write for many frames)."""
+        chunk = b"".join(self.pending)
+        self.pending.clear()
+        self.pending_bytes = 0
+        return chunk
 
     def _skip(self, frames: list[tuple[bytes, bytes, bytes]]) -> list[tuple[bytes, bytes, bytes]]:
         """Drop frames this client has already seen (it resumed ahead of the hub)."""
@@ -113,10 +132,21 @@ class Listener:
         """Too far behind: free the buffer and end the response even if its
         write is blocked. The client resumes from its last id."""
         self.pending.clear()
+        self.pending_bytes = 0
         self.close("overflow")
+        self.hang_up()
+
+    def hang_up(self) -> None:
+        """Close the client's TCP connection after what was already written.
+
+        The OS socket under gevent's wrapper is shut down: a blocked send then
+        fails with EPIPE, which gunicorn treats as a client that left, and an
+        ended stream does not linger in HTTP keep-alive (which would hold a
+        draining worker for `keepalive` seconds).
+        """
         if self.sock is not None:
             try:
-                self.sock.shutdown(socket.SHUT_RDWR)
+                getattr(self.sock, "_sock", self.sock).shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
 
@@ -166,7 +196,8 @@ class Hub:
         self._streams: dict[bytes, _Stream] = {}
         self._reader: gevent.Greenlet | None = None
         self._wake_key = f"sluice:hub:{uuid.uuid4()}:wake".encode()
-        self._wake_cursor = b"$"
+        # A concrete id, not "$": a wake that lands before the first read still counts.
+        self._wake_cursor = b"0-0"
         self.draining = False
         self.listener_count = 0
 
@@ -213,7 +244,7 @@ class Hub:
 
         if self.draining:
             raise Draining()
-        listener = Listener(key, types, self.settings.listener_buffer, sock)
+        listener = Listener(key, types, self.settings.listener_buffer_bytes, sock)
         catchup_from = catchup_to = None
         stream = self._streams.get(key)
         if stream is None:
@@ -319,11 +350,13 @@ class Hub:
 
     def _read_once(self) -> None:
         if self._blocking is None:
-            self._blocking = connect_blocking(self._redis_url, READ_BLOCK_MS / 1000)
+            self._blocking = connect_blocking(self._redis_url, self.settings.read_block_ms / 1000)
         watched = dict(self._streams)
         wanted: dict[bytes, bytes] = {k: s.cursor for k, s in watched.items()}
         wanted[self._wake_key] = self._wake_cursor
-        reply = self._blocking.xread(wanted, count=READ_COUNT, block=READ_BLOCK_MS)
+        # How long one XREAD blocks: new streams wake it earlier, so this only
+        # bounds how often an idle reader goes round its loop.
+        reply = self._blocking.xread(wanted, count=READ_COUNT, block=self.settings.read_block_ms)
         for key, entries in reply or ():
             if key == self._wake_key:
                 self._wake_cursor = entries[-1][0]
@@ -339,20 +372,21 @@ class Hub:
         frames: list[tuple[bytes, bytes, bytes]] = []
         closed = False
         last_id = stream.cursor
+        size = 0
         for entry_id, fields in entries:
             last_id = entry_id
             event = fields.get(ENTRY_EVENT, b"")
             if event == CLOSED_EVENT:
                 closed = True
                 break
-            frames.append(
-                (entry_id, event, event_frame(entry_id, event, fields.get(ENTRY_DATA, b"")))
-            )
+            frame = event_frame(entry_id, event, fields.get(ENTRY_DATA, b""))
+            size += len(frame)
+            frames.append((entry_id, event, frame))
         stream.cursor = last_id
         listeners = list(stream.listeners)
         for i, listener in enumerate(listeners, 1):
             if frames:
-                listener.deliver(frames)
+                listener.deliver(frames, size)
             if closed:
                 listener.close("connection_deleted")
             if i % FANOUT_YIELD_EVERY == 0:

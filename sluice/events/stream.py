@@ -151,7 +151,6 @@ def stream_body(
     greenlet (GreenletExit); both run `finally`.
     """
     listener = subscription.listener
-    pending = listener.pending
     wake = listener.wake
     deadline = time.monotonic() + max_seconds if max_seconds > 0 else None
     try:
@@ -161,28 +160,33 @@ def stream_body(
         if subscription.catchup_from is not None:
             for frames in hub.history(listener, subscription.catchup_from, subscription.catchup_to):
                 if frames:
+                    listener.writing = True
                     yield b"".join(frames)
+                    listener.writing = False
         while True:
-            if pending:
-                chunk = b"".join(pending)
-                pending.clear()
-                yield chunk
+            if listener.pending:
+                listener.writing = True
+                yield listener.take()
+                listener.writing = False
                 continue
             if listener.closed:
-                return
+                break
             timeout = heartbeat
             if deadline is not None:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    return
+                    break
                 timeout = min(timeout, left)
             wake.clear()
             if not wake.wait(timeout):
                 if deadline is not None and time.monotonic() >= deadline:
-                    return
+                    break
                 yield heartbeat_frame()
+        # The server ends this stream (shutdown, lifetime cap, deleted connection):
+        # close the connection too, so the client reconnects at once.
+        listener.hang_up()
     except redis.RedisError:
         # History could not be read: end the response; the client resumes.
-        return
+        listener.hang_up()
     finally:
         hub.unsubscribe(listener)
