@@ -23,7 +23,7 @@ from flask_login import UserMixin, current_user, login_required, login_user, log
 from .errors import ApiError
 from .extensions import limiter, login_manager, state
 from .redis import Keys
-from .validation import read_json_object
+from .validation import read_json_object, require_json_content_type
 
 bp = Blueprint("auth", __name__, url_prefix="/api/auth")
 
@@ -168,6 +168,7 @@ def _login_limit_key() -> str:
 @bp.post("/login")
 @limiter.limit(lambda: state().settings.login_rate_limit, key_func=_login_limit_key)
 def login() -> tuple[Response, int]:
+    require_json_content_type()
     body = read_json_object()
     email, password = body.get("email"), body.get("password")
     if not isinstance(email, str) or not isinstance(password, str):

@@ -16,7 +16,7 @@ from .events.sse import encode_entry_fields
 from .extensions import state
 from .redis import Keys
 from .timefmt import iso_from_ms
-from .validation import parse_uuid, read_json_object
+from .validation import parse_uuid, read_json_object, require_json_content_type
 
 bp = Blueprint("connections", __name__, url_prefix="/api/connections")
 
@@ -121,6 +121,7 @@ def list_connections() -> Response:
 @bp.post("")
 @login_required
 def create() -> tuple[Response, int]:
+    require_json_content_type()
     body = read_json_object()
     created = create_connection(
         state().redis, current_user.id, body.get("name"), body.get("framework")

@@ -29,6 +29,18 @@ def read_json_object() -> dict[str, Any]:
     return body
 
 
+def require_json_content_type() -> None:
+    """For cookie-authenticated writes: a cross-site HTML form cannot send
+    `application/json` without a CORS preflight, so this closes CSRF even where
+    SameSite=Lax does not apply (sibling subdomains, old browsers)."""
+    if request.mimetype != "application/json":
+        raise ApiError(
+            400,
+            "Content-Type must be application/json",
+            {"Content-Type": request.mimetype or "missing"},
+        )
+
+
 def parse_uuid(value: Any, field: str) -> str:
     """A canonical lowercase UUID string, or a 400 naming the field."""
     if not isinstance(value, str) or not value:

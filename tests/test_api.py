@@ -76,6 +76,20 @@ def test_login_validation(server, body, field):
     assert field in error["details"]
 
 
+def test_cookie_writes_require_json_content_type(server, account):
+    """A cross-site HTML form (text/plain, urlencoded) can neither log in nor create."""
+    body = json.dumps({"email": account.email, "password": account.password})
+    response = requests.post(
+        server.url + "/api/auth/login", data=body, headers={"Content-Type": "text/plain"}
+    )
+    assert response.status_code == 400
+    assert "Content-Type" in error_of(response)["details"]
+    session = account.login(server.url)
+    response = session.post(server.url + "/api/connections", data={"name": "x"})
+    assert response.status_code == 400
+    assert "Content-Type" in error_of(response)["details"]
+
+
 def test_me_without_session_is_401_not_redirect(server):
     response = requests.get(server.url + "/api/auth/me", allow_redirects=False)
     assert response.status_code == 401

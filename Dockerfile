@@ -1,0 +1,22 @@
+# The production image (used by fly.toml). Celery is not installed here: the
+# agent runs next to your Celery deployment (pip install -r requirements-celery.txt).
+FROM python:3.11-slim
+
+ENV PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    SLUICE_ENV=production \
+    PORT=8080
+
+WORKDIR /app
+COPY requirements.txt ./
+RUN pip install -r requirements.txt
+COPY sluice ./sluice
+COPY wsgi.py gunicorn.conf.py ./
+
+RUN useradd --system --no-create-home sluice
+USER sluice
+EXPOSE 8080
+# SIGTERM makes each worker end its streams at once (clients resume elsewhere).
+STOPSIGNAL SIGTERM
+CMD ["gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"]
