@@ -114,7 +114,7 @@ def test_live_view_of_a_deleted_connection_says_so(server, account, page):
         session.delete(f"{server.url}/api/connections/{account.connection_id}").status_code == 204
     )
     expect(page.locator("[data-indicator]")).to_have_attribute("data-state", "gone")
-    expect(page.locator("[data-indicator-text]")).to_have_text("Connection deleted")
+    expect(page.locator("[data-indicator-text]")).to_have_text("Connection not found")
 
 
 def test_phone_width_has_no_horizontal_page_scroll(server, account, browser):

@@ -104,3 +104,36 @@ def test_silent_stream_shows_stale_then_recovers(own_server, account, page):
     expect(page.locator("[data-indicator]")).to_have_attribute("data-state", "live")
     send(own_server, account, [job_event(cid, "after-stale", "queued")])
     wait_counts(page, rows=1, events=1)
+
+
+def test_stream_reset_rebuilds_the_view_from_retained_history(
+    start_server, account, page, redis_client
+):
+    """A resume point older than the retained history: the server says `stream:reset`,
+    the page clears everything and rebuilds from the replay that follows."""
+    import json
+
+    from sluice.redis import Keys
+
+    srv = start_server(SLUICE_STREAM_MAXLEN="50")
+    cid = account.connection_id
+    login_cookie(page, srv.url, account)
+    open_live(page, srv.url, cid)
+    send(srv, account, [job_event(cid, f"old-{i}", "queued") for i in range(10)])
+    wait_counts(page, rows=10, events=10)
+
+    # Hold the page off while the history it has not seen outgrows the retention.
+    page.route("**/api/auth/me", lambda route: route.abort())
+    srv.restart()
+    send(srv, account, [job_event(cid, f"new-{i}", "queued") for i in range(600)])
+    retained = redis_client.xrange(Keys.stream(cid))
+    kept = [json.loads(fields["d"])["externalId"] for _, fields in retained]
+    assert 0 < len(kept) < 600 and "old-0" not in kept  # the page's resume point is gone
+    page.unroute("**/api/auth/me")
+
+    wait_counts(page, rows=len(kept), events=len(kept), timeout=20_000)
+    expect(page.locator('.job-row[data-external-id="old-0"]')).to_have_count(0)
+    expect(page.locator("[data-jobs-body] .job-row").first).to_have_attribute(
+        "data-external-id", "new-599"
+    )
+    expect(page.locator("[data-indicator]")).to_have_attribute("data-state", "live")

@@ -386,7 +386,7 @@ const INDICATOR_TEXT = {
   reconnecting: "Reconnecting…",
   stale: "Stale — no heartbeat",
   "signed-out": "Signed out",
-  gone: "Connection deleted",
+  gone: "Connection not found",
 };
 
 export function showIndicator(root, status) {
