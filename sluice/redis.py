@@ -52,8 +52,13 @@ class Keys:
         return f"{PREFIX}:{{{connection_id}}}:seen:"
 
 
-def connect(url: str, **kwargs: object) -> redis.Redis:
-    """A client for ordinary commands (short socket timeout, bytes replies)."""
+def connect(url: str, max_connections: int = 50, **kwargs: object) -> redis.Redis:
+    """A client for ordinary commands (short socket timeout, bytes replies).
+
+    The pool blocks (up to 5 s) when all its connections are busy instead of
+    failing: a burst of reconnecting clients after a deploy then waits a few
+    milliseconds rather than getting 503s. Only a real outage is an error.
+    """
     options: dict[str, object] = {
         "client_name": f"sluice-{os.getpid()}",
         "socket_timeout": 5.0,
@@ -61,7 +66,10 @@ def connect(url: str, **kwargs: object) -> redis.Redis:
         "health_check_interval": 30,
     }
     options.update(kwargs)
-    return redis.Redis.from_url(url, **options)
+    pool = redis.BlockingConnectionPool.from_url(
+        url, max_connections=max_connections, timeout=5.0, **options
+    )
+    return redis.Redis(connection_pool=pool)
 
 
 def connect_blocking(url: str, block_seconds: float) -> redis.Redis:
