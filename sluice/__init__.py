@@ -69,6 +69,12 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
         app.register_blueprint(web_bp)
 
     app.after_request(_security_headers)
+    if settings.trusted_proxies:
+        # Client IPs for rate limits come from the proxy's X-Forwarded-For.
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        n = settings.trusted_proxies
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n)  # type: ignore[method-assign]
     return app
 
 

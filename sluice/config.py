@@ -72,6 +72,7 @@ class Settings:
     # Redis client.
     redis_max_connections: int = 50
     # Operations.
+    trusted_proxies: int = 0  # proxies in front (Fly: 1) whose X-Forwarded-For/-Proto to trust
     debug_stats: bool = False  # /api/debug/stats (greenlets, listeners): tests and ops only
 
     @property
@@ -104,6 +105,7 @@ ENV_NAMES: dict[str, str] = {
     "session_days": "SLUICE_SESSION_DAYS",
     "redis_max_connections": "SLUICE_REDIS_MAX_CONNECTIONS",
     "debug_stats": "SLUICE_DEBUG_STATS",
+    "trusted_proxies": "SLUICE_TRUSTED_PROXIES",
 }
 
 
@@ -136,6 +138,7 @@ def load_settings(
         "session_days": _int(env, "SLUICE_SESSION_DAYS", 14, 1),
         "redis_max_connections": _int(env, "SLUICE_REDIS_MAX_CONNECTIONS", 50, 2),
         "debug_stats": (env.get("SLUICE_DEBUG_STATS") or "").lower() in ("1", "true", "yes"),
+        "trusted_proxies": _int(env, "SLUICE_TRUSTED_PROXIES", 0, 0),
     }
     if overrides:
         known = {f.name for f in fields(Settings)}

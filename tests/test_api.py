@@ -477,3 +477,20 @@ def test_unknown_route_and_method_are_json(server):
 def test_health(server):
     body = requests.get(server.url + "/api/health").json()
     assert body["status"] == "ok"
+
+
+def test_rate_limit_uses_forwarded_client_ip_only_behind_trusted_proxy(start_server, account):
+    """Behind one trusted proxy, different X-Forwarded-For clients have separate login limits;
+    without it, a client cannot dodge the limit by forging the header."""
+    proxied = start_server(SLUICE_LOGIN_RATE_LIMIT="2 per minute", SLUICE_TRUSTED_PROXIES="1")
+    direct = start_server(SLUICE_LOGIN_RATE_LIMIT="2 per minute")
+    body = {"email": account.email, "password": "wrong password"}
+    for srv, expect_third in ((proxied, 401), (direct, 429)):
+        codes = [
+            requests.post(
+                srv.url + "/api/auth/login", json=body, headers={"X-Forwarded-For": f"10.0.0.{i}"}
+            ).status_code
+            for i in (1, 1, 2)
+        ]
+        assert codes[:2] == [401, 401]
+        assert codes[2] == expect_third
