@@ -121,9 +121,11 @@ class SluiceCelery:
         self._queues: OrderedDict[str, str] = (
             OrderedDict()
         )  # task id → queue (before → after publish)
-        self._started: dict[str, float] = {}  # task id → monotonic start, for runtime
-        self._deferred: dict[str, dict] = {}  # retry publish, sent after its `retrying`
-        self._retry_at: dict[str, float] = {}  # task id → when task.retry() published
+        self._started: dict[tuple[str, int], float] = {}  # (task id, retries) → start
+        # (task id, retries of the new message) → its publish event, sent after `retrying`
+        self._deferred: dict[tuple[str, int], dict] = {}
+        # (task id, retries of the new message) → when task.retry() published it
+        self._retry_at: dict[tuple[str, int], float] = {}
         self._worker: dict[str, Any] = {}
         self._hb_stop = threading.Event()
         self._hb_thread: threading.Thread | None = None
@@ -198,7 +200,9 @@ class SluiceCelery:
         queue = queue or kw.get("routing_key")
         if headers.get("retries") and _current_request_id() == task_id:
             # task.retry() decided to retry now: that is when the attempt became `retrying`.
-            self._retry_at[task_id] = time.time()
+            # Keyed by the retry's number: under the threads pool, the next attempt can
+            # already run (and retry) before this thread reports its own retry.
+            self._retry_at[(task_id, headers["retries"])] = time.time()
         if queue:
             self._queues[task_id] = queue
             while len(self._queues) > 1000:
@@ -241,7 +245,7 @@ class SluiceCelery:
         current = _current_request_id()
         if retries and current == task_id:
             # task.retry() publishes before Celery reports the retry: send it after `retrying`.
-            self._deferred[task_id] = event
+            self._deferred[(task_id, retries)] = event
             return
         self.sender.submit(event)
 
@@ -345,7 +349,7 @@ class SluiceCelery:
         if not task_id or task is None or not self._mine(task):
             return
         req = task.request
-        self._started[task_id] = time.monotonic()
+        self._started[(task_id, getattr(req, "retries", 0) or 0)] = time.monotonic()
         delivery = getattr(req, "delivery_info", None) or {}
         self.sender.submit(
             job_event(
@@ -367,10 +371,12 @@ class SluiceCelery:
             )
         )
 
-    def _finish(self, task: Any, state: str, signal_name: str, **fields: Any) -> None:
-        req = task.request
+    def _finish(
+        self, task: Any, state: str, signal_name: str, req: Any = None, **fields: Any
+    ) -> None:
+        req = req if req is not None and getattr(req, "id", None) else task.request
         task_id = req.id
-        started = self._started.pop(task_id, None)
+        started = self._started.pop((task_id, getattr(req, "retries", 0) or 0), None)
         runtime = round(time.monotonic() - started, 6) if started is not None else None
         ext = {
             "celerySignal": signal_name,
@@ -430,12 +436,14 @@ class SluiceCelery:
         if sender is None or not self._mine(sender):
             return
         exc = getattr(reason, "exc", None) or reason
-        task_id = getattr(request, "id", None) or sender.request.id
+        req = request if getattr(request, "id", None) else sender.request
+        key = (req.id, int(getattr(req, "retries", 0) or 0) + 1)
         self._finish(
             sender,
             "retrying",
             "task_retry",
-            timestamp=self._retry_at.pop(task_id, None),
+            req=req,
+            timestamp=self._retry_at.pop(key, None),
             error=_describe(exc),
             stacktrace=getattr(einfo, "traceback", None),
             extensions={
@@ -444,17 +452,22 @@ class SluiceCelery:
                 else None
             },
         )
-        deferred = self._deferred.pop(task_id, None)
+        deferred = self._deferred.pop(key, None)
         if deferred is not None:
             self.sender.submit(deferred)
 
-    def on_postrun(self, sender: Any = None, task_id: str | None = None, **kw: Any) -> None:
-        if task_id:
-            self._started.pop(task_id, None)
-            self._retry_at.pop(task_id, None)
-            deferred = self._deferred.pop(task_id, None)
-            if deferred is not None:
-                self.sender.submit(deferred)
+    def on_postrun(
+        self, sender: Any = None, task_id: str | None = None, task: Any = None, **kw: Any
+    ) -> None:
+        if not task_id:
+            return
+        retries = int(getattr(getattr(task, "request", None), "retries", 0) or 0)
+        self._started.pop((task_id, retries), None)
+        key = (task_id, retries + 1)
+        self._retry_at.pop(key, None)
+        deferred = self._deferred.pop(key, None)
+        if deferred is not None:  # a retry published but never reported: send it anyway
+            self.sender.submit(deferred)
 
     # -- the worker itself (main process) --
 
