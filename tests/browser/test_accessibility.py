@@ -1,0 +1,54 @@
+"""Every control has an accessible name, and the live view works from the keyboard."""
+
+from __future__ import annotations
+
+from playwright.sync_api import expect
+
+from tests.browser.helpers import login_cookie, open_live, wait_counts
+from tests.util import ingest, job_event
+
+UNNAMED = """() => [...document.querySelectorAll('input, select, button, a[href]')]
+  .filter(el => el.offsetParent !== null || el.type === 'checkbox')
+  .filter(el => {
+    const labelled = (el.labels && el.labels.length) || el.getAttribute('aria-label')
+      || el.getAttribute('aria-labelledby');
+    const text = (el.textContent || '').trim();
+    return !(labelled || (el.tagName !== 'INPUT' && el.tagName !== 'SELECT' && text));
+  })
+  .map(el => el.outerHTML.slice(0, 120))"""
+
+
+def test_controls_have_accessible_names(server, account, page):
+    page.goto(server.url + "/login")
+    assert page.evaluate(UNNAMED) == []
+    login_cookie(page, server.url, account)
+    page.goto(server.url + "/")
+    expect(page.locator(".conn-item")).to_have_count(1)
+    assert page.evaluate(UNNAMED) == []
+    open_live(page, server.url, account.connection_id)
+    assert page.evaluate(UNNAMED) == []
+    expect(page.locator("[data-indicator]")).to_have_attribute("role", "status")
+    expect(page.locator("[data-indicator]")).to_have_attribute("aria-live", "polite")
+
+
+def test_live_view_filters_from_the_keyboard(server, account, page):
+    cid = account.connection_id
+    ingest(
+        server.url,
+        account.api_key,
+        cid,
+        [job_event(cid, "k1", "failed", error="x"), job_event(cid, "k2", "completed")],
+    )
+    login_cookie(page, server.url, account)
+    open_live(page, server.url, cid)
+    wait_counts(page, rows=2, events=2)
+    page.locator('[data-state-filter="completed"]').focus()
+    page.keyboard.press("Tab")
+    expect(page.locator('[data-state-filter="failed"]')).to_be_focused()
+    page.keyboard.press("Enter")
+    expect(page.locator("[data-jobs-body] .job-row")).to_have_count(1)
+    page.keyboard.press("Space")  # pressing the active filter again clears it
+    expect(page.locator("[data-jobs-body] .job-row")).to_have_count(2)
+    page.locator("[data-job-search]").focus()
+    page.keyboard.type("nothing-matches")
+    expect(page.locator("[data-jobs-empty]")).to_contain_text("No jobs match these filters.")
