@@ -9,6 +9,7 @@ only moves bytes from its listener to the socket.
 from __future__ import annotations
 
 import re
+import socket
 import time
 from collections.abc import Iterator
 
@@ -21,7 +22,7 @@ from ..connections import connection_exists, owned_connection
 from ..errors import ApiError
 from ..extensions import state
 from ..validation import parse_uuid
-from .hub import Draining, Hub, Subscription, TooManyStreams, reset_frame
+from .hub import Draining, Hub, Listener, Subscription, TooManyStreams, reset_frame
 from .sse import heartbeat_frame, retry_frame
 
 bp = Blueprint("events", __name__, url_prefix="/api/events")
@@ -131,8 +132,83 @@ def stream() -> Response:
         heartbeat=settings.heartbeat_seconds,
         max_seconds=settings.stream_max_seconds,
         retry_ms=settings.retry_ms,
+        direct=direct_socket(request.environ),
     )
     return Response(body, status=200, headers=STREAM_HEADERS, direct_passthrough=True)
+
+
+def direct_socket(environ: dict) -> tuple[socket.socket, bool] | None:
+    """The client's plain socket and whether gunicorn frames the body as chunked,
+    when the stream may write to it itself (gunicorn, no TLS); else None."""
+    sock = environ.get("gunicorn.socket")
+    if sock is None or not str(environ.get("SERVER_SOFTWARE", "")).startswith("gunicorn"):
+        return None
+    if getattr(sock, "_sslobj", None) is not None or not hasattr(sock, "_sock"):
+        return None
+    # gunicorn chunks every HTTP/1.1 response without a Content-Length.
+    return sock, environ.get("SERVER_PROTOCOL") != "HTTP/1.0"
+
+
+class SocketWriter:
+    """Writes the stream straight to the client's socket, framed exactly as
+    gunicorn would frame a yielded chunk: hex size, CRLF, data, CRLF.
+
+    Why: going through gunicorn costs, per chunk and per listener, werkzeug's
+    iterator wrapper, gunicorn's write path, gevent's ``sendall`` (an extra
+    ``getsockopt`` syscall and a timeout object) and two copies. Here a chunk
+    is one non-blocking ``sendmsg`` of the pending frames; only when the
+    kernel buffer is full does the greenlet fall back to a cooperative
+    ``sendall`` (with ``listener.writing`` set, so a stalled client can be cut
+    off). The response's first bytes still go through gunicorn, which sends
+    the headers, and gunicorn writes the final empty chunk at the end.
+    """
+
+    __slots__ = ("sock", "raw", "chunked", "listener")
+
+    def __init__(self, listener: Listener, sock: socket.socket, chunked: bool) -> None:
+        self.listener = listener
+        self.sock = sock
+        self.raw = sock._sock  # the OS socket, non-blocking under gevent
+        self.chunked = chunked
+
+    def write_pending(self) -> None:
+        listener = self.listener
+        parts = listener.pending
+        body = parts[0] if len(parts) == 1 else b"".join(parts)
+        parts.clear()
+        listener.pending_bytes = 0
+        self.write(body)
+
+    def write(self, body: bytes) -> None:
+        if self.chunked:
+            buffers = [b"%X\r\n" % len(body), body, b"\r\n"]
+        else:
+            buffers = [body]
+        total = sum(map(len, buffers))
+        try:
+            sent = self.raw.sendmsg(buffers)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        if sent < total:
+            rest = memoryview(b"".join(buffers))[sent:]
+            self.listener.writing = True
+            try:
+                self.sock.sendall(rest)
+            finally:
+                self.listener.writing = False
+
+
+_heartbeat_cache: list = [0.0, b""]
+
+
+def cached_heartbeat() -> bytes:
+    """The heartbeat frame, encoded at most every 50 ms for the whole process
+    (thousands of idle streams share the same bytes, as they share events)."""
+    now = time.monotonic()
+    if now - _heartbeat_cache[0] >= 0.05:
+        _heartbeat_cache[0] = now
+        _heartbeat_cache[1] = heartbeat_frame()
+    return _heartbeat_cache[1]
 
 
 def stream_body(
@@ -142,32 +218,46 @@ def stream_body(
     heartbeat: float,
     max_seconds: float,
     retry_ms: int,
+    direct: tuple[socket.socket, bool] | None = None,
 ) -> Iterator[bytes]:
     """The response: first bytes at once, history, then live frames and heartbeats.
 
     Runs without a request context. A client that left is noticed when a write
     fails (at the latest at the next heartbeat); `finally` then releases the
     listener. gunicorn closes the iterator (GeneratorExit) or kills the
-    greenlet (GreenletExit); both run `finally`.
+    greenlet (GreenletExit); both run `finally`. With `direct` (see
+    `direct_socket`), everything after the first bytes is written by
+    `SocketWriter`; otherwise each chunk is yielded to the server.
     """
     listener = subscription.listener
     wake = listener.wake
     deadline = time.monotonic() + max_seconds if max_seconds > 0 else None
     try:
         yield retry_frame(retry_ms)
+        writer = SocketWriter(listener, *direct) if direct is not None else None
         if subscription.reset_reason is not None:
-            yield reset_frame(subscription.reset_reason)
+            frame = reset_frame(subscription.reset_reason)
+            if writer is None:
+                yield frame
+            else:
+                writer.write(frame)
         if subscription.catchup_from is not None:
             for frames in hub.history(listener, subscription.catchup_from, subscription.catchup_to):
                 if frames:
-                    listener.writing = True
-                    yield b"".join(frames)
-                    listener.writing = False
+                    if writer is None:
+                        listener.writing = True
+                        yield b"".join(frames)
+                        listener.writing = False
+                    else:
+                        writer.write(b"".join(frames))
         while True:
             if listener.pending:
-                listener.writing = True
-                yield listener.take()
-                listener.writing = False
+                if writer is None:
+                    listener.writing = True
+                    yield listener.take()
+                    listener.writing = False
+                else:
+                    writer.write_pending()
                 continue
             if listener.closed:
                 break
@@ -181,7 +271,10 @@ def stream_body(
             if not wake.wait(timeout):
                 if deadline is not None and time.monotonic() >= deadline:
                     break
-                yield heartbeat_frame()
+                if writer is None:
+                    yield cached_heartbeat()
+                else:
+                    writer.write(cached_heartbeat())
         # The server ends this stream (shutdown, lifetime cap, deleted connection):
         # close the connection too, so the client reconnects at once.
         listener.hang_up()
