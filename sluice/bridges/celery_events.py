@@ -374,9 +374,10 @@ class CeleryEventMapper:
                 task.pending.append(ev)
                 return []
             held, task.pending, task.pending_since = task.pending, [], None
-            out = [self._map_task(kind, ev)]
-            out += [self._map_task(e.get("type", ""), e) for e in held]
-            return [e for e in out if e]
+            out = [e for e in [self._map_task(kind, ev)] if e]
+            for e in held:  # in order again: a later attempt's retry may be held anew
+                out += self._map_task_ordered(e.get("type", ""), e)
+            return out
         if (
             kind in ("task-sent", "task-received")
             and task.state == "active"
@@ -394,7 +395,8 @@ class CeleryEventMapper:
         for task in self._tasks.values():
             if task.pending and now - (task.pending_since or now) >= hold_seconds:
                 held, task.pending, task.pending_since = task.pending, [], None
-                out += [e for e in (self._map_task(h.get("type", ""), h) for h in held) if e]
+                for h in held:
+                    out += [e for e in [self._map_task(h.get("type", ""), h)] if e]
         return out
 
     def _map_task(self, kind: str, ev: dict[str, Any]) -> dict[str, Any] | None:

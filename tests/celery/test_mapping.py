@@ -157,6 +157,49 @@ def test_retries_carry_attempts_and_ids_differ_per_attempt():
     assert len({e["id"] for e in out}) == len(out)
 
 
+def test_retries_of_overlapping_attempts_stay_in_order():
+    """Threads pool: attempt 2 runs and retries before attempt 1's task-retried is sent."""
+    m = ce.CeleryEventMapper(CONN)
+
+    def sent(n):
+        return Event("task-sent", uuid="t9", name="app.flaky", retries=n, eta=None, queue="c")
+
+    def received(n):
+        return Event("task-received", uuid="t9", name="app.flaky", retries=n, eta=None)
+
+    def retried(n):
+        return Event("task-retried", uuid="t9", exception=f"RuntimeError('attempt {n}')")
+
+    started = Event("task-started", uuid="t9", hostname="celery@w")
+    out = run(
+        m,
+        sent(0), received(0), started,
+        sent(1), received(1), started,
+        sent(2), received(2), retried(1), started, retried(2),
+        Event("task-succeeded", uuid="t9", runtime=0.1),
+    )  # fmt: skip
+    assert [(e["job"]["state"], e["job"]["attempt"]) for e in out] == [
+        ("queued", 1), ("active", 1), ("retrying", 1),
+        ("queued", 2), ("active", 2), ("retrying", 2),
+        ("queued", 3), ("active", 3), ("completed", 3),
+    ]  # fmt: skip
+    assert [e["job"].get("error") for e in out if e["job"]["state"] == "retrying"] == [
+        "RuntimeError('attempt 1')",
+        "RuntimeError('attempt 2')",
+    ]
+
+
+def test_held_events_are_released_if_task_retried_never_comes():
+    m = ce.CeleryEventMapper(CONN)
+    run(m, Event("task-received", uuid="t10", name="n", retries=0, eta=None))
+    run(m, Event("task-started", uuid="t10"))
+    assert run(m, Event("task-received", uuid="t10", name="n", retries=1, eta=None)) == []
+    assert m.release_held(hold_seconds=60) == []
+    released = m.release_held(hold_seconds=0)
+    validate(released)
+    assert [(e["job"]["state"], e["job"]["attempt"]) for e in released] == [("queued", 2)]
+
+
 def test_eta_is_scheduled_and_revoked_is_cancelled_and_rejected_is_failed():
     m = ce.CeleryEventMapper(CONN)
     eta = "2030-01-01T00:00:00+00:00"
