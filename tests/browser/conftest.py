@@ -80,11 +80,8 @@ def context(browser: Any) -> Iterator[Any]:
     ctx.close()
 
 
-@pytest.fixture
-def page(context: Any, request: pytest.FixtureRequest, page_errors: PageErrors) -> Iterator[Any]:
-    page = context.new_page()
-    page_errors.attach(page)
-    yield page
+def _finish(page: Any, request: pytest.FixtureRequest, errors: PageErrors) -> None:
+    """Screenshot on failure; on success, fail on uncaught page errors or CSP violations."""
     report = getattr(request.node, "rep_call", None)
     if report is not None and report.failed:
         ARTIFACTS.mkdir(exist_ok=True)
@@ -94,4 +91,28 @@ def page(context: Any, request: pytest.FixtureRequest, page_errors: PageErrors) 
         except Exception as exc:  # the page may be gone; the report is what matters
             print(f"screenshot failed: {exc}")
     elif report is not None and report.passed:
-        assert not page_errors.errors, page_errors.errors
+        assert not errors.errors, errors.errors
+
+
+@pytest.fixture
+def page(context: Any, request: pytest.FixtureRequest, page_errors: PageErrors) -> Iterator[Any]:
+    page = context.new_page()
+    page_errors.attach(page)
+    yield page
+    _finish(page, request, page_errors)
+
+
+@pytest.fixture
+def phone_page(
+    browser: Any, request: pytest.FixtureRequest, page_errors: PageErrors
+) -> Iterator[Any]:
+    """A page in a phone-sized context (375 px wide, touch)."""
+    ctx = browser.new_context(
+        viewport={"width": 375, "height": 740}, is_mobile=True, has_touch=True
+    )
+    ctx.set_default_timeout(10_000)
+    page = ctx.new_page()
+    page_errors.attach(page)
+    yield page
+    _finish(page, request, page_errors)
+    ctx.close()

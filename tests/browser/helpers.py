@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
+pytest.importorskip(
+    "playwright.sync_api", reason="playwright is not installed: pip install -r requirements-dev.txt"
+)
+
 from typing import Any
 
 from playwright.sync_api import expect

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
+pytest.importorskip(
+    "playwright.sync_api", reason="playwright is not installed: pip install -r requirements-dev.txt"
+)
+
 from playwright.sync_api import expect
 
 from tests.browser.helpers import login_cookie, open_live, wait_counts

@@ -5,11 +5,16 @@ These tests restart the server, so they get their own (module-scoped) one.
 
 from __future__ import annotations
 
+import pytest
+
+pytest.importorskip(
+    "playwright.sync_api", reason="playwright is not installed: pip install -r requirements-dev.txt"
+)
+
 import os
 import signal
 from typing import Any
 
-import pytest
 from playwright.sync_api import expect
 
 from tests.browser.helpers import (
