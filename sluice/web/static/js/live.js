@@ -1,8 +1,8 @@
 // Entry point of the live view: wires the store, the stream client and the views.
 //
-// Events are applied to the in-memory store as they arrive (cheap), and the DOM
-// is updated at most once per animation frame, plus a 1 s tick for the clocks
-// ("N s ago", events/s, the stale check).
+// Events are applied to the in-memory store as they arrive (cheap); the DOM is
+// updated inside an animation frame at most every 100 ms, plus a 1 s tick for the
+// clocks ("N s ago", events/s).
 
 import "./common.js";
 import { api, goToLogin } from "./api.js";

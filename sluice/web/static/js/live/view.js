@@ -1,6 +1,6 @@
-// DOM rendering of the live view. Called at most once per animation frame.
+// DOM rendering of the live view, called from an animation frame (at most every 100 ms).
 //
-// The jobs table is a keyed row map (job id -> <tr>): each frame computes the
+// The jobs table is a keyed row map (job id -> row element): each redraw computes the
 // visible rows (newest first, filtered, capped) and moves, inserts or removes only
 // the rows that changed place; a row's cells are written only when its job changed.
 // Untrusted text only ever goes through textContent / setAttribute.
