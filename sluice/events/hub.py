@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 import uuid
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -27,7 +28,7 @@ from gevent.event import Event
 
 from ..config import Settings
 from ..redis import Keys, connect_blocking
-from .sse import ENTRY_DATA, ENTRY_EVENT, control_frame, event_frame
+from .sse import ENTRY_DATA, ENTRY_EVENT, control_frame, event_frame, http_chunk
 
 log = logging.getLogger("sluice.hub")
 
@@ -60,6 +61,10 @@ class Listener:
         "close_reason",
         "skip_until",
         "sock",
+        "raw",
+        "chunked",
+        "partial",
+        "last_write",
     )
 
     def __init__(
@@ -80,11 +85,23 @@ class Listener:
         self.close_reason = ""
         self.skip_until: tuple[int, int] | None = None
         self.sock = sock
+        # Set by the response once it is live (headers sent, history written):
+        # the OS socket the fan-out may write to directly, and its framing.
+        self.raw: socket.socket | None = None
+        self.chunked = True
+        self.partial: bytes | None = None  # framed bytes a direct write left over
+        self.last_write = time.monotonic()
 
-    def deliver(self, frames: list[tuple[bytes, bytes, bytes]], size: int) -> None:
-        """Queue frames (entry id, event, frame) for this listener; the hot path.
+    def deliver(
+        self, frames: list[tuple[bytes, bytes, bytes]], size: int, batch: Batch | None = None
+    ) -> None:
+        """Hand frames (entry id, event, frame) to this listener; the hot path.
 
-        `size` is the byte size of all `frames`, computed once per batch.
+        `size` is the byte size of all `frames`, computed once per batch. An
+        idle live listener (nothing pending, no write in progress) is written
+        to right here with one non-blocking send of the batch's shared bytes:
+        no wake-up, no greenlet switch, no copy per listener. Otherwise the
+        frames are queued and its response writes them (joined) itself.
         """
         if self.closed:
             return
@@ -93,6 +110,24 @@ class Listener:
         if self.skip_until is not None:
             frames = self._skip(frames)
             size = sum(len(f) for _, _, f in frames)
+            batch = None
+        if self.raw is not None and not pending and not self.writing and self.partial is None:
+            if types is None:
+                if not frames:
+                    return
+                if batch is not None:
+                    data = batch.framed if self.chunked else batch.joined
+                else:
+                    data = b"".join([f for _, _, f in frames])
+                    data = http_chunk(data) if self.chunked else data
+            else:
+                kept = [f for _, ev, f in frames if ev in types]
+                if not kept:
+                    return
+                data = b"".join(kept)
+                data = http_chunk(data) if self.chunked else data
+            self.send_now(data)
+            return
         if types is None:
             pending.extend([f for _, _, f in frames])
             self.pending_bytes += size
@@ -105,6 +140,22 @@ class Listener:
         if self.writing and self.pending_bytes > self.limit:
             self.cut_off()
         elif pending:
+            self.wake.set()
+
+    def send_now(self, data: bytes) -> None:
+        """One non-blocking send; what the kernel does not take waits in
+        `partial` for the response's cooperative write."""
+        try:
+            sent = self.raw.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            self.raw = None
+            self.close("gone")  # the response ends and cleans up
+            return
+        self.last_write = time.monotonic()
+        if sent < len(data):
+            self.partial = data[sent:]
             self.wake.set()
 
     def take(self) -> bytes:
@@ -133,6 +184,7 @@ class Listener:
         write is blocked. The client resumes from its last id."""
         self.pending.clear()
         self.pending_bytes = 0
+        self.partial = None
         self.close("overflow")
         self.hang_up()
 
@@ -149,6 +201,16 @@ class Listener:
                 getattr(self.sock, "_sock", self.sock).shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+
+
+class Batch:
+    """One XREAD batch's frames joined (and chunk-framed) once for every listener."""
+
+    __slots__ = ("joined", "framed")
+
+    def __init__(self, frames: list[tuple[bytes, bytes, bytes]]) -> None:
+        self.joined = b"".join([f for _, _, f in frames])
+        self.framed = http_chunk(self.joined)
 
 
 class _Stream:
@@ -384,9 +446,10 @@ class Hub:
             frames.append((entry_id, event, frame))
         stream.cursor = last_id
         listeners = list(stream.listeners)
+        batch = Batch(frames) if frames else None
         for i, listener in enumerate(listeners, 1):
             if frames:
-                listener.deliver(frames, size)
+                listener.deliver(frames, size, batch)
             if closed:
                 listener.close("connection_deleted")
             if i % FANOUT_YIELD_EVERY == 0:

@@ -32,6 +32,12 @@ def event_frame(entry_id: bytes, event: bytes, data: bytes) -> bytes:
     return b"id: " + entry_id + b"\nevent: " + event + b"\ndata: " + data + b"\n\n"
 
 
+def http_chunk(body: bytes) -> bytes:
+    """HTTP/1.1 chunked framing exactly as gunicorn writes a yielded chunk, so the
+    stream can write to the socket itself and the bytes on the wire stay the same."""
+    return b"%X\r\n%s\r\n" % (len(body), body)
+
+
 def control_frame(event: str, data: Any) -> bytes:
     """An event that is not in the stream (no `id:`, so it never moves the resume point)."""
     return f"event: {event}\ndata: {dumps(data)}\n\n".encode()

@@ -190,12 +190,24 @@ class SocketWriter:
         except (BlockingIOError, InterruptedError):
             sent = 0
         if sent < total:
-            rest = memoryview(b"".join(buffers))[sent:]
-            self.listener.writing = True
-            try:
-                self.sock.sendall(rest)
-            finally:
-                self.listener.writing = False
+            self.write_framed(memoryview(b"".join(buffers))[sent:])
+        self.listener.last_write = time.monotonic()
+
+    def write_framed(self, data: bytes | memoryview) -> None:
+        """Already framed bytes, waiting cooperatively while the kernel is full."""
+        listener = self.listener
+        listener.writing = True
+        try:
+            self.sock.sendall(data)
+        finally:
+            listener.writing = False
+        listener.last_write = time.monotonic()
+
+    def attach(self) -> None:
+        """Let the fan-out write to this client directly from now on (see
+        `Listener.deliver`); only called with nothing pending."""
+        self.listener.chunked = self.chunked
+        self.listener.raw = self.raw
 
 
 _heartbeat_cache: list = [0.0, b""]
@@ -234,6 +246,7 @@ def stream_body(
     deadline = time.monotonic() + max_seconds if max_seconds > 0 else None
     try:
         yield retry_frame(retry_ms)
+        listener.last_write = time.monotonic()
         writer = SocketWriter(listener, *direct) if direct is not None else None
         if subscription.reset_reason is not None:
             frame = reset_frame(subscription.reset_reason)
@@ -251,28 +264,40 @@ def stream_body(
                     else:
                         writer.write(b"".join(frames))
         while True:
+            if listener.partial is not None:  # left over by a direct write
+                partial, listener.partial = listener.partial, None
+                writer.write_framed(partial)
+                continue
             if listener.pending:
                 if writer is None:
                     listener.writing = True
                     yield listener.take()
                     listener.writing = False
+                    listener.last_write = time.monotonic()
                 else:
                     writer.write_pending()
                 continue
             if listener.closed:
                 break
-            timeout = heartbeat
+            if writer is not None and listener.raw is None:
+                writer.attach()
+            # Heartbeat only after `heartbeat` seconds without any write: events
+            # written by the fan-out count, so a busy stream is not woken for it.
+            timeout = heartbeat - (time.monotonic() - listener.last_write)
             if deadline is not None:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
                 timeout = min(timeout, left)
             wake.clear()
-            if not wake.wait(timeout):
-                if deadline is not None and time.monotonic() >= deadline:
-                    break
+            if timeout > 0 and wake.wait(timeout):
+                continue
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            if time.monotonic() - listener.last_write >= heartbeat:
                 if writer is None:
                     yield cached_heartbeat()
+                    listener.last_write = time.monotonic()
                 else:
                     writer.write(cached_heartbeat())
         # The server ends this stream (shutdown, lifetime cap, deleted connection):
