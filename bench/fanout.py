@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import loadgen  # noqa: E402
 import publish  # noqa: E402
 from loadgen import READER, STALLER, ClientSpec  # noqa: E402
-from targets import BENCH, TARGETS, BenchRedis, Sluice, Target  # noqa: E402
+from targets import BENCH, TARGETS, BenchRedis, Sluice, Target, sluice_at  # noqa: E402
 
 RESULTS = BENCH / "results"
 CTX = mp.get_context("fork")
@@ -136,6 +136,8 @@ class ServerSample:
     cpu: float
     rss: int
     t: float
+    machine_busy: float = 0.0  # all cores' busy seconds
+    ours: float = 0.0  # busy seconds of the bench's own process tree (incl. servers, Redis)
 
 
 def server_sample(target: Target) -> ServerSample:
@@ -147,7 +149,26 @@ def server_sample(target: Target) -> ServerSample:
             rss += p.memory_info().rss
         except psutil.Error:
             pass
-    return ServerSample(cpu, int(rss), time.monotonic())
+    ct = psutil.cpu_times()
+    machine_busy = sum(ct) - ct.idle - getattr(ct, "iowait", 0.0)
+    ours = 0.0
+    me = psutil.Process()
+    for p in [me, *me.children(recursive=True)]:
+        try:
+            pt = p.cpu_times()
+            ours += pt.user + pt.system + pt.children_user + pt.children_system
+        except psutil.Error:
+            pass
+    return ServerSample(cpu, int(rss), time.monotonic(), machine_busy, ours)
+
+
+def others_cpu_pct(s0: ServerSample, s1: ServerSample) -> float:
+    """CPU used by processes outside this bench during a phase (% of one core):
+    other work on a shared machine steals from the targets and the generator."""
+    wall = max(s1.t - s0.t, 1e-9)
+    return round(
+        100 * max(0.0, (s1.machine_busy - s0.machine_busy) - (s1.ours - s0.ours)) / wall, 1
+    )
 
 
 def worker_rss(target: Target) -> int:
@@ -388,7 +409,10 @@ class Runner:
             **latency(phase.lat[READER]),
             "server_cpu_s": round(cpu, 2),
             "server_cpu_pct": round(100 * cpu / max(window, 1e-9), 1),
+            # CPU per delivery: the figure least disturbed by other load on the machine
+            "server_us_per_delivery": round(cpu * 1e6 / rx, 2) if rx else None,
             "server_rss_mb": round(s1.rss / 2**20, 1),
+            "others_cpu_pct": others_cpu_pct(s0, s1),
             "redis_connected_clients": redis_cc,
             "generator": phase.generator(),
             "errors": phase.errors(),
@@ -400,7 +424,7 @@ class Runner:
         a = self.args
         pool = Pool(a.procs)
         try:
-            st = self.connect(pool, self.specs(a.a_clients), rate=4000)
+            st = self.connect(pool, self.specs(a.a_clients), rate=self.args.connect_rate)
             got = self.warmup(pool, 1, a.a_clients)
             self.log(f"(a) {st['live']} live, {got} warmed in {st['connect_s']}s")
             phases = {}
@@ -422,7 +446,7 @@ class Runner:
         a = self.args
         pool = Pool(a.procs)
         try:
-            st = self.connect(pool, self.specs(a.b_clients), rate=4000)
+            st = self.connect(pool, self.specs(a.b_clients), rate=self.args.connect_rate)
             got = self.warmup(pool, 1, a.b_clients)
             self.log(f"(b) {st['live']} live, {got} warmed")
             res = self.publish_phase(pool, [a.b_rate], a.phase_s, self.tick)
@@ -435,9 +459,10 @@ class Runner:
             pool.close()
 
     def idle(
-        self, n: int, procs: int, label: str, src_ips: int = 1, rate: float = 3000
+        self, n: int, procs: int, label: str, src_ips: int = 1, rate: float = 0
     ) -> dict[str, Any]:
         """Idle streams: memory per stream and the heartbeat's worst gap."""
+        rate = rate or self.args.connect_rate
         observe = max(3 * self.t.heartbeat, 4.0)
         base_clients = redis_clients(self.r)
         time.sleep(0.5)
@@ -484,6 +509,7 @@ class Runner:
                 "heartbeat_max_gap_s": gaps[-1] if gaps and self.t.heartbeats else None,
                 "heartbeat_late_clients": late if self.t.heartbeats else None,
                 "idle_server_cpu_pct": round(100 * cpu / max(s1.t - s0.t, 1e-9), 1),
+                "others_cpu_pct": others_cpu_pct(s0, s1),
                 "redis_connected_clients": cc,
                 "redis_clients_before": base_clients,
                 "generator": phase.generator(),
@@ -505,7 +531,9 @@ class Runner:
     def scenario_d(self) -> dict[str, Any]:
         n = self.args.capacity
         procs = max(self.args.procs, math.ceil(n / 15000) + 1)
-        res = self.idle(n, procs, "d", src_ips=max(1, math.ceil(n / 20000) + 1), rate=4000)
+        res = self.idle(
+            n, procs, "d", src_ips=max(1, math.ceil(n / 20000) + 1), rate=self.args.connect_rate
+        )
         res["workers"] = self.t.workers
         res["per_worker_rss_mb"] = [
             round(psutil.Process(p).memory_info().rss / 2**20, 1) for p in self.t.worker_pids()
@@ -520,7 +548,9 @@ class Runner:
         rates = [a.e_rates[g % len(a.e_rates)] for g in range(groups)]
         pool = Pool(a.procs)
         try:
-            self.connect(pool, self.specs(groups * a.e_viewers, groups=groups), rate=4000)
+            self.connect(
+                pool, self.specs(groups * a.e_viewers, groups=groups), rate=self.args.connect_rate
+            )
             got = self.warmup(pool, groups, groups * a.e_viewers)
             self.log(f"(e) {got} warmed")
             res = self.publish_phase(
@@ -542,18 +572,19 @@ class Runner:
         pool = Pool(a.procs)
         try:
             specs = self.specs(n, stallers=stallers)
-            self.connect(pool, specs, rate=4000)
+            self.connect(pool, specs, rate=self.args.connect_rate)
             pool.call(("options", {"track_ids": True, "reconnect_on_eof": True}))
             self.warmup(pool, 1, n)
             base = self.publish_phase(pool, [a.f_rate], a.phase_s, self.tick, a.f_pad)
             pool.call(("stall",))
             stalled = self.publish_phase(pool, [a.f_rate], a.phase_s, self.tick, a.f_pad)
-            # keep them stalled until each has been sent past kernel buffers
-            # (~4 MB) plus the server's cut-off limit
-            sent = a.f_rate * a.phase_s * (a.f_pad + 300)
+            # keep them stalled (at twice the rate, readers unmeasured) until
+            # each was sent more than the kernel buffers (~4 MB) plus the
+            # server's cut-off limit, so the cut-off is exercised
+            sent = a.f_rate * a.phase_s * (a.f_pad + 350)
             if sent < a.f_stall_bytes:
-                extra = (a.f_stall_bytes - sent) / (a.f_rate * (a.f_pad + 300))
-                self.publish_phase(pool, [a.f_rate], extra, self.tick, a.f_pad)
+                extra = (a.f_stall_bytes - sent) / (2 * a.f_rate * (a.f_pad + 350))
+                self.publish_phase(pool, [2 * a.f_rate], extra, self.tick, a.f_pad)
             pool.call(("unstall",))
             last = self.seq[0] - 1
             t0 = time.monotonic()
@@ -663,10 +694,12 @@ FLOW_COLS = [
     ("p99ms", "p99_ms"),
     ("cpu_s", "server_cpu_s"),
     ("cpu%", "server_cpu_pct"),
+    ("us/deliv", "server_us_per_delivery"),
     ("rssMB", "server_rss_mb"),
     ("redis_cc", "redis_connected_clients"),
     ("gen_busy%", "gen_busy"),
     ("gen_limit", "gen_lim"),
+    ("others%", "others_cpu_pct"),
 ]
 IDLE_COLS = [
     ("open", "open_streams"),
@@ -679,6 +712,7 @@ IDLE_COLS = [
     ("idle_cpu%", "idle_server_cpu_pct"),
     ("redis_cc", "redis_connected_clients"),
     ("connect_s", "connect_s"),
+    ("others%", "others_cpu_pct"),
 ]
 
 
@@ -772,7 +806,17 @@ def report(results: dict[str, Any]) -> str:
 # ---------------------------------------------------------------------------
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--targets", default="sluice,flask-sse,sse-starlette,raw-gevent")
+    p.add_argument(
+        "--targets",
+        default="sluice,flask-sse,sse-starlette,raw-gevent",
+        help="comma-separated; sluice@REF runs Sluice as committed at a git ref (before/after)",
+    )
+    p.add_argument(
+        "--nice",
+        type=int,
+        default=0,
+        help="scheduling priority for the bench and its servers (e.g. -5 on a shared machine)",
+    )
     p.add_argument(
         "--scenarios",
         default="c,a,b,e,f,ingest,d",
@@ -786,6 +830,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--capacity", type=int, help="(d) idle streams, 2 workers")
     p.add_argument("--capacity-peers", action="store_true", help="run (d) for the peers too")
     p.add_argument("--procs", type=int, default=2, help="load-generator processes")
+    p.add_argument(
+        "--connect-rate", type=float, default=500, help="new streams per second while connecting"
+    )
     p.add_argument("--heartbeat", type=float, default=2.0)
     p.add_argument("--out", default=str(RESULTS / "latest.json"))
     a = p.parse_args(argv)
@@ -796,8 +843,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a.b_clients, a.b_rate = 1000, 20
     a.c_clients = 1000 if a.quick else 3000
     a.e_connections, a.e_viewers, a.e_rates = 50, 20, [2, 10, 40]
-    a.f_stallers, a.f_rate, a.f_resume_s = 10, 300, 20.0
-    a.f_pad, a.f_stall_bytes = 4000, 6_000_000
+    a.f_stallers, a.f_rate, a.f_resume_s = 10, 1000, 20.0
+    a.f_pad, a.f_stall_bytes = 0, 5_500_000
     a.ingest_posters, a.ingest_s = 3, (3.0 if a.quick else 5.0)
     return a
 
@@ -824,6 +871,8 @@ def machine() -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     raise_nofile()
+    if args.nice:
+        os.setpriority(os.PRIO_PROCESS, 0, args.nice)  # inherited by every child
     t_start = time.monotonic()
     scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     names = [t.strip() for t in args.targets.split(",") if t.strip()]
@@ -839,14 +888,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bench redis: {results['redis']} at {rds.url}; machine {results['machine']}")
     try:
         for name in names:
-            cls = TARGETS[name]
+            cls = sluice_at(name.split("@", 1)[1]) if name.startswith("sluice@") else TARGETS[name]
             results["feeds"][name] = cls.feed
             res: dict[str, Any] = {}
             results["targets"][name] = res
             flow = [s for s in scenarios if s != "d"]
             if flow:
                 res.update(run_target(cls, rds, args, flow, workers=1))
-            if "d" in scenarios and (name == "sluice" or args.capacity_peers):
+            if "d" in scenarios and (name.startswith("sluice") or args.capacity_peers):
                 res.update(run_target(cls, rds, args, ["d"], workers=2))
             redis.Redis.from_url(rds.url).flushdb()  # keep Redis small between targets
     finally:

@@ -104,6 +104,8 @@ class Target:
     sends_headers_at_once = True
     feed = "XADD to a Redis Stream"
 
+    root = REPO  # where the server's code is run from
+
     def __init__(self, redis_url: str, heartbeat: float, workers: int = 1) -> None:
         self.redis_url = redis_url
         self.heartbeat = heartbeat
@@ -125,7 +127,7 @@ class Target:
     def start(self) -> None:
         self.proc = subprocess.Popen(
             self.command(),
-            cwd=REPO,
+            cwd=self.root,
             env=self.env(),
             stdout=self.log,
             stderr=self.log,
@@ -304,7 +306,7 @@ class Sluice(Target):
 
     def env(self) -> dict[str, str]:
         env = super().env()
-        env["PYTHONPATH"] = str(REPO)
+        env["PYTHONPATH"] = str(self.root)
         env["PORT"] = str(self.port)
         env["WEB_CONCURRENCY"] = str(self.workers)
         env["SECRET_KEY"] = "bench-" + uuid.uuid4().hex
@@ -347,6 +349,25 @@ class Sluice(Target):
             "api_keys": [c["apiKey"] for c in self.conns[:groups]],
             "conn_ids": [c["id"] for c in self.conns[:groups]],
         }
+
+
+def sluice_at(ref: str) -> type[Sluice]:
+    """Sluice as committed at a git ref (e.g. HEAD), for before/after runs in one go.
+
+    The tree is exported with `git archive` to a temporary folder; the working
+    tree and the repository are left alone.
+    """
+    import tempfile
+
+    dest = Path(tempfile.mkdtemp(prefix="sluice-ref-"))
+    archive = subprocess.run(
+        ["git", "archive", ref, "sluice", "wsgi.py", "gunicorn.conf.py"],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    return type(f"SluiceAt{ref}", (Sluice,), {"name": f"sluice@{ref}", "root": dest})
 
 
 TARGETS: dict[str, type[Target]] = {
