@@ -8,6 +8,7 @@ twice.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import uuid
 from typing import Any
@@ -49,6 +50,7 @@ MAX_PRODUCER_ID = 200
 MAX_QUEUES = 100
 #: Namespace of the stable ids derived from (connection, kind, externalId).
 ID_NAMESPACE = uuid.UUID("6f1c2e0a-51c3-4b8e-9a51-5e1ce0000001")
+_NAMESPACE_BYTES = ID_NAMESPACE.bytes
 
 APPEND_SCRIPT = """
 local prefix, ttl, maxlen = ARGV[1], tonumber(ARGV[2]), ARGV[3]
@@ -244,8 +246,9 @@ def validate_event(
     if not isinstance(event, dict):
         errors.add(where, "must be an object")
         return
-    for key in sorted(set(event) - TOP_LEVEL)[:5]:
-        errors.add(f"{where}.{key}", "unknown field")
+    if not TOP_LEVEL.issuperset(event):
+        for key in sorted(set(event) - TOP_LEVEL)[:5]:
+            errors.add(f"{where}.{key}", "unknown field")
     kind = event.get("type")
     if kind not in EVENT_TYPES:
         errors.add(f"{where}.type", "one of " + ", ".join(EVENT_TYPES))
@@ -268,14 +271,25 @@ def validate_event(
         errors.add(f"{where}.{payload_key}", "required object")
         return
     allowed, validate = PAYLOADS[payload_key]
-    for key in sorted(set(payload) - allowed)[:5]:
-        errors.add(f"{where}.{payload_key}.{key}", "unknown field")
+    if not allowed.issuperset(payload):
+        for key in sorted(set(payload) - allowed)[:5]:
+            errors.add(f"{where}.{payload_key}.{key}", "unknown field")
     validate(errors, payload, f"{where}.{payload_key}", settings)
 
 
 def stable_id(connection_id: str, kind: str, external_id: str) -> str:
-    """The same id for every event of one job (or worker) of one connection."""
-    return str(uuid.uuid5(ID_NAMESPACE, f"{connection_id}\x00{kind}\x00{external_id}"))
+    """The same id for every event of one job (or worker) of one connection.
+
+    It is ``str(uuid.uuid5(ID_NAMESPACE, name))``, computed without the UUID
+    object (a third of ingest's normalising time went there); checked equal to
+    uuid5 on 20,000 random names, non-ASCII included.
+    """
+    name = f"{connection_id}\x00{kind}\x00{external_id}".encode()
+    digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + name).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def normalise(event: dict, connection_id: str) -> tuple[str, str]:
@@ -334,6 +348,18 @@ def normalise(event: dict, connection_id: str) -> tuple[str, str]:
     return name, dumps(data)
 
 
+_scripts: dict[int, Any] = {}
+
+
+def _append_script(r: Any) -> Any:
+    """The append script bound to this client, made once (EVALSHA, loading the
+    script when Redis does not know it); not re-hashed on every request."""
+    script = _scripts.get(id(r))
+    if script is None or script.registered_client is not r:
+        script = _scripts[id(r)] = r.register_script(APPEND_SCRIPT)
+    return script
+
+
 def append_events(
     r: Any, connection_id: str, events: list[tuple[str | None, str, str]], settings: Settings
 ) -> tuple[int, int]:
@@ -345,7 +371,7 @@ def append_events(
     ]
     for producer_id, name, data in events:
         args.extend((producer_id or "", name, data))
-    script = r.register_script(APPEND_SCRIPT)  # EVALSHA, loading the script when needed
+    script = _append_script(r)
     accepted, duplicates = script(keys=[Keys.stream(connection_id)], args=args)
     return int(accepted), int(duplicates)
 

@@ -22,9 +22,16 @@ def encode_entry_fields(event: str, data_json: str) -> dict[str, str]:
     return {"t": event, "d": data_json}
 
 
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
 def dumps(data: Any) -> str:
-    """Compact JSON, the form stored in entries and sent in frames."""
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    """Compact JSON, the form stored in entries and sent in frames.
+
+    One encoder for the process: `json.dumps` with these options builds a new
+    JSONEncoder on every call (same output, measurable cost per ingested event).
+    """
+    return _encode(data)
 
 
 def event_frame(entry_id: bytes, event: bytes, data: bytes) -> bytes:
