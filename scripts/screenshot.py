@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -23,7 +22,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sluice.demo import Producer, demo_account, gunicorn_command, wait_healthy  # noqa: E402
+from sluice.demo import (  # noqa: E402
+    Producer,
+    demo_account,
+    gunicorn_command,
+    stop_server,
+    wait_healthy,
+)
 from sluice.redis import start_embedded  # noqa: E402
 
 CHROMIUM = os.environ.get("SLUICE_CHROMIUM", "/usr/bin/chromium")
@@ -105,12 +110,7 @@ def main() -> int:
         return 0
     finally:
         stop.set()
-        if server.poll() is None:
-            server.send_signal(signal.SIGTERM)
-            try:
-                server.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                server.kill()
+        stop_server(server)
 
 
 if __name__ == "__main__":

@@ -132,12 +132,17 @@ def run_demo(
     except KeyboardInterrupt:
         pass
     finally:
-        if server.poll() is None:
-            server.send_signal(signal.SIGTERM)
-            try:
-                server.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                server.kill()
+        stop_server(server)
+
+
+def stop_server(server: subprocess.Popen, timeout: float = 15) -> None:
+    """SIGTERM (gunicorn's graceful stop, which drains the streams), then kill."""
+    if server.poll() is None:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            server.kill()
 
 
 class Producer:
