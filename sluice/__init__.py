@@ -41,8 +41,8 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
         REMEMBER_COOKIE_SAMESITE="Lax",
         REMEMBER_COOKIE_SECURE=settings.is_production,
         RATELIMIT_STORAGE_URI=redis_url,
-        RATELIMIT_STRATEGY="moving-window",
-        RATELIMIT_HEADERS_ENABLED=True,
+        RATELIMIT_STRATEGY="fixed-window",  # one INCR per request (moving-window: a Lua call + a stats read)
+        RATELIMIT_HEADERS_ENABLED=False,  # 429s still carry Retry-After (errors.py)
         JSON_SORT_KEYS=False,
     )
 

@@ -22,7 +22,7 @@ def _client_ip() -> str:
     return request.remote_addr or "unknown"
 
 
-limiter = Limiter(key_func=_client_ip, default_limits=[], headers_enabled=True)
+limiter = Limiter(key_func=_client_ip, default_limits=[])
 
 
 @dataclass
