@@ -118,9 +118,8 @@ class SluiceCelery:
         )
         self.heartbeat_interval = max(0.1, heartbeat_interval)
         self._uid = f"sluice-{id(self)}"
-        self._queues: OrderedDict[str, str] = (
-            OrderedDict()
-        )  # task id → queue (before → after publish)
+        # task id → (queue, time) from before_task_publish, used by after_task_publish
+        self._queues: OrderedDict[str, tuple[str | None, float]] = OrderedDict()
         self._started: dict[tuple[str, int], float] = {}  # (task id, retries) → start
         # (task id, retries of the new message) → its publish event, sent after `retrying`
         self._deferred: dict[tuple[str, int], dict] = {}
@@ -203,10 +202,10 @@ class SluiceCelery:
             # Keyed by the retry's number: under the threads pool, the next attempt can
             # already run (and retry) before this thread reports its own retry.
             self._retry_at[(task_id, headers["retries"])] = time.time()
-        if queue:
-            self._queues[task_id] = queue
-            while len(self._queues) > 1000:
-                self._queues.popitem(last=False)
+        # The time before publishing: a worker may start the task before the publish returns.
+        self._queues[task_id] = (queue, time.time())
+        while len(self._queues) > 1000:
+            self._queues.popitem(last=False)
 
     def on_after_publish(
         self, sender: Any = None, headers: dict | None = None, body: Any = None, **kw: Any
@@ -220,6 +219,7 @@ class SluiceCelery:
             return
         retries = headers.get("retries") or 0
         eta = headers.get("eta")
+        queue, published_at = self._queues.pop(task_id, (None, time.time()))
         args = body[0] if isinstance(body, tuple) and body else None
         event = job_event(
             self.connection_id,
@@ -227,8 +227,9 @@ class SluiceCelery:
             name=headers.get("task") or sender,
             state="scheduled" if eta else "queued",
             attempt=attempt_from_retries(retries),
-            queue=self._queues.pop(task_id, None) or kw.get("routing_key"),
-            created_at=time.time(),
+            queue=queue or kw.get("routing_key"),
+            timestamp=published_at,
+            created_at=published_at,
             extensions={
                 "celerySignal": "after_task_publish",
                 "args": headers.get("argsrepr") or (safe_repr(args) if args is not None else None),

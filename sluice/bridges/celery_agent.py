@@ -157,6 +157,11 @@ class CeleryAgent:
             log.warning("sluice: could not ask the workers to enable events: %s", exc)
 
     def _on_event(self, event: dict[str, Any]) -> None:
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "event %s %s retries=%s clock=%s", event.get("type"), event.get("uuid"),
+                event.get("retries"), event.get("clock"),
+            )  # fmt: skip
         try:
             with self._lock:
                 out = self.mapper.map(event)

@@ -370,6 +370,9 @@ class CeleryEventMapper:
         if task is None:
             return [e for e in [self._map_task(kind, ev)] if e]
         if task.pending:
+            if kind == "task-started" and task.state in WAITING:
+                # The current attempt starting (its retry message went out early): apply it.
+                return [e for e in [self._map_task(kind, ev)] if e]
             if kind != "task-retried":
                 task.pending.append(ev)
                 return []
@@ -380,7 +383,7 @@ class CeleryEventMapper:
             return out
         if (
             kind in ("task-sent", "task-received")
-            and task.state == "active"
+            and task.state in ("queued", "scheduled", "active")
             and attempt_from_retries(ev.get("retries")) > task.attempt
         ):
             task.pending = [ev]

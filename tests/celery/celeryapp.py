@@ -38,10 +38,9 @@ def boom(message: str) -> None:
 
 
 @app.task(name="sluice_test.flaky", bind=True, max_retries=5)
-def flaky(self, failures: int) -> str:
-    """Fails `failures` times (retrying at once), then succeeds."""
+def flaky(self, failures: int, countdown: float = 0.3) -> str:
+    """Fails `failures` times (retrying after `countdown` seconds), then succeeds."""
     if self.request.retries < failures:
-        raise self.retry(
-            countdown=0, exc=RuntimeError(f"attempt {self.request.retries + 1} failed")
-        )
+        error = RuntimeError(f"attempt {self.request.retries + 1} failed")
+        raise self.retry(countdown=countdown, exc=error)
     return "ok"

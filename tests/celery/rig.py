@@ -145,7 +145,7 @@ class Agent(Proc):
         cmd = [
             sys.executable, "-m", "sluice", "celery-agent", "--broker", broker, "--url", url,
             "--api-key", account.api_key, "--connection", account.connection_id,
-            "--poll-interval", "0.5", *args,
+            "--poll-interval", "0.5", "--log-level", "DEBUG", *args,
         ]  # fmt: skip
         super().__init__(f"agent-{uuid.uuid4().hex[:8]}", cmd, {})
 

@@ -189,6 +189,29 @@ def test_retries_of_overlapping_attempts_stay_in_order():
     ]
 
 
+def test_retry_message_seen_before_its_attempt_started():
+    """RabbitMQ + threads: events straight from pool threads overtake the worker's buffered ones."""
+    m = ce.CeleryEventMapper(CONN)
+
+    def sent(n):
+        return Event("task-sent", uuid="t11", name="f", retries=n, eta=None, queue="c")
+
+    def received(n):
+        return Event("task-received", uuid="t11", name="f", retries=n, eta=None)
+
+    started, retried = Event("task-started", uuid="t11"), Event("task-retried", uuid="t11")
+    out = run(
+        m,
+        sent(0), received(0), started, sent(1), received(1), sent(2), started, retried,
+        retried, received(2), started, Event("task-succeeded", uuid="t11"),
+    )  # fmt: skip
+    assert [(e["job"]["state"], e["job"]["attempt"]) for e in out] == [
+        ("queued", 1), ("active", 1), ("retrying", 1),
+        ("queued", 2), ("active", 2), ("retrying", 2),
+        ("queued", 3), ("active", 3), ("completed", 3),
+    ]  # fmt: skip
+
+
 def test_held_events_are_released_if_task_retried_never_comes():
     m = ce.CeleryEventMapper(CONN)
     run(m, Event("task-received", uuid="t10", name="n", retries=0, eta=None))

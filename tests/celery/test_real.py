@@ -61,6 +61,7 @@ def send_scenarios(pub, queue: str) -> dict[str, str]:
     return {
         "ok": pub.send_task("sluice_test.add", (2, 3), queue=queue).id,
         "boom": pub.send_task("sluice_test.boom", ("kaput",), queue=queue).id,
+        # Retries with a countdown (Celery's default is 3 minutes): each retry is `scheduled`.
         "flaky": pub.send_task("sluice_test.flaky", (2,), queue=queue).id,
         "eta": pub.send_task("sluice_test.add", (1, 1), queue=queue, countdown=1).id,
         "revoked": pub.send_task("sluice_test.add", (0, 0), queue=queue, countdown=4).id,
@@ -131,7 +132,7 @@ def check_lifecycle(col: Collector, pub, queue: str, worker: CeleryWorker, *, st
     assert sorted(d["attempt"] for d in retrying) == [1, 2], story
     assert all(f"attempt {d['attempt']} failed" in d["error"] for d in retrying), story
     assert dedupe_consecutive(seq("flaky")) == [
-        "queued", "active", "retrying", "queued", "active", "retrying", "queued", "active",
+        "queued", "active", "retrying", "scheduled", "active", "retrying", "scheduled", "active",
         "completed",
     ], story  # fmt: skip
     assert max(d["attempt"] for d in flaky if d["state"] == "completed") == 3
