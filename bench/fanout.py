@@ -39,6 +39,7 @@ from targets import BENCH, TARGETS, BenchRedis, Sluice, Target, sluice_at  # noq
 
 RESULTS = BENCH / "results"
 CTX = mp.get_context("fork")
+T0 = time.monotonic()
 
 
 def raise_nofile() -> int:
@@ -463,7 +464,7 @@ class Runner:
     ) -> dict[str, Any]:
         """Idle streams: memory per stream and the heartbeat's worst gap."""
         rate = rate or self.args.connect_rate
-        observe = max(3 * self.t.heartbeat, 4.0)
+        observe = max(2 * self.t.heartbeat + 1.0, 3.0)  # two heartbeat periods at least
         base_clients = redis_clients(self.r)
         time.sleep(0.5)
         rss0 = worker_rss(self.t)
@@ -582,7 +583,7 @@ class Runner:
             # each was sent more than the kernel buffers (~4 MB) plus the
             # server's cut-off limit, so the cut-off is exercised
             sent = a.f_rate * a.phase_s * (a.f_pad + 350)
-            if sent < a.f_stall_bytes:
+            if sent < a.f_stall_bytes and self.t.cuts_off_slow_clients:
                 extra = (a.f_stall_bytes - sent) / (2 * a.f_rate * (a.f_pad + 350))
                 self.publish_phase(pool, [2 * a.f_rate], extra, self.tick, a.f_pad)
             pool.call(("unstall",))
@@ -844,7 +845,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a = p.parse_args(argv)
     a.phase_s = a.phase_s or (10.0 if a.full else 2.0 if a.quick else 3.0)
     a.capacity = a.capacity or (40000 if a.full else 2000 if a.quick else 6000)
-    a.drain_s = 5.0 if a.full else 3.0  # wait for slow targets to catch up, at most
+    a.drain_s = 5.0 if a.full else 2.0  # wait for slow targets to catch up, at most
     a.a_clients = 500
     a.a_rates = [200, 1000, 4000]
     a.b_clients, a.b_rate = 1000, 20
@@ -853,7 +854,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a.f_stallers, a.f_rate, a.f_resume_s = 10, 1000, 20.0
     a.f_pad, a.f_stall_bytes = 0, 5_500_000
     a.ingest_posters = 3
-    a.ingest_s = float(os.environ.get("BENCH_INGEST_SECONDS", 3.0 if a.quick else 5.0))
+    a.ingest_s = float(os.environ.get("BENCH_INGEST_SECONDS", 3.0 if a.quick else 4.0))
     return a
 
 
@@ -932,7 +933,7 @@ def run_target(
             continue
         print(
             f"== {target.name} ({workers} worker{'s' if workers > 1 else ''}) "
-            f"on :{target.port}: {s}",
+            f"on :{target.port}: {s}  [t={time.monotonic() - T0:.0f}s]",
             flush=True,
         )
         if isinstance(target, Sluice):

@@ -100,6 +100,7 @@ class Target:
     name = ""
     publisher_kind = "xadd"
     supports_resume = True
+    cuts_off_slow_clients = True  # has a per-client buffer limit (flask-sse, sse-starlette: none)
     heartbeats = True
     sends_headers_at_once = True
     feed = "XADD to a Redis Stream"
@@ -134,7 +135,7 @@ class Target:
             start_new_session=True,
         )
         wait_port(self.port, proc=self.proc)
-        time.sleep(1.0)  # let workers boot and import
+        time.sleep(0.5)  # let workers boot and import
 
     def stop(self) -> None:
         if self.proc is None:
@@ -194,6 +195,7 @@ class RawGevent(Target):
 
 class SseStarlette(Target):
     name = "sse-starlette"
+    cuts_off_slow_clients = False
 
     def command(self) -> list[str]:
         return [
@@ -238,6 +240,7 @@ class FlaskSse(Target):
     name = "flask-sse"
     publisher_kind = "pubsub"
     supports_resume = False
+    cuts_off_slow_clients = False
     heartbeats = False
     sends_headers_at_once = False
     feed = "PUBLISH (flask-sse's message format)"
