@@ -276,9 +276,6 @@ SLUICE_BENCH_ENV = {
     # (f): a stalled client is cut off once 256 KB pile up behind a blocked
     # write (the kernel absorbs ~4 MB first); the raw peer uses the same limit
     "SLUICE_LISTENER_BUFFER_BYTES": "262144",
-    # a burst of stream opens needs more than 50 pooled connections at once:
-    # with the plain ConnectionPool the excess gets 503 (.notes/bench-needs.md #1)
-    "SLUICE_REDIS_MAX_CONNECTIONS": "1000",
 }
 
 

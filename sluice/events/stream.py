@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import socket
+import threading
 import time
 from collections.abc import Iterator
 
@@ -97,8 +98,29 @@ def _authorize(connection_id: str, api_key: str | None) -> None:
         owned_connection(r, current_user.id, connection_id)
 
 
+#: Stream opens doing their Redis work (auth, ownership, subscribe) at once,
+#: per process. A burst of reconnects (a deploy, a network blip) otherwise has
+#: every greenlet holding a pooled Redis connection at the same moment: the
+#: pool either refuses (503) or grows to the burst's size and keeps those
+#: connections (~50 KB of worker RSS each). Queued opens wait their turn.
+STREAM_OPEN_CONCURRENCY = 32
+_open_slots: list = []
+
+
+def _opening() -> threading.BoundedSemaphore:
+    """Made on first use, after gevent has patched `threading` in the worker."""
+    if not _open_slots:
+        _open_slots.append(threading.BoundedSemaphore(STREAM_OPEN_CONCURRENCY))
+    return _open_slots[0]
+
+
 @bp.get("/stream")
 def stream() -> Response:
+    with _opening():
+        return _open_stream()
+
+
+def _open_stream() -> Response:
     api_key = bearer_token()
     if api_key is None and not current_user.is_authenticated:
         raise ApiError(401, "Sign in or send 'Authorization: Bearer sk_live_…'")
