@@ -117,6 +117,8 @@ class SluiceCelery:
             url, api_key, max_buffer=buffer_size, name="sluice-celery-sender"
         )
         self.heartbeat_interval = max(0.1, heartbeat_interval)
+        #: How long worker shutdown (and `uninstall`) waits for buffered events to go out.
+        self.shutdown_flush_seconds = 5.0
         self._uid = f"sluice-{id(self)}"
         # task id → (queue, time) from before_task_publish, used by after_task_publish
         self._queues: OrderedDict[str, tuple[str | None, float]] = OrderedDict()
@@ -172,7 +174,7 @@ class SluiceCelery:
             signal.disconnect(dispatch_uid=f"{self._uid}-{handler.__name__}")
         self._handlers.clear()
         self._hb_stop.set()
-        self.sender.close(timeout=5.0)
+        self.sender.close(timeout=self.shutdown_flush_seconds)
         _installed.pop(id(self.app), None)
 
     def _mine(self, task: Any) -> bool:
@@ -258,26 +260,32 @@ class SluiceCelery:
         info = getattr(request, "request_dict", None) or {}
         delivery = getattr(request, "delivery_info", None) or {}
         eta = getattr(request, "eta", None)
-        self.sender.submit(
-            job_event(
-                self.connection_id,
-                task_id=request.id,
-                name=request.name,
-                state="scheduled" if eta else "queued",
-                attempt=attempt_from_retries(info.get("retries")),
-                queue=delivery.get("routing_key"),
-                worker_id=getattr(request, "hostname", None),
-                extensions={
-                    "celerySignal": "task_received",
-                    "args": getattr(request, "argsrepr", None),
-                    "kwargs": getattr(request, "kwargsrepr", None),
-                    "eta": eta.isoformat() if hasattr(eta, "isoformat") else eta,
-                    "hostname": getattr(request, "hostname", None),
-                    "routingKey": delivery.get("routing_key"),
-                    "exchange": delivery.get("exchange") or None,
-                },
-            )
+        retries = int(info.get("retries") or 0)
+        event = job_event(
+            self.connection_id,
+            task_id=request.id,
+            name=request.name,
+            state="scheduled" if eta else "queued",
+            attempt=attempt_from_retries(info.get("retries")),
+            queue=delivery.get("routing_key"),
+            worker_id=getattr(request, "hostname", None),
+            extensions={
+                "celerySignal": "task_received",
+                "args": getattr(request, "argsrepr", None),
+                "kwargs": getattr(request, "kwargsrepr", None),
+                "eta": eta.isoformat() if hasattr(eta, "isoformat") else eta,
+                "hostname": getattr(request, "hostname", None),
+                "routingKey": delivery.get("routing_key"),
+                "exchange": delivery.get("exchange") or None,
+            },
         )
+        key = (request.id, retries)
+        if retries and key in self._retry_at:
+            # This process published the retry and has not reported `retrying` yet
+            # (threads/gevent pools): send the new attempt's `queued` after it.
+            self._deferred.setdefault(key, event)
+            return
+        self.sender.submit(event)
 
     def on_revoked(self, sender: Any = None, request: Any = None, **kw: Any) -> None:
         if request is None:
@@ -506,7 +514,7 @@ class SluiceCelery:
             self.sender.submit(
                 self._worker_event("worker_state_change", "offline", previous="online", active=0)
             )
-        self.sender.flush(timeout=5.0)
+        self.sender.flush(timeout=self.shutdown_flush_seconds)
 
     def on_process_init(self, **kw: Any) -> None:
         # The at-fork hook already gave this child a fresh sender state; drop the

@@ -313,15 +313,21 @@ def run_agent(**kwargs: Any) -> int:
 @click.option(
     "--broker",
     envvar="CELERY_BROKER_URL",
+    show_envvar=True,
     required=True,
     help="Celery broker URL (redis://, amqp://).",
 )
 @click.option(
-    "--url", envvar="SLUICE_URL", required=True, help="Sluice base URL, e.g. http://localhost:8000."
+    "--url",
+    envvar="SLUICE_URL",
+    show_envvar=True,
+    required=True,
+    help="Sluice base URL, e.g. http://localhost:8000.",
 )
 @click.option(
     "--api-key",
     envvar="SLUICE_API_KEY",
+    show_envvar=True,
     required=True,
     help="The connection's API key (sk_live_…).",
 )
@@ -329,6 +335,7 @@ def run_agent(**kwargs: Any) -> int:
     "--connection",
     "connection_id",
     envvar="SLUICE_CONNECTION_ID",
+    show_envvar=True,
     required=True,
     help="The connection id the key belongs to (every ingest event names it).",
 )
