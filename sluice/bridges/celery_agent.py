@@ -71,6 +71,7 @@ class CeleryAgent:
         self.stop_event = threading.Event()
         self._lock = threading.Lock()  # the mapper is shared by the capture and poll threads
         self._receiver: Any = None
+        self._capturing = False  # connected to the broker: silence then means a silent worker
         self._started = time.monotonic()
         self._warned = False
 
@@ -140,9 +141,14 @@ class CeleryAgent:
             receiver.connect_max_retries = 1  # reconnecting is our loop's job (with backoff)
             receiver.should_stop = self.stop_event.is_set()
             self._receiver = receiver
+            with self._lock:  # heartbeats missed while we were away are not the workers' fault
+                for info in self.mapper.workers.values():
+                    info["last"] = time.monotonic()
+            self._capturing = True
             try:
                 receiver.capture(limit=None, timeout=None, wakeup=True)
             finally:
+                self._capturing = False
                 self._receiver = None
 
     def _enable_worker_events(self) -> None:
@@ -194,7 +200,9 @@ class CeleryAgent:
                         pass
                 conn = None
             with self._lock:
-                expired = self.mapper.release_held() + self.mapper.expire_workers()
+                expired = self.mapper.release_held()
+                if self._capturing:
+                    expired += self.mapper.expire_workers()
             if expired:
                 self.sender.submit_many(expired)
             self._maybe_warn()

@@ -78,10 +78,13 @@ def test_queue_depth_rises_while_no_worker_runs(
         cleanup_broker(broker, queue)
 
 
-def test_agent_delivers_what_happened_while_sluice_was_down(start_server, redis_url, queue, procs):
+@pytest.mark.parametrize("broker_kind", BROKERS)
+def test_agent_delivers_what_happened_while_sluice_was_down(
+    start_server, redis_url, broker_kind, queue, procs
+):
     server = start_server()
     account = make_account(redis_url)
-    broker = redis_broker_url(redis_url)
+    broker = RABBIT_URL if broker_kind == "rabbitmq" else redis_broker_url(redis_url)
     try:
         agent = Agent(broker, server.url, account, "--queue", queue)
         procs.append(agent.start())
@@ -203,6 +206,32 @@ def test_agent_turns_task_events_on_like_flower(server, account, redis_url, queu
         task_id = publisher(broker, queue).send_task("sluice_test.add", (3, 4), queue=queue).id
         col.wait(lambda c: c.has_state(task_id, "completed"), what="the task's events")
         assert col.states(task_id)[-2:] == ["active", "completed"]
+        col.close()
+    finally:
+        for proc in reversed(procs):
+            proc.stop()
+        cleanup_broker(broker, queue)
+
+
+def test_a_killed_worker_is_reported_offline(server, account, redis_url, queue, procs):
+    broker = redis_broker_url(redis_url)
+    try:
+        procs.append(Agent(broker, server.url, account, "--queue", queue).start())
+        worker = CeleryWorker(broker, queue, pool="threads")  # heartbeats every second
+        procs.append(worker.start())
+        col = Collector(server.url, account)
+        col.wait(
+            lambda c: any(n == "worker:heartbeat" for n, _ in c.workers(worker.nodename)),
+            what="a heartbeat",
+        )
+        worker.stop(signal.SIGKILL)  # no worker-offline event will come
+        col.wait(
+            lambda c: c.workers(worker.nodename)[-1][1]["state"] == "offline",
+            timeout=20,
+            what="offline after the heartbeats stop",
+        )
+        offline = col.workers(worker.nodename)[-1][1]
+        assert "no heartbeat" in offline["extensions"]["reason"]
         col.close()
     finally:
         for proc in reversed(procs):
