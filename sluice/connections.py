@@ -12,7 +12,7 @@ from flask_login import current_user, login_required
 
 from .auth import hash_api_key, new_api_key
 from .errors import ApiError
-from .events.sse import encode_entry_fields
+from .events.sse import CLOSED_EVENT, encode_entry_fields
 from .extensions import state
 from .redis import Keys
 from .timefmt import iso_from_ms
@@ -23,9 +23,6 @@ bp = Blueprint("connections", __name__, url_prefix="/api/connections")
 FRAMEWORKS = ("celery", "bullmq", "sidekiq")
 MAX_NAME = 200
 MAX_CONNECTIONS_PER_USER = 100
-
-#: The stream entry that tells every reader of a deleted connection to end.
-CLOSED_EVENT = "stream:closed"
 
 
 def _public(fields: dict[bytes, bytes]) -> dict[str, str]:

@@ -28,11 +28,12 @@ from gevent.event import Event
 
 from ..config import Settings
 from ..redis import Keys, connect_blocking
+from .sse import CLOSED_EVENT as _CLOSED
 from .sse import ENTRY_DATA, ENTRY_EVENT, control_frame, event_frame, http_chunk
 
 log = logging.getLogger("sluice.hub")
 
-CLOSED_EVENT = b"stream:closed"
+CLOSED_EVENT = _CLOSED.encode()
 READ_COUNT = 1_000
 #: Fan-out yields to other greenlets after this many listeners, for fairness.
 FANOUT_YIELD_EVERY = 256

@@ -15,6 +15,8 @@ from ..timefmt import now_iso
 
 ENTRY_EVENT = b"t"
 ENTRY_DATA = b"d"
+#: The entry that ends every stream of a deleted connection (never sent to clients).
+CLOSED_EVENT = "stream:closed"
 
 
 def encode_entry_fields(event: str, data_json: str) -> dict[str, str]:
