@@ -410,6 +410,10 @@ class CeleryEventMapper:
         task = self._task(task_id)
         if ev.get("name"):
             task.name = ev["name"]
+        if kind == "task-sent":  # learn where it went, even from a late (stale) task-sent
+            task.queue = ev.get("queue") or ev.get("routing_key") or task.queue
+            if task.queue:
+                self.queues_seen.add(task.queue)
         ts = ev.get("timestamp")
         if kind in ("task-sent", "task-received"):
             attempt = attempt_from_retries(ev.get("retries"))
@@ -422,10 +426,6 @@ class CeleryEventMapper:
             if attempt > task.attempt:
                 task.started = None
             task.attempt = attempt
-            if kind == "task-sent":
-                task.queue = ev.get("queue") or ev.get("routing_key") or task.queue
-                if task.queue:
-                    self.queues_seen.add(task.queue)
             if task.created is None:
                 task.created = ts
         if ev.get("hostname") and kind != "task-sent":

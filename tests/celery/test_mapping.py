@@ -257,6 +257,8 @@ def test_stale_queued_after_started_is_dropped_and_ids_are_stable():
     started = Event("task-started", uuid="t6", hostname="celery@w")
     late = Event("task-sent", uuid="t6", name="app.y", retries=0, eta=None, queue="celery")
     assert states(run(a, started, late)) == ["active"]
+    done = run(a, Event("task-succeeded", uuid="t6", runtime=0.1))[0]["job"]
+    assert done["queue"] == "celery" and done["name"] == "app.y"  # learnt from the late event
     # The same meaning gives the same producer id in another process (agent restart, integration).
     first = run(b, Event("task-received", uuid="t7", name="n", retries=0, eta=None))[0]
     again = ce.CeleryEventMapper(CONN).map(
