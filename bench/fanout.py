@@ -853,7 +853,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a.e_connections, a.e_viewers, a.e_rates = 50, 20, [2, 10, 40]
     a.f_stallers, a.f_rate, a.f_resume_s = 10, 1000, 20.0
     a.f_pad, a.f_stall_bytes = 0, 5_500_000
-    a.ingest_posters = 3
+    a.ingest_posters = int(os.environ.get("BENCH_INGEST_POSTERS", 3))
     a.ingest_s = float(os.environ.get("BENCH_INGEST_SECONDS", 3.0 if a.quick else 4.0))
     return a
 
