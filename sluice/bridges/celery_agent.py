@@ -389,4 +389,4 @@ def celery_agent_command(log_level: str, **kwargs: Any) -> None:
 if (
     __name__ == "__main__"
 ):  # python -m sluice.bridges.celery_agent (the CLI proper is `python -m sluice`)
-    celery_agent_command(auto_envvar_prefix=None)  # pragma: no cover
+    celery_agent_command()  # pragma: no cover

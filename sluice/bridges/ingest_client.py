@@ -22,7 +22,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -44,7 +44,6 @@ class SenderStats:
     rejected: int = 0  # the server refused the event itself (400/413 on a single event)
     failed_posts: int = 0
     last_error: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class _Outcome:
