@@ -115,6 +115,7 @@ class CeleryWorker(Proc):
         pool: str = "prefork",
         events: bool = True,
         env: dict[str, str] | None = None,
+        extra_args: tuple[str, ...] = (),
     ) -> None:
         self.name = f"w{uuid.uuid4().hex[:8]}"
         self.nodename = f"{self.name}@{socket.gethostname()}"
@@ -125,6 +126,7 @@ class CeleryWorker(Proc):
         ]  # fmt: skip
         if events:
             cmd.append("-E")
+        cmd.extend(extra_args)
         super().__init__(
             f"celery-{self.name}-{pool}",
             cmd,

@@ -208,3 +208,30 @@ def test_integration_streams_tasks_and_workers(server, account, redis_url, pool,
         integration.uninstall()
     check_worker_lifecycle(col, worker)
     col.close()
+
+
+def test_integration_flushes_before_a_prefork_child_exits(
+    server, account, redis_url, queue, cleanup
+):
+    """--max-tasks-per-child 1: every child exits right after its task, and each child's
+    events still arrive (its sender starts after the fork and flushes on the way out)."""
+    broker = redis_broker_url(redis_url)
+    brokers, procs = cleanup
+    brokers.append(broker)
+    col = Collector(server.url, account)
+    env = {
+        "TEST_SLUICE_INSTALL": "1",
+        "SLUICE_URL": server.url,
+        "SLUICE_API_KEY": account.api_key,
+        "SLUICE_CONNECTION_ID": account.connection_id,
+    }
+    worker = CeleryWorker(
+        broker, queue, events=False, env=env, extra_args=("--max-tasks-per-child", "1")
+    )
+    procs.append(worker.start())
+    pub = publisher(broker, queue)
+    ids = [pub.send_task("sluice_test.add", (i, i), queue=queue).id for i in range(6)]
+    col.wait(lambda c: all(c.has_state(t, "completed") for t in ids), what="all six completed")
+    pids = {d["extensions"]["pid"] for t in ids for d in col.jobs(t) if d["state"] == "completed"}
+    assert len(pids) == 6  # six different children, each gone after its task
+    col.close()
