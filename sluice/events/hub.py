@@ -29,7 +29,7 @@ from gevent.event import Event
 from ..config import Settings
 from ..redis import Keys, connect_blocking
 from .sse import CLOSED_EVENT as _CLOSED
-from .sse import ENTRY_DATA, ENTRY_EVENT, control_frame, event_frame, http_chunk
+from .sse import ENTRY_DATA, ENTRY_EVENT, control_frame, event_frame, heartbeat_frame, http_chunk
 
 log = logging.getLogger("sluice.hub")
 
@@ -258,6 +258,7 @@ class Hub:
         self._blocking: redis.Redis | None = None
         self._streams: dict[bytes, _Stream] = {}
         self._reader: gevent.Greenlet | None = None
+        self._ticker: gevent.Greenlet | None = None
         self._wake_key = f"sluice:hub:{uuid.uuid4()}:wake".encode()
         # A concrete id, not "$": a wake that lands before the first read still counts.
         self._wake_cursor = b"0-0"
@@ -385,6 +386,54 @@ class Hub:
     def _ensure_reader(self) -> None:
         if self._reader is None or self._reader.dead:
             self._reader = gevent.spawn(self._read_forever)
+        if self._ticker is None or self._ticker.dead:
+            self._ticker = gevent.spawn(self._heartbeat_forever)
+
+    # -- heartbeats ------------------------------------------------------------
+
+    def _heartbeat_forever(self) -> None:
+        """One timer per process instead of one per stream.
+
+        Every quarter interval, each live listener (socket attached, nothing
+        pending, no write in progress) that has been quiet for at least
+        three quarters of the interval gets the same heartbeat bytes with one
+        non-blocking send, so none waits more than `heartbeat_seconds` and
+        a busy stream gets none. A failed send ends that stream: this is also
+        the dead-client detector. Listeners not attached (history, a blocked
+        write, a yield-path response) keep their own timed wait.
+        """
+        interval = self.settings.heartbeat_seconds
+        tick = interval / 4
+        while True:
+            gevent.sleep(tick)
+            try:
+                self.beat(interval - tick)
+            except Exception:  # never let one bad listener stop every heartbeat
+                log.exception("heartbeat ticker failed; continuing")
+
+    def beat(self, quiet_for: float) -> int:
+        """Send a heartbeat to every attached listener quiet for `quiet_for` s."""
+        frame = heartbeat_frame()
+        chunked = http_chunk(frame)
+        now = time.monotonic()
+        sent = 0
+        for stream in list(self._streams.values()):
+            for listener in list(stream.listeners):
+                if (
+                    listener.raw is None
+                    or listener.writing
+                    or listener.pending
+                    or listener.partial is not None
+                    or listener.closed
+                    or now - listener.last_write < quiet_for
+                ):
+                    continue
+                listener.send_now(chunked if listener.chunked else frame)
+                sent += 1
+                if sent % FANOUT_YIELD_EVERY == 0:
+                    gevent.sleep(0)
+                    now = time.monotonic()
+        return sent
 
     def _wake_reader(self) -> None:
         """Interrupt the blocked XREAD so it picks up a newly watched stream."""

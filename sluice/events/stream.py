@@ -303,15 +303,26 @@ def stream_body(
                 break
             if writer is not None and listener.raw is None:
                 writer.attach()
-            # Heartbeat only after `heartbeat` seconds without any write: events
-            # written by the fan-out count, so a busy stream is not woken for it.
+            wake.clear()
+            if listener.raw is not None:
+                # Attached: the hub's ticker sends the heartbeats (see
+                # Hub._heartbeat_forever); wake only for work or the deadline.
+                if deadline is None:
+                    wake.wait()
+                    continue
+                left = deadline - time.monotonic()
+                if left > 0 and wake.wait(left):
+                    continue
+                if time.monotonic() >= deadline:
+                    break
+                continue
+            # Heartbeat only after `heartbeat` seconds without any write.
             timeout = heartbeat - (time.monotonic() - listener.last_write)
             if deadline is not None:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
                 timeout = min(timeout, left)
-            wake.clear()
             if timeout > 0 and wake.wait(timeout):
                 continue
             if deadline is not None and time.monotonic() >= deadline:
