@@ -210,6 +210,10 @@ def job_event(
     }
     job.update({k: v for k, v in optional.items() if v is not None})
     if extensions:
+        extensions = dict(extensions)
+        for key in ("args", "kwargs", "result"):  # reprs of user data: short, always
+            if isinstance(extensions.get(key), str):
+                extensions[key] = clip(extensions[key], MAX_REPR)
         ext = bounded_extensions(extensions)
         if ext:
             job["extensions"] = ext

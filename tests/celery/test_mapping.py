@@ -324,6 +324,9 @@ def test_extensions_stay_bounded():
     assert len(json.dumps(out[0]["job"]["extensions"]).encode()) <= ce.MAX_EXTENSIONS_BYTES
     assert len(out[0]["job"]["queue"]) <= 255
     assert ce.bounded_extensions({"a": {"nested": huge}, "b": 1})["b"] == 1
+    # The integration's builders clip user reprs too.
+    ev = ce.job_event(CONN, task_id="t", name="n", state="queued", extensions={"args": huge})
+    assert len(ev["job"]["extensions"]["args"]) == ce.MAX_REPR
 
 
 def test_iso_forms():
