@@ -844,7 +844,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default=str(RESULTS / "latest.json"))
     a = p.parse_args(argv)
     a.phase_s = a.phase_s or (10.0 if a.full else 2.0 if a.quick else 3.0)
-    a.capacity = a.capacity or (40000 if a.full else 2000 if a.quick else 6000)
+    a.capacity = a.capacity or (40000 if a.full else 2000 if a.quick else 4000)
     a.drain_s = 5.0 if a.full else 2.0  # wait for slow targets to catch up, at most
     a.a_clients = 500
     a.a_rates = [200, 1000, 4000]
@@ -854,7 +854,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a.f_stallers, a.f_rate, a.f_resume_s = 10, 1000, 20.0
     a.f_pad, a.f_stall_bytes = 0, 5_500_000
     a.ingest_posters = int(os.environ.get("BENCH_INGEST_POSTERS", 3))
-    a.ingest_s = float(os.environ.get("BENCH_INGEST_SECONDS", 3.0 if a.quick else 4.0))
+    a.ingest_s = float(os.environ.get("BENCH_INGEST_SECONDS", 3.0))
     return a
 
 
