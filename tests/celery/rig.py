@@ -184,6 +184,9 @@ def cleanup_broker(broker: str, queue: str) -> None:
                 for pri in channel.priority_steps:
                     client.delete(channel._q_for_pri(queue, pri))
                 client.delete(channel.keyprefix_queue % queue)
+                permanent = getattr(channel, "keyprefix_binding_permanent", None)
+                if permanent:  # kombu 5.6+
+                    client.delete(permanent % queue)
             else:
                 channel.queue_delete(queue)
     except Exception:
