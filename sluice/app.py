@@ -1,0 +1,106 @@
+"""The app factory: settings, Redis, extensions and blueprints, wired once."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+
+from flask import Flask, Response
+
+from .config import load_settings
+from .errors import register_error_handlers
+from .extensions import SluiceState, limiter, login_manager
+
+
+def create_app(overrides: dict[str, Any] | None = None) -> Flask:
+    """The app factory.
+
+    Redis clients are made here, not at import time, so that under gunicorn's
+    gevent worker they are created after monkey patching.
+    """
+    settings = load_settings(overrides=overrides)
+    _configure_logging()
+    app = Flask(__name__, static_folder=None)
+
+    from . import redis as sluice_redis
+
+    redis_url = settings.redis_url or sluice_redis.start_embedded()
+    client = sluice_redis.connect(redis_url, max_connections=settings.redis_max_connections)
+    app.config.update(
+        SECRET_KEY=settings.secret_key or _development_secret(client),
+        MAX_CONTENT_LENGTH=settings.max_body_bytes,
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=settings.is_production,
+        SESSION_COOKIE_NAME="sluice_session",
+        PERMANENT_SESSION_LIFETIME=timedelta(days=settings.session_days),
+        REMEMBER_COOKIE_HTTPONLY=True,
+        REMEMBER_COOKIE_SAMESITE="Lax",
+        REMEMBER_COOKIE_SECURE=settings.is_production,
+        RATELIMIT_STORAGE_URI=redis_url,
+        RATELIMIT_STRATEGY="fixed-window",  # one INCR per request (moving-window: a Lua call + a stats read)
+        RATELIMIT_HEADERS_ENABLED=False,  # 429s still carry Retry-After (errors.py)
+        JSON_SORT_KEYS=False,
+    )
+
+    from .events.hub import Hub
+
+    app.extensions["sluice"] = SluiceState(
+        settings=settings, redis=client, hub=Hub(settings, client, redis_url)
+    )
+    login_manager.init_app(app)
+    login_manager.session_protection = "basic"
+    limiter.init_app(app)
+    register_error_handlers(app)
+
+    from . import auth, connections, ingest, system
+    from .events import stream
+
+    for blueprint in (auth.bp, connections.bp, ingest.bp, stream.bp, system.bp):
+        app.register_blueprint(blueprint)
+    try:
+        from .web import bp as web_bp
+    except ImportError:  # the dashboard is optional for an API-only build
+        web_bp = None
+    if web_bp is not None:
+        app.register_blueprint(web_bp)
+
+    app.after_request(_security_headers)
+    if settings.trusted_proxies:
+        # Client IPs for rate limits come from the proxy's X-Forwarded-For.
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        n = settings.trusted_proxies
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n)  # type: ignore[method-assign]
+    return app
+
+
+def _security_headers(response: Response) -> Response:
+    headers = response.headers
+    headers.setdefault("X-Content-Type-Options", "nosniff")
+    headers.setdefault("Referrer-Policy", "same-origin")
+    headers.setdefault("X-Frame-Options", "DENY")
+    headers.setdefault(
+        "Content-Security-Policy",
+        "default-src 'self'; img-src 'self' data:; style-src 'self'; frame-ancestors 'none'",
+    )
+    return response
+
+
+def _development_secret(client: Any) -> str:
+    """A random key kept in Redis, shared by every worker (and restarts) of a
+    development setup, so nobody can forge a session with a well-known default."""
+    import secrets
+
+    client.set("sluice:dev-secret-key", secrets.token_hex(32), nx=True)
+    return client.get("sluice:dev-secret-key").decode()
+
+
+def _configure_logging() -> None:
+    root = logging.getLogger("sluice")
+    if not root.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
