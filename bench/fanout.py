@@ -464,7 +464,7 @@ class Runner:
     ) -> dict[str, Any]:
         """Idle streams: memory per stream and the heartbeat's worst gap."""
         rate = rate or self.args.connect_rate
-        observe = max(2 * self.t.heartbeat + 1.0, 3.0)  # two heartbeat periods at least
+        observe = max(2 * self.t.heartbeat + 0.5, 3.0)  # two heartbeat periods at least
         base_clients = redis_clients(self.r)
         time.sleep(0.5)
         rss0 = worker_rss(self.t)
@@ -598,7 +598,7 @@ class Runner:
                 state = [(c[9], c[8]) for c in st_clients]
                 if state != prev:
                     prev, t_prog = state, time.monotonic()
-                elif time.monotonic() - t_prog > 4.0:
+                elif time.monotonic() - t_prog > 3.0:
                     break  # no progress: this target will not catch them up
                 time.sleep(0.2)
             resumed = Phase(pool.snapshot(reset=True))
@@ -845,7 +845,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a = p.parse_args(argv)
     a.phase_s = a.phase_s or (10.0 if a.full else 2.0 if a.quick else 3.0)
     a.capacity = a.capacity or (40000 if a.full else 2000 if a.quick else 4000)
-    a.drain_s = 5.0 if a.full else 2.0  # wait for slow targets to catch up, at most
+    a.drain_s = 5.0 if a.full else 1.5  # wait for slow targets to catch up, at most
     a.a_clients = 500
     a.a_rates = [200, 1000, 4000]
     a.b_clients, a.b_rate = 1000, 20

@@ -135,7 +135,7 @@ class Target:
             start_new_session=True,
         )
         wait_port(self.port, proc=self.proc)
-        time.sleep(0.5)  # let workers boot and import
+        time.sleep(0.3)  # let workers boot and import
 
     def stop(self) -> None:
         if self.proc is None:
