@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import signal
-import time
 
 import requests
 
 from tests.sse import open_stream
-from tests.util import ingest, jobs
+from tests.util import ingest, jobs, wait_until
 
 
 def stats(server) -> dict:
@@ -19,17 +18,6 @@ def stats(server) -> dict:
 
 def worker_redis_connections(redis_client, pid: int) -> int:
     return sum(1 for c in redis_client.client_list() if c.get("name") == f"sluice-{pid}")
-
-
-def wait_for(predicate, timeout: float = 10, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(interval)
 
 
 def test_debug_stats_is_off_by_default(server):
@@ -79,7 +67,7 @@ def test_resources_return_to_baseline_after_200_clients_leave(start_server, acco
         warm.read_bytes(1)
         ingest(srv.url, account.api_key, cid, jobs(cid, 1))
         warm.data_events(1)
-    wait_for(lambda: stats(srv)["hub"]["listeners"] == 0)
+    wait_until(lambda: stats(srv)["hub"]["listeners"] == 0)
     baseline = stats(srv)
     worker_pid = baseline["pid"]
     redis_before = worker_redis_connections(redis_client, worker_pid)
@@ -99,7 +87,7 @@ def test_resources_return_to_baseline_after_200_clients_leave(start_server, acco
     for stream in streams:
         stream.close()
     # Gone at once or at the latest at the next heartbeat (0.5 s).
-    after = wait_for(lambda: (s := stats(srv))["hub"]["listeners"] == 0 and s, timeout=10)
+    after = wait_until(lambda: (s := stats(srv))["hub"]["listeners"] == 0 and s, timeout=10)
     assert after["hub"]["streams"] == 0
-    wait_for(lambda: stats(srv)["greenlets"] <= baseline["greenlets"] + 2, timeout=10)
+    wait_until(lambda: stats(srv)["greenlets"] <= baseline["greenlets"] + 2, timeout=10)
     assert worker_redis_connections(redis_client, worker_pid) <= redis_before + 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from datetime import UTC, datetime
 
@@ -91,3 +92,15 @@ def jobs(connection_id: str, count: int, state: str = "queued") -> list[dict]:
         job_event(connection_id, f"job-{uuid.uuid4()}", state, event_id=str(uuid.uuid4()))
         for _ in range(count)
     ]
+
+
+def wait_until(predicate, timeout: float = 10, what: str = "a condition", interval: float = 0.05):
+    """Poll `predicate` until it returns something truthy (which is returned)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)

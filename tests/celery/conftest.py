@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 
 from .capture import CaptureServer
@@ -13,3 +15,9 @@ def capture():
     server = CaptureServer()
     yield server
     server.close()
+
+
+@pytest.fixture
+def queue():
+    """A queue name of this test's own, so tests never see each other's tasks."""
+    return f"q-{uuid.uuid4().hex[:10]}"

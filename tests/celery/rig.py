@@ -13,7 +13,10 @@ import uuid
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+import pytest
+
 from ..sse import open_stream
+from ..util import wait_until  # noqa: F401  (re-exported for the tests)
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
@@ -41,17 +44,6 @@ def rabbitmq_unavailable() -> str | None:
     except Exception as exc:
         return f"RabbitMQ at 127.0.0.1:5672 refused {RABBIT_URL} ({exc})"
     return None
-
-
-def wait_until(predicate, timeout: float, what: str, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
 
 
 class Proc:
@@ -243,3 +235,15 @@ class Collector:
 
     def close(self) -> None:
         self.stream.close()
+
+
+_NO_RABBIT = rabbitmq_unavailable()
+#: Parametrisation of the agent tests: Redis always, RabbitMQ where one answers.
+BROKERS = [
+    "redis",
+    pytest.param("rabbitmq", marks=pytest.mark.skipif(bool(_NO_RABBIT), reason=_NO_RABBIT or "")),
+]
+
+
+def broker_for(kind: str, redis_url: str) -> str:
+    return RABBIT_URL if kind == "rabbitmq" else redis_broker_url(redis_url)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import signal
 import socket
-import uuid
 
 import pytest
 
@@ -15,27 +14,16 @@ pytest.importorskip(
 
 from ..conftest import make_account  # noqa: E402
 from .rig import (  # noqa: E402
+    BROKERS,
     RABBIT_URL,
     Agent,
     CeleryWorker,
     Collector,
     cleanup_broker,
     publisher,
-    rabbitmq_unavailable,
     redis_broker_url,
     wait_until,
 )
-
-_NO_RABBIT = rabbitmq_unavailable()
-BROKERS = [
-    "redis",
-    pytest.param("rabbitmq", marks=pytest.mark.skipif(bool(_NO_RABBIT), reason=_NO_RABBIT or "")),
-]
-
-
-@pytest.fixture
-def queue():
-    return f"q-{uuid.uuid4().hex[:10]}"
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ deadline on what the stream shows, never a bare sleep.
 from __future__ import annotations
 
 import signal
-import uuid
 
 import pytest
 
@@ -17,30 +16,15 @@ pytest.importorskip(
 )
 
 from .rig import (  # noqa: E402
-    RABBIT_URL,
+    BROKERS,
     Agent,
     CeleryWorker,
     Collector,
+    broker_for,
     cleanup_broker,
     publisher,
-    rabbitmq_unavailable,
     redis_broker_url,
 )
-
-_NO_RABBIT = rabbitmq_unavailable()
-BROKERS = [
-    "redis",
-    pytest.param("rabbitmq", marks=pytest.mark.skipif(bool(_NO_RABBIT), reason=_NO_RABBIT or "")),
-]
-
-
-@pytest.fixture
-def queue():
-    return f"q-{uuid.uuid4().hex[:10]}"
-
-
-def broker_for(kind: str, redis_url: str) -> str:
-    return RABBIT_URL if kind == "rabbitmq" else redis_broker_url(redis_url)
 
 
 @pytest.fixture
