@@ -1,9 +1,9 @@
 """Fan-out benchmark: Sluice side by side with flask-sse, sse-starlette and raw gevent.
 
     python bench/fanout.py                       # default run (< 5 min)
-    python bench/fanout.py --full                # the issue's exact sizes (~10 min)
+    python bench/fanout.py --full                # the issue's exact sizes (~11 min, estimated)
     python bench/fanout.py --scenarios a,b --targets sluice,raw-gevent
-    python bench/fanout.py --quick               # smoke run (~1.5 min)
+    python bench/fanout.py --quick               # smaller smoke run (~4 min)
 
 One run starts its own Redis and each target as its own server process on
 127.0.0.1, loads them with the same scenarios from separate load-generator
