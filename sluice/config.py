@@ -60,6 +60,7 @@ class Settings:
     catchup_batch: int = 500
     read_block_ms: int = 5_000  # how long the shared XREAD blocks before going round again
     max_streams_per_connection: int = 10_000
+    stream_open_concurrency: int = 32  # stream opens doing Redis work at once per process
     # Ingest.
     max_body_bytes: int = 1_048_576
     max_batch_events: int = 1_000
@@ -96,6 +97,7 @@ ENV_NAMES: dict[str, str] = {
     "catchup_batch": "SLUICE_CATCHUP_BATCH",
     "read_block_ms": "SLUICE_READ_BLOCK_MS",
     "max_streams_per_connection": "SLUICE_MAX_STREAMS_PER_CONNECTION",
+    "stream_open_concurrency": "SLUICE_STREAM_OPEN_CONCURRENCY",
     "max_body_bytes": "SLUICE_MAX_BODY_BYTES",
     "max_batch_events": "SLUICE_MAX_BATCH_EVENTS",
     "max_extensions_bytes": "SLUICE_MAX_EXTENSIONS_BYTES",
@@ -129,6 +131,7 @@ def load_settings(
         "catchup_batch": _int(env, "SLUICE_CATCHUP_BATCH", 500, 1),
         "read_block_ms": _int(env, "SLUICE_READ_BLOCK_MS", 5_000, 1),
         "max_streams_per_connection": _int(env, "SLUICE_MAX_STREAMS_PER_CONNECTION", 10_000, 1),
+        "stream_open_concurrency": _int(env, "SLUICE_STREAM_OPEN_CONCURRENCY", 32, 1),
         "max_body_bytes": _int(env, "SLUICE_MAX_BODY_BYTES", 1_048_576, 1),
         "max_batch_events": _int(env, "SLUICE_MAX_BATCH_EVENTS", 1_000, 1),
         "max_extensions_bytes": _int(env, "SLUICE_MAX_EXTENSIONS_BYTES", 8_192, 0),

@@ -1,16 +1,23 @@
 """Shared Redis readers and fan-out, one hub per worker process.
 
 One greenlet per process blocks on a single ``XREAD`` over every stream that
-has listeners in this process. Each entry becomes an SSE frame once, and the
-same bytes are appended to the pending list of every listener that wants the
-event. Redis connections therefore grow with processes, not with viewers.
+has listeners in this process; Redis connections grow with processes, not with
+viewers. Each batch of entries becomes SSE frames once, joined and
+chunk-framed once (`Batch`), and every idle listener gets those same bytes
+with one non-blocking send from the reader itself: no wake-up, no greenlet
+switch, no copy per listener. Only a listener that is busy (catching up, or
+its kernel buffer full) queues frames for its own greenlet to write.
 
-A listener whose previous write is still blocked (the client is not reading)
-while more than ``listener_buffer_bytes`` pile up is cut off: its buffer is
-freed and its socket shut down so the blocked write returns at once. It
-reconnects with ``Last-Event-ID`` and catches up from history, so it loses
-nothing and never holds more than its buffer. A listener that is merely
-waiting takes any batch, however large, in one write.
+Heartbeats come from one ticker per process, not a timer per stream: every
+quarter interval it sends the same bytes to each listener that has been quiet
+for three quarters of it. A failed send ends the stream (the dead-client
+detector).
+
+A listener whose write is blocked (the client is not reading) while more
+than ``listener_buffer_bytes`` pile up is cut off: its buffer is freed and
+its socket shut down so the blocked write returns at once. It reconnects with
+``Last-Event-ID`` and catches up from history, so it loses nothing and never
+holds more than its buffer.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from typing import Any
 import gevent
 import redis
 from gevent.event import Event
+from gevent.lock import BoundedSemaphore
 
 from ..config import Settings
 from ..redis import Keys, connect_blocking
@@ -259,6 +267,12 @@ class Hub:
         self._streams: dict[bytes, _Stream] = {}
         self._reader: gevent.Greenlet | None = None
         self._ticker: gevent.Greenlet | None = None
+        # Stream opens doing their Redis work (auth, ownership, subscribe) at once.
+        # A burst of reconnects (a deploy, a network blip) would otherwise have
+        # every greenlet holding a pooled Redis connection at the same moment:
+        # the pool would refuse (503) or grow to the burst's size and keep those
+        # connections (~50 KB of worker RSS each). Queued opens wait their turn.
+        self.opening = BoundedSemaphore(settings.stream_open_concurrency)
         self._wake_key = f"sluice:hub:{uuid.uuid4()}:wake".encode()
         # A concrete id, not "$": a wake that lands before the first read still counts.
         self._wake_cursor = b"0-0"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 import socket
-import threading
 import time
 from collections.abc import Iterator
 
@@ -98,25 +97,10 @@ def _authorize(connection_id: str, api_key: str | None) -> None:
         owned_connection(r, current_user.id, connection_id)
 
 
-#: Stream opens doing their Redis work (auth, ownership, subscribe) at once,
-#: per process. A burst of reconnects (a deploy, a network blip) otherwise has
-#: every greenlet holding a pooled Redis connection at the same moment: the
-#: pool either refuses (503) or grows to the burst's size and keeps those
-#: connections (~50 KB of worker RSS each). Queued opens wait their turn.
-STREAM_OPEN_CONCURRENCY = 32
-_open_slots: list = []
-
-
-def _opening() -> threading.BoundedSemaphore:
-    """Made on first use, after gevent has patched `threading` in the worker."""
-    if not _open_slots:
-        _open_slots.append(threading.BoundedSemaphore(STREAM_OPEN_CONCURRENCY))
-    return _open_slots[0]
-
-
 @bp.get("/stream")
 def stream() -> Response:
-    with _opening():
+    # At most `stream_open_concurrency` opens do their Redis work at once (see Hub).
+    with state().hub.opening:
         return _open_stream()
 
 
