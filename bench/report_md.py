@@ -2,7 +2,7 @@
 
     python bench/report_md.py [results.json] [--capacity other.json]
 
-Why: the README and .notes/bench-report.md carry the same numbers the bench
+Why: the README carries the same numbers the bench
 printed; generating the table avoids copying them by hand.
 """
 
