@@ -37,7 +37,7 @@ from gevent.lock import BoundedSemaphore
 from ..config import Settings
 from ..redis import Keys, connect_blocking
 from .sse import CLOSED_EVENT as _CLOSED
-from .sse import ENTRY_DATA, ENTRY_EVENT, control_frame, event_frame, heartbeat_frame, http_chunk
+from .sse import ENTRY_DATA, ENTRY_EVENT, cached_heartbeat, control_frame, event_frame, http_chunk
 
 log = logging.getLogger("sluice.hub")
 
@@ -101,55 +101,43 @@ class Listener:
         self.partial: bytes | None = None  # framed bytes a direct write left over
         self.last_write = time.monotonic()
 
-    def deliver(
-        self, frames: list[tuple[bytes, bytes, bytes]], size: int, batch: Batch | None = None
-    ) -> None:
+    def deliver(self, frames: list[tuple[bytes, bytes, bytes]], batch: Batch | None = None) -> None:
         """Hand frames (entry id, event, frame) to this listener; the hot path.
 
-        `size` is the byte size of all `frames`, computed once per batch. An
-        idle live listener (nothing pending, no write in progress) is written
-        to right here with one non-blocking send of the batch's shared bytes:
-        no wake-up, no greenlet switch, no copy per listener. Otherwise the
-        frames are queued and its response writes them (joined) itself.
+        An idle live listener (nothing pending, no write in progress) is
+        written to right here with one non-blocking send; an unfiltered one
+        gets the batch's shared, already framed bytes: no wake-up, no greenlet
+        switch, no copy per listener. Otherwise the frames are queued and its
+        response writes them (joined) itself.
         """
         if self.closed:
             return
         types = self.types
-        pending = self.pending
         if self.skip_until is not None:
             frames = self._skip(frames)
-            size = sum(len(f) for _, _, f in frames)
             batch = None
-        if self.raw is not None and not pending and not self.writing and self.partial is None:
-            if types is None:
-                if not frames:
-                    return
-                if batch is not None:
-                    data = batch.framed if self.chunked else batch.joined
-                else:
-                    data = b"".join([f for _, _, f in frames])
-                    data = http_chunk(data) if self.chunked else data
-            else:
-                kept = [f for _, ev, f in frames if ev in types]
-                if not kept:
-                    return
-                data = b"".join(kept)
-                data = http_chunk(data) if self.chunked else data
-            self.send_now(data)
+        idle = (
+            self.raw is not None and not self.pending and not self.writing and self.partial is None
+        )
+        if idle and batch is not None and types is None:
+            self.send_now(batch.framed if self.chunked else batch.joined)
             return
-        if types is None:
-            pending.extend([f for _, _, f in frames])
-            self.pending_bytes += size
-        else:
-            kept = [f for _, ev, f in frames if ev in types]
-            if not kept:
-                return
-            pending.extend(kept)
-            self.pending_bytes += sum(map(len, kept))
+        kept = [f for _, ev, f in frames if types is None or ev in types]
+        if not kept:
+            return
+        if idle:
+            self.send_now(self.framed(b"".join(kept)))
+            return
+        self.pending.extend(kept)
+        self.pending_bytes += sum(map(len, kept))
         if self.writing and self.pending_bytes > self.limit:
             self.cut_off()
-        elif pending:
+        else:
             self.wake.set()
+
+    def framed(self, body: bytes) -> bytes:
+        """`body` as it goes on this client's wire (an HTTP chunk unless HTTP/1.0)."""
+        return http_chunk(body) if self.chunked else body
 
     def send_now(self, data: bytes) -> None:
         """One non-blocking send; what the kernel does not take waits in
@@ -427,7 +415,7 @@ class Hub:
 
     def beat(self, quiet_for: float) -> int:
         """Send a heartbeat to every attached listener quiet for `quiet_for` s."""
-        frame = heartbeat_frame()
+        frame = cached_heartbeat()
         chunked = http_chunk(frame)
         now = time.monotonic()
         sent = 0
@@ -498,7 +486,6 @@ class Hub:
         frames: list[tuple[bytes, bytes, bytes]] = []
         closed = False
         last_id = stream.cursor
-        size = 0
         for entry_id, fields in entries:
             last_id = entry_id
             event = fields.get(ENTRY_EVENT, b"")
@@ -506,14 +493,13 @@ class Hub:
                 closed = True
                 break
             frame = event_frame(entry_id, event, fields.get(ENTRY_DATA, b""))
-            size += len(frame)
             frames.append((entry_id, event, frame))
         stream.cursor = last_id
         listeners = list(stream.listeners)
         batch = Batch(frames) if frames else None
         for i, listener in enumerate(listeners, 1):
             if frames:
-                listener.deliver(frames, size, batch)
+                listener.deliver(frames, batch)
             if closed:
                 listener.close("connection_deleted")
             if i % FANOUT_YIELD_EVERY == 0:

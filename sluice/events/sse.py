@@ -9,6 +9,7 @@ to every listener.
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from ..timefmt import now_iso
@@ -54,6 +55,19 @@ def control_frame(event: str, data: Any) -> bytes:
 
 def heartbeat_frame() -> bytes:
     return control_frame("heartbeat", {"timestamp": now_iso()})
+
+
+_heartbeat_cache: list = [0.0, b""]
+
+
+def cached_heartbeat() -> bytes:
+    """The heartbeat frame, encoded at most every 50 ms for the whole process
+    (thousands of idle streams share the same bytes, as they share events)."""
+    now = time.monotonic()
+    if now - _heartbeat_cache[0] >= 0.05:
+        _heartbeat_cache[0] = now
+        _heartbeat_cache[1] = heartbeat_frame()
+    return _heartbeat_cache[1]
 
 
 def retry_frame(retry_ms: int) -> bytes:

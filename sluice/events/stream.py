@@ -23,7 +23,7 @@ from ..errors import ApiError
 from ..extensions import state
 from ..validation import parse_uuid
 from .hub import Draining, Hub, Listener, Subscription, TooManyStreams, reset_frame
-from .sse import heartbeat_frame, retry_frame
+from .sse import cached_heartbeat, retry_frame
 
 bp = Blueprint("events", __name__, url_prefix="/api/events")
 
@@ -162,20 +162,20 @@ class SocketWriter:
     Why: going through gunicorn costs, per chunk and per listener, werkzeug's
     iterator wrapper, gunicorn's write path, gevent's ``sendall`` (an extra
     ``getsockopt`` syscall and a timeout object) and two copies. Here a chunk
-    is one non-blocking ``sendmsg`` of the pending frames; only when the
+    is one non-blocking ``send`` of the pending frames; only when the
     kernel buffer is full does the greenlet fall back to a cooperative
     ``sendall`` (with ``listener.writing`` set, so a stalled client can be cut
     off). The response's first bytes still go through gunicorn, which sends
     the headers, and gunicorn writes the final empty chunk at the end.
     """
 
-    __slots__ = ("sock", "raw", "chunked", "listener")
+    __slots__ = ("sock", "raw", "listener")
 
     def __init__(self, listener: Listener, sock: socket.socket, chunked: bool) -> None:
         self.listener = listener
         self.sock = sock
         self.raw = sock._sock  # the OS socket, non-blocking under gevent
-        self.chunked = chunked
+        listener.chunked = chunked
 
     def write_pending(self) -> None:
         listener = self.listener
@@ -186,17 +186,13 @@ class SocketWriter:
         self.write(body)
 
     def write(self, body: bytes) -> None:
-        if self.chunked:
-            buffers = [b"%X\r\n" % len(body), body, b"\r\n"]
-        else:
-            buffers = [body]
-        total = sum(map(len, buffers))
+        data = self.listener.framed(body)
         try:
-            sent = self.raw.sendmsg(buffers)
+            sent = self.raw.send(data)
         except (BlockingIOError, InterruptedError):
             sent = 0
-        if sent < total:
-            self.write_framed(memoryview(b"".join(buffers))[sent:])
+        if sent < len(data):
+            self.write_framed(memoryview(data)[sent:])
         self.listener.last_write = time.monotonic()
 
     def write_framed(self, data: bytes | memoryview) -> None:
@@ -212,21 +208,7 @@ class SocketWriter:
     def attach(self) -> None:
         """Let the fan-out write to this client directly from now on (see
         `Listener.deliver`); only called with nothing pending."""
-        self.listener.chunked = self.chunked
         self.listener.raw = self.raw
-
-
-_heartbeat_cache: list = [0.0, b""]
-
-
-def cached_heartbeat() -> bytes:
-    """The heartbeat frame, encoded at most every 50 ms for the whole process
-    (thousands of idle streams share the same bytes, as they share events)."""
-    now = time.monotonic()
-    if now - _heartbeat_cache[0] >= 0.05:
-        _heartbeat_cache[0] = now
-        _heartbeat_cache[1] = heartbeat_frame()
-    return _heartbeat_cache[1]
 
 
 def stream_body(
