@@ -30,17 +30,7 @@ from sluice.demo import (  # noqa: E402
     wait_healthy,
 )
 from sluice.redis import start_embedded  # noqa: E402
-
-CHROMIUM = os.environ.get("SLUICE_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+from tests.browser.chromium import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
 
 
 def free_port() -> int:
