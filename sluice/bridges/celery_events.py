@@ -24,8 +24,10 @@ import json
 import time
 import uuid
 from collections import OrderedDict
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
+
+from ..timefmt import iso_from_ms, now_iso, parse_iso
 
 FRAMEWORK = "celery"
 
@@ -64,31 +66,17 @@ WAITING = {"queued", "scheduled"}
 
 
 def iso(value: Any) -> str | None:
-    """Epoch seconds, a datetime or an ISO string → the contract's UTC `...sssZ` form."""
+    """Epoch seconds, a datetime or an ISO string → the contract's UTC `...sssZ` form
+    (the formatting itself is `sluice.timefmt`'s, shared with the server)."""
     if value is None or value == "":
         return None
     if isinstance(value, (int, float)):
-        dt = datetime.fromtimestamp(float(value), tz=UTC)
-    elif isinstance(value, datetime):
-        dt = value if value.tzinfo else value.replace(tzinfo=UTC)
-    elif isinstance(value, str):
-        text = value.strip()
-        if text.endswith(("Z", "z")):
-            text = text[:-1] + "+00:00"
-        try:
-            dt = datetime.fromisoformat(text)
-        except ValueError:
-            return None
-        if dt.tzinfo is None:
-            dt = dt.replace(tzinfo=UTC)
-    else:
-        return None
-    dt = dt.astimezone(UTC)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
-
-
-def now_iso() -> str:
-    return iso(time.time())  # type: ignore[return-value]
+        return iso_from_ms(int(float(value) * 1000))
+    if isinstance(value, datetime):
+        return parse_iso(value.isoformat())
+    if isinstance(value, str):
+        return parse_iso(value)
+    return None
 
 
 def clip(text: Any, limit: int) -> str | None:
