@@ -23,7 +23,7 @@ from flask_login import UserMixin, current_user, login_required, login_user, log
 from .errors import ApiError
 from .extensions import limiter, login_manager, state
 from .redis import Keys
-from .validation import read_json_object, require_json_content_type
+from .validation import json_field, read_json_object, require_json_content_type
 
 bp = Blueprint("auth", __name__, url_prefix="/api/auth")
 
@@ -159,8 +159,7 @@ def connection_for_api_key(r: redis.Redis, api_key: str) -> str:
 
 
 def _login_limit_key() -> str:
-    body = request.get_json(silent=True)
-    email = body.get("email") if isinstance(body, dict) else None
+    email = json_field("email")
     email = normalise_email(email) if isinstance(email, str) else ""
     return f"login:{request.remote_addr}:{email[:320]}"
 

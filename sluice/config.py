@@ -52,6 +52,7 @@ class Settings:
     # The stream.
     heartbeat_seconds: float = 15.0
     stream_maxlen: int = 10_000
+    stream_max_bytes: int = 33_554_432  # bytes of events one connection's stream may hold
     stream_max_seconds: float = 0.0  # 0 = no lifetime cap
     retry_ms: int = 2_000
     listener_buffer_bytes: int = (
@@ -66,6 +67,7 @@ class Settings:
     max_batch_events: int = 1_000
     max_extensions_bytes: int = 8_192
     dedupe_ttl_seconds: int = 86_400
+    dedupe_max: int = 20_000  # producer ids remembered per connection
     # Auth.
     login_rate_limit: str = "10 per minute"
     ingest_rate_limit: str = "100 per second"
@@ -91,6 +93,7 @@ ENV_NAMES: dict[str, str] = {
     "secret_key": "SECRET_KEY",
     "heartbeat_seconds": "SLUICE_HEARTBEAT_SECONDS",
     "stream_maxlen": "SLUICE_STREAM_MAXLEN",
+    "stream_max_bytes": "SLUICE_STREAM_MAX_BYTES",
     "stream_max_seconds": "SLUICE_STREAM_MAX_SECONDS",
     "retry_ms": "SLUICE_RETRY_MS",
     "listener_buffer_bytes": "SLUICE_LISTENER_BUFFER_BYTES",
@@ -102,6 +105,7 @@ ENV_NAMES: dict[str, str] = {
     "max_batch_events": "SLUICE_MAX_BATCH_EVENTS",
     "max_extensions_bytes": "SLUICE_MAX_EXTENSIONS_BYTES",
     "dedupe_ttl_seconds": "SLUICE_DEDUPE_TTL_SECONDS",
+    "dedupe_max": "SLUICE_DEDUPE_MAX",
     "login_rate_limit": "SLUICE_LOGIN_RATE_LIMIT",
     "ingest_rate_limit": "SLUICE_INGEST_RATE_LIMIT",
     "session_days": "SLUICE_SESSION_DAYS",
@@ -125,6 +129,7 @@ def load_settings(
         "secret_key": env.get("SECRET_KEY") or None,
         "heartbeat_seconds": _float(env, "SLUICE_HEARTBEAT_SECONDS", 15.0, 0.05),
         "stream_maxlen": _int(env, "SLUICE_STREAM_MAXLEN", 10_000, 1),
+        "stream_max_bytes": _int(env, "SLUICE_STREAM_MAX_BYTES", 33_554_432, 65_536),
         "stream_max_seconds": _float(env, "SLUICE_STREAM_MAX_SECONDS", 0.0),
         "retry_ms": _int(env, "SLUICE_RETRY_MS", 2_000, 0),
         "listener_buffer_bytes": _int(env, "SLUICE_LISTENER_BUFFER_BYTES", 4_194_304, 1024),
@@ -136,6 +141,7 @@ def load_settings(
         "max_batch_events": _int(env, "SLUICE_MAX_BATCH_EVENTS", 1_000, 1),
         "max_extensions_bytes": _int(env, "SLUICE_MAX_EXTENSIONS_BYTES", 8_192, 0),
         "dedupe_ttl_seconds": _int(env, "SLUICE_DEDUPE_TTL_SECONDS", 86_400, 1),
+        "dedupe_max": _int(env, "SLUICE_DEDUPE_MAX", 20_000, 1),
         "login_rate_limit": env.get("SLUICE_LOGIN_RATE_LIMIT") or "10 per minute",
         "ingest_rate_limit": env.get("SLUICE_INGEST_RATE_LIMIT") or "100 per second",
         "session_days": _int(env, "SLUICE_SESSION_DAYS", 14, 1),

@@ -100,6 +100,7 @@ def delete_connection(r: redis.Redis, owner_id: str, connection_id: str) -> None
     pipe.xadd(stream, encode_entry_fields(CLOSED_EVENT, data))
     # Readers need a moment to see the closing entry; then the history goes.
     pipe.expire(stream, 60)
+    pipe.delete(Keys.seen(connection_id), Keys.stream_meta(connection_id))
     pipe.execute()
 
 

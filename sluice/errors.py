@@ -21,8 +21,10 @@ log = logging.getLogger("sluice")
 CODES: dict[int, str] = {
     400: "VALIDATION_ERROR",
     401: "UNAUTHORIZED",
+    403: "FORBIDDEN",
     404: "NOT_FOUND",
     405: "METHOD_NOT_ALLOWED",
+    408: "REQUEST_TIMEOUT",
     409: "CONFLICT",
     413: "PAYLOAD_TOO_LARGE",
     415: "VALIDATION_ERROR",
@@ -101,9 +103,23 @@ def _from_http_exception(exc: HTTPException) -> Response:
     return error_response(status, message, headers=headers)
 
 
+#: Seconds a client should wait after a 503 caused by Redis.
+REDIS_RETRY_AFTER = 2
+
+
 def _from_redis_error(exc: redis.RedisError) -> Response:
-    log.error("redis unavailable: %s", exc)
-    return error_response(503, "The event store is unavailable; retry shortly")
+    """Any Redis failure is the store being unavailable (503 + Retry-After), never a
+    500: unreachable, timed out, read-only replica, out of memory (`maxmemory` with
+    `noeviction`), or a busy script. Writes are single Lua scripts or MULTI
+    transactions, so a refused one leaves nothing half-written."""
+    text = str(exc)
+    if text.startswith("OOM"):
+        log.error("redis is out of memory (maxmemory reached): %s", text[:200])
+        message = "The event store is full; retry later"
+    else:
+        log.error("redis unavailable: %s: %s", type(exc).__name__, text[:200])
+        message = "The event store is unavailable; retry shortly"
+    return error_response(503, message, headers={"Retry-After": str(REDIS_RETRY_AFTER)})
 
 
 def _from_unexpected(exc: Exception) -> Response:
@@ -114,6 +130,5 @@ def _from_unexpected(exc: Exception) -> Response:
 def register_error_handlers(app: Flask) -> None:
     app.register_error_handler(ApiError, _from_api_error)
     app.register_error_handler(HTTPException, _from_http_exception)
-    app.register_error_handler(redis.ConnectionError, _from_redis_error)
-    app.register_error_handler(redis.TimeoutError, _from_redis_error)
+    app.register_error_handler(redis.RedisError, _from_redis_error)
     app.register_error_handler(Exception, _from_unexpected)

@@ -52,21 +52,76 @@ MAX_QUEUES = 100
 ID_NAMESPACE = uuid.UUID("6f1c2e0a-51c3-4b8e-9a51-5e1ce0000001")
 _NAMESPACE_BYTES = ID_NAMESPACE.bytes
 
-APPEND_SCRIPT = """
-local prefix, ttl, maxlen = ARGV[1], tonumber(ARGV[2]), ARGV[3]
-local accepted, duplicates = 0, 0
-for i = 4, #ARGV, 3 do
+APPEND_SCRIPT = """#!lua
+-- One batch, all or nothing. The shebang (no flags) makes Redis refuse the
+-- whole script up front when it is out of memory, instead of failing halfway.
+-- KEYS: the stream, the de-duplication window (zset: producer id -> ms), the
+-- stream's meta hash (bytes held). ARGV: ttl ms, max entries, max bytes, max
+-- ids in the window, then (producer id, event, data) triples.
+local stream, seen, meta = KEYS[1], KEYS[2], KEYS[3]
+local ttl, maxlen = tonumber(ARGV[1]), tonumber(ARGV[2])
+local maxbytes, window = tonumber(ARGV[3]), tonumber(ARGV[4])
+local clock = redis.call("TIME")
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local bytes = 0
+if redis.call("EXISTS", stream) == 1 then
+  bytes = tonumber(redis.call("HGET", meta, "bytes") or "0")
+end
+local accepted, duplicates, first, remembered = 0, 0, nil, false
+for i = 5, #ARGV, 3 do
   local producer_id = ARGV[i]
   local fresh = true
   if producer_id ~= "" then
-    fresh = redis.call("SET", prefix .. producer_id, "1", "NX", "EX", ttl)
+    local at = redis.call("ZSCORE", seen, producer_id)
+    if at and tonumber(at) > now - ttl then
+      fresh = false
+    else
+      redis.call("ZADD", seen, now, producer_id)
+      remembered = true
+    end
   end
   if fresh then
-    redis.call("XADD", KEYS[1], "MAXLEN", "~", maxlen, "*", "t", ARGV[i + 1], "d", ARGV[i + 2])
+    local id = redis.call("XADD", stream, "*", "t", ARGV[i + 1], "d", ARGV[i + 2])
+    first = first or id
+    bytes = bytes + #id + #ARGV[i + 1] + #ARGV[i + 2]
     accepted = accepted + 1
   else
     duplicates = duplicates + 1
   end
+end
+if accepted > 0 then
+  -- Trim the oldest entries past either bound, never this batch's own.
+  local excess = redis.call("XLEN", stream) - maxlen
+  while excess > 0 or bytes > maxbytes do
+    local old = redis.call("XRANGE", stream, "-", "+", "COUNT", math.max(math.min(excess, 1000), 64))
+    local last = nil
+    for _, entry in ipairs(old) do
+      if entry[1] == first or (excess <= 0 and bytes <= maxbytes) then break end
+      local f = entry[2]
+      bytes = bytes - (#entry[1] + #f[2] + #f[4])
+      excess = excess - 1
+      last = entry[1]
+    end
+    if last == nil then break end
+    local ms, seq = string.match(last, "^(%d+)-(%d+)$")
+    if #seq < 15 then
+      redis.call("XTRIM", stream, "MINID", "=", ms .. "-" .. tostring(tonumber(seq) + 1))
+    else
+      for _, entry in ipairs(old) do
+        redis.call("XDEL", stream, entry[1])
+        if entry[1] == last then break end
+      end
+    end
+  end
+  redis.call("HSET", meta, "bytes", math.max(bytes, 0))
+end
+if remembered then
+  redis.call("ZREMRANGEBYSCORE", seen, "-inf", now - ttl)
+  local size = redis.call("ZCARD", seen)
+  if size > window then
+    redis.call("ZREMRANGEBYRANK", seen, 0, size - window - 1)
+  end
+  redis.call("PEXPIRE", seen, ttl)
 end
 return {accepted, duplicates}
 """
@@ -129,7 +184,7 @@ def _choice(
         if required:
             errors.add(f"{where}.{key}", "required")
         return
-    if value not in choices:
+    if not isinstance(value, str) or value not in choices:
         errors.add(f"{where}.{key}", "one of " + ", ".join(choices))
 
 
@@ -250,7 +305,7 @@ def validate_event(
         for key in sorted(set(event) - TOP_LEVEL)[:5]:
             errors.add(f"{where}.{key}", "unknown field")
     kind = event.get("type")
-    if kind not in EVENT_TYPES:
+    if not isinstance(kind, str) or kind not in EVENT_TYPES:
         errors.add(f"{where}.type", "one of " + ", ".join(EVENT_TYPES))
         return
     _timestamp(errors, event, "timestamp", where, required=True)
@@ -365,14 +420,16 @@ def append_events(
 ) -> tuple[int, int]:
     """Append (producer id, event name, data JSON) atomically; returns (accepted, duplicates)."""
     args: list[Any] = [
-        Keys.seen_prefix(connection_id),
-        settings.dedupe_ttl_seconds,
+        settings.dedupe_ttl_seconds * 1000,
         settings.stream_maxlen,
+        settings.stream_max_bytes,
+        settings.dedupe_max,
     ]
     for producer_id, name, data in events:
         args.extend((producer_id or "", name, data))
     script = _append_script(r)
-    accepted, duplicates = script(keys=[Keys.stream(connection_id)], args=args)
+    keys = [Keys.stream(connection_id), Keys.seen(connection_id), Keys.stream_meta(connection_id)]
+    accepted, duplicates = script(keys=keys, args=args)
     return int(accepted), int(duplicates)
 
 

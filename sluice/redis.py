@@ -47,9 +47,15 @@ class Keys:
         return f"{PREFIX}:{{{connection_id}}}:events"
 
     @staticmethod
-    def seen_prefix(connection_id: str) -> str:
-        """Prefix of the producer-event-id keys used to drop retried events."""
-        return f"{PREFIX}:{{{connection_id}}}:seen:"
+    def seen(connection_id: str) -> str:
+        """The de-duplication window: producer event id -> ms first seen (a zset
+        bounded in age and count, see the append script)."""
+        return f"{PREFIX}:{{{connection_id}}}:seen"
+
+    @staticmethod
+    def stream_meta(connection_id: str) -> str:
+        """Bookkeeping of the stream (a hash: `bytes` held), for its byte budget."""
+        return f"{PREFIX}:{{{connection_id}}}:meta"
 
 
 def connect(url: str, max_connections: int = 50, **kwargs: object) -> redis.Redis:

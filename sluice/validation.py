@@ -2,31 +2,50 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from typing import Any
 
 from flask import request
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from . import strictjson
 from .errors import ApiError
 
 
 def read_json_object() -> dict[str, Any]:
-    """The request body as a JSON object, or a 400/413 that says what is wrong."""
-    try:
-        raw = request.get_data(cache=True)
-    except RequestEntityTooLarge:
-        raise ApiError(413, "Request body is too large") from None
-    if not raw:
-        raise ApiError(400, "Request body must be a JSON object", {"body": "empty"})
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(400, "Request body is not valid JSON", {"body": str(exc)[:200]}) from None
+    """The request body as a JSON object, or a 400/413 that says what is wrong.
+
+    The only way a JSON body is read: through `strictjson.parse` (UTF-8,
+    no NaN/Infinity, no lone surrogates, bounded depth and numbers).
+    """
+    body = request.environ.get(_PARSED)
+    if body is None:
+        try:
+            raw = request.get_data(cache=True)
+        except RequestEntityTooLarge:
+            raise ApiError(413, "Request body is too large") from None
+        if not raw:
+            raise ApiError(400, "Request body must be a JSON object", {"body": "empty"})
+        try:
+            body = strictjson.parse(raw)
+        except strictjson.JsonError as exc:
+            raise ApiError(400, "Request body is not valid JSON", {"body": exc.reason}) from None
+        request.environ[_PARSED] = body
     if not isinstance(body, dict):
         raise ApiError(400, "Request body must be a JSON object", {"body": "not an object"})
     return body
+
+
+_PARSED = "sluice.json_body"
+
+
+def json_field(name: str) -> Any:
+    """One top-level field of the JSON body, or None when the body is not a valid
+    JSON object (for rate-limit keys, which must never fail)."""
+    try:
+        return read_json_object().get(name)
+    except ApiError:
+        return None
 
 
 def require_json_content_type() -> None:

@@ -470,7 +470,16 @@ class Hub:
         wanted[self._wake_key] = self._wake_cursor
         # How long one XREAD blocks: new streams wake it earlier, so this only
         # bounds how often an idle reader goes round its loop.
-        reply = self._blocking.xread(wanted, count=READ_COUNT, block=self.settings.read_block_ms)
+        try:
+            reply = self._blocking.xread(
+                wanted, count=READ_COUNT, block=self.settings.read_block_ms
+            )
+        except redis.ResponseError as exc:
+            # Redis refused the whole read because of one key (a wrong type at
+            # a stream's key, a bad cursor, a key that moved): find it, end its
+            # streams alone, and go on at once for everyone else.
+            self._isolate(wanted, exc)
+            return
         for key, entries in reply or ():
             if key == self._wake_key:
                 self._wake_cursor = entries[-1][0]
@@ -480,7 +489,47 @@ class Hub:
             # cursor: this reply is relative to the old one, so skip it and
             # let the next read start from the right place.
             if stream is not None and stream is watched.get(key) and entries:
-                self._dispatch(stream, entries)
+                try:
+                    self._dispatch(stream, entries)
+                except Exception:  # one stream's entries must not stop the others
+                    log.exception("stream reader: could not deliver %r; ending its streams", key)
+                    self._drop(key, stream)
+
+    def _isolate(self, wanted: dict[bytes, bytes], error: redis.ResponseError) -> None:
+        """Read each key alone (no blocking) to find the ones Redis refuses, and
+        drop them. If every key fails, the fault is not one stream's: re-raise
+        (the reader backs off)."""
+        keys = list(wanted)
+        pipe = self.redis.pipeline(transaction=False)
+        for key in keys:
+            pipe.xread({key: wanted[key]}, count=1)
+        results = pipe.execute(raise_on_error=False)
+        bad = [
+            key for key, result in zip(keys, results, strict=True) if isinstance(result, Exception)
+        ]
+        if not bad or len(bad) == len(keys):
+            raise error
+        for key in bad:
+            if key == self._wake_key:
+                log.warning("stream reader: wake key unusable (%s); using a new one", error)
+                self._wake_key = f"sluice:hub:{uuid.uuid4()}:wake".encode()
+                self._wake_cursor = b"0-0"
+                continue
+            stream = self._streams.get(key)
+            log.warning("stream reader: Redis refuses %r (%s); ending its streams", key, error)
+            if stream is not None:
+                self._drop(key, stream)
+
+    def _drop(self, key: bytes, stream: _Stream) -> None:
+        """Stop watching one stream: its clients are hung up and reconnect
+        (and get a clear error if the fault persists)."""
+        if self._streams.get(key) is stream:
+            del self._streams[key]
+        for listener in list(stream.listeners):
+            stream.listeners.discard(listener)
+            self.listener_count -= 1
+            listener.close("stream_error")
+            listener.hang_up()
 
     def _dispatch(self, stream: _Stream, entries: Iterable[tuple[bytes, dict]]) -> None:
         frames: list[tuple[bytes, bytes, bytes]] = []

@@ -36,7 +36,9 @@ CATEGORIES: dict[str, tuple[str, ...]] = {
 EVENT_NAMES = frozenset(name for names in CATEGORIES.values() for name in names)
 ALWAYS_SENT = frozenset({"heartbeat", "stream:reset"})
 MAX_TYPES_LENGTH = 512
-EVENT_ID_RE = re.compile(r"^(\d{1,20})(?:-(\d{1,20}))?$")
+EVENT_ID_RE = re.compile(r"^([0-9]{1,20})(?:-([0-9]{1,20}))?$", re.ASCII)
+#: Each part of a Redis Stream id is an unsigned 64-bit integer.
+MAX_ID_PART = 2**64 - 1
 
 STREAM_HEADERS = {
     "Content-Type": "text/event-stream; charset=utf-8",
@@ -83,7 +85,10 @@ def parse_last_event_id(raw: str | None, field: str) -> str | None:
     match = EVENT_ID_RE.match(raw.strip())
     if match is None:
         raise ApiError(400, "Malformed event id", {field: "a stream id like 1772187000000-0"})
-    return f"{match.group(1)}-{match.group(2) or 0}"
+    ms, seq = int(match.group(1)), int(match.group(2) or 0)
+    if ms > MAX_ID_PART or seq > MAX_ID_PART:
+        raise ApiError(400, "Event id out of range", {field: "each part is at most 2^64-1"})
+    return f"{ms}-{seq}"
 
 
 def _authorize(connection_id: str, api_key: str | None) -> None:

