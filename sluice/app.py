@@ -6,10 +6,10 @@ import logging
 from datetime import timedelta
 from typing import Any
 
-from flask import Flask, Response
+from flask import Flask, Response, current_app, request
 
 from .config import load_settings
-from .errors import register_error_handlers
+from .errors import ApiError, register_error_handlers
 from .extensions import SluiceState, limiter, login_manager
 
 
@@ -22,6 +22,10 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     settings = load_settings(overrides=overrides)
     _configure_logging()
     app = Flask(__name__, static_folder=None)
+    # `/api//ingest` is not `/api/ingest`: no 308 redirect (which werkzeug would
+    # build from the Host header); unknown paths are plain 404s.
+    app.url_map.merge_slashes = False
+    app.url_map.strict_slashes = False
 
     from . import redis as sluice_redis
 
@@ -66,6 +70,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     if web_bp is not None:
         app.register_blueprint(web_bp)
 
+    app.before_request(_check_cross_site_write)
     app.after_request(_security_headers)
     if settings.trusted_proxies:
         # Client IPs for rate limits come from the proxy's X-Forwarded-For.
@@ -76,8 +81,33 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     return app
 
 
+#: Methods that change something (and so must not come from another site).
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+HSTS = "max-age=63072000; includeSubDomains"
+
+
+def _check_cross_site_write() -> None:
+    """Cookie-authenticated writes must come from our own pages (CSRF).
+
+    Browsers send `Sec-Fetch-Site` and `Origin` on every POST/DELETE; a write
+    another site's page makes is refused with 403, whatever its content type.
+    Clients that send neither (curl, the CLI, producers) are not browsers and
+    are not affected; API-key requests carry no ambient credential.
+    """
+    if request.method not in UNSAFE_METHODS or "Authorization" in request.headers:
+        return
+    site = request.headers.get("Sec-Fetch-Site")
+    if site is not None and site not in ("same-origin", "none"):
+        raise ApiError(403, "Cross-site request refused", {"Sec-Fetch-Site": site[:40]})
+    origin = request.headers.get("Origin")
+    if origin is not None and origin != f"{request.scheme}://{request.host}":
+        raise ApiError(403, "Cross-site request refused", {"Origin": origin[:200]})
+
+
 def _security_headers(response: Response) -> Response:
     headers = response.headers
+    if current_app.extensions["sluice"].settings.is_production:
+        headers.setdefault("Strict-Transport-Security", HSTS)
     headers.setdefault("X-Content-Type-Options", "nosniff")
     headers.setdefault("Referrer-Policy", "same-origin")
     headers.setdefault("X-Frame-Options", "DENY")

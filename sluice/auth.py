@@ -158,14 +158,33 @@ def connection_for_api_key(r: redis.Redis, api_key: str) -> str:
     return connection_id.decode()
 
 
-def _login_limit_key() -> str:
+def _login_ip_key() -> str:
+    return f"login-ip:{request.remote_addr or 'unknown'}"
+
+
+def _login_account_key() -> str:
+    """The account an attempt is aimed at, whichever IP it comes from (hashed: no
+    email addresses in key names)."""
     email = json_field("email")
-    email = normalise_email(email) if isinstance(email, str) else ""
-    return f"login:{request.remote_addr}:{email[:320]}"
+    email = normalise_email(email)[:320] if isinstance(email, str) else ""
+    return "login-account:" + hashlib.sha256(email.encode("utf-8", "replace")).hexdigest()[:32]
+
+
+def _failed(response: Response) -> bool:
+    return response.status_code == 401
 
 
 @bp.post("/login")
-@limiter.limit(lambda: state().settings.login_rate_limit, key_func=_login_limit_key)
+# Every attempt from one client IP, whatever account it tries.
+@limiter.limit(lambda: state().settings.login_rate_limit, key_func=_login_ip_key)
+# Failed attempts on one account from anywhere: a stepped backoff (by default a
+# minute after 5 failures, at most 15 minutes after 15); a right password does
+# not count, so the owner is locked out only while someone keeps guessing.
+@limiter.limit(
+    lambda: state().settings.login_account_rate_limit,
+    key_func=_login_account_key,
+    deduct_when=_failed,
+)
 def login() -> tuple[Response, int]:
     require_json_content_type()
     body = read_json_object()
@@ -194,6 +213,7 @@ def login() -> tuple[Response, int]:
 
 @bp.post("/logout")
 def logout() -> tuple[str, int]:
+    require_json_content_type()
     if current_user.is_authenticated:
         state().redis.delete(_session_key(current_user.session_token))
     logout_user()

@@ -64,12 +64,14 @@ class Settings:
     stream_open_concurrency: int = 32  # stream opens doing Redis work at once per process
     # Ingest.
     max_body_bytes: int = 1_048_576
+    body_read_seconds: float = 10.0  # a request body must arrive within this
     max_batch_events: int = 1_000
     max_extensions_bytes: int = 8_192
     dedupe_ttl_seconds: int = 86_400
     dedupe_max: int = 20_000  # producer ids remembered per connection
     # Auth.
-    login_rate_limit: str = "10 per minute"
+    login_rate_limit: str = "30 per minute"  # login attempts per client IP
+    login_account_rate_limit: str = "5 per minute;15 per 15 minutes"  # failures per account
     ingest_rate_limit: str = "100 per second"
     session_days: int = 14
     # Redis client.
@@ -102,11 +104,13 @@ ENV_NAMES: dict[str, str] = {
     "max_streams_per_connection": "SLUICE_MAX_STREAMS_PER_CONNECTION",
     "stream_open_concurrency": "SLUICE_STREAM_OPEN_CONCURRENCY",
     "max_body_bytes": "SLUICE_MAX_BODY_BYTES",
+    "body_read_seconds": "SLUICE_BODY_READ_SECONDS",
     "max_batch_events": "SLUICE_MAX_BATCH_EVENTS",
     "max_extensions_bytes": "SLUICE_MAX_EXTENSIONS_BYTES",
     "dedupe_ttl_seconds": "SLUICE_DEDUPE_TTL_SECONDS",
     "dedupe_max": "SLUICE_DEDUPE_MAX",
     "login_rate_limit": "SLUICE_LOGIN_RATE_LIMIT",
+    "login_account_rate_limit": "SLUICE_LOGIN_ACCOUNT_RATE_LIMIT",
     "ingest_rate_limit": "SLUICE_INGEST_RATE_LIMIT",
     "session_days": "SLUICE_SESSION_DAYS",
     "redis_max_connections": "SLUICE_REDIS_MAX_CONNECTIONS",
@@ -138,11 +142,14 @@ def load_settings(
         "max_streams_per_connection": _int(env, "SLUICE_MAX_STREAMS_PER_CONNECTION", 10_000, 1),
         "stream_open_concurrency": _int(env, "SLUICE_STREAM_OPEN_CONCURRENCY", 32, 1),
         "max_body_bytes": _int(env, "SLUICE_MAX_BODY_BYTES", 1_048_576, 1),
+        "body_read_seconds": _float(env, "SLUICE_BODY_READ_SECONDS", 10.0, 0.1),
         "max_batch_events": _int(env, "SLUICE_MAX_BATCH_EVENTS", 1_000, 1),
         "max_extensions_bytes": _int(env, "SLUICE_MAX_EXTENSIONS_BYTES", 8_192, 0),
         "dedupe_ttl_seconds": _int(env, "SLUICE_DEDUPE_TTL_SECONDS", 86_400, 1),
         "dedupe_max": _int(env, "SLUICE_DEDUPE_MAX", 20_000, 1),
-        "login_rate_limit": env.get("SLUICE_LOGIN_RATE_LIMIT") or "10 per minute",
+        "login_rate_limit": env.get("SLUICE_LOGIN_RATE_LIMIT") or "30 per minute",
+        "login_account_rate_limit": env.get("SLUICE_LOGIN_ACCOUNT_RATE_LIMIT")
+        or "5 per minute;15 per 15 minutes",
         "ingest_rate_limit": env.get("SLUICE_INGEST_RATE_LIMIT") or "100 per second",
         "session_days": _int(env, "SLUICE_SESSION_DAYS", 14, 1),
         "redis_max_connections": _int(env, "SLUICE_REDIS_MAX_CONNECTIONS", 50, 2),

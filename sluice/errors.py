@@ -113,7 +113,7 @@ def _from_redis_error(exc: redis.RedisError) -> Response:
     `noeviction`), or a busy script. Writes are single Lua scripts or MULTI
     transactions, so a refused one leaves nothing half-written."""
     text = str(exc)
-    if text.startswith("OOM"):
+    if isinstance(exc, redis.exceptions.OutOfMemoryError):
         log.error("redis is out of memory (maxmemory reached): %s", text[:200])
         message = "The event store is full; retry later"
     else:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import codecs
 import json
+import re
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -11,12 +13,39 @@ from dataclasses import dataclass
 import click
 import requests
 
+_LINE_END = re.compile("\r\n|\r|\n")
+
 
 @dataclass
 class SSEEvent:
     id: str | None
     event: str
     data: str
+
+
+def sse_lines(chunks: Iterable[bytes]) -> Iterator[str]:
+    """Lines of an SSE body as bytes arrive. Per the SSE spec a line ends only at
+    CRLF, LF or CR; unlike `str.splitlines`, U+2028, U+0085 and friends inside
+    a data line are data. A CRLF split across two chunks is one line end."""
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    buffer = ""
+    after_cr = False
+    for chunk in chunks:
+        text = decoder.decode(chunk)
+        if after_cr and text.startswith("\n"):
+            text = text[1:]
+        after_cr = False
+        buffer += text
+        start = 0
+        for match in _LINE_END.finditer(buffer):
+            yield buffer[start : match.start()]
+            start = match.end()
+        buffer = buffer[start:]
+        if buffer == "" and text.endswith("\r"):
+            after_cr = True  # the LF of this CRLF may come in the next chunk
+    buffer += decoder.decode(b"", final=True)
+    if buffer:
+        yield buffer
 
 
 def parse_sse(lines: Iterable[str]) -> Iterator[SSEEvent | int]:
@@ -79,7 +108,7 @@ def follow(
                         message = f"HTTP {response.status_code}"
                     raise click.ClickException(message)
                 click.echo(f"# connected to {url} (connection {connection_id})", err=True)
-                for item in parse_sse(response.iter_lines(decode_unicode=True)):
+                for item in parse_sse(sse_lines(response.iter_content(chunk_size=None))):
                     if isinstance(item, int):
                         retry = item / 1000
                         continue

@@ -5,7 +5,8 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from flask import request
+import gevent
+from flask import current_app, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from . import strictjson
@@ -20,10 +21,7 @@ def read_json_object() -> dict[str, Any]:
     """
     body = request.environ.get(_PARSED)
     if body is None:
-        try:
-            raw = request.get_data(cache=True)
-        except RequestEntityTooLarge:
-            raise ApiError(413, "Request body is too large") from None
+        raw = _read_body()
         if not raw:
             raise ApiError(400, "Request body must be a JSON object", {"body": "empty"})
         try:
@@ -37,6 +35,19 @@ def read_json_object() -> dict[str, Any]:
 
 
 _PARSED = "sluice.json_body"
+
+
+def _read_body() -> bytes:
+    """The raw body, read within `body_read_seconds` in all (a client that sends
+    it byte by byte must not hold a connection, and a descriptor, for long)."""
+    seconds = current_app.extensions["sluice"].settings.body_read_seconds
+    try:
+        with gevent.Timeout(seconds):
+            return request.get_data(cache=True)
+    except RequestEntityTooLarge:
+        raise ApiError(413, "Request body is too large") from None
+    except gevent.Timeout:
+        raise ApiError(408, f"The request body did not arrive within {seconds:g} s") from None
 
 
 def json_field(name: str) -> Any:

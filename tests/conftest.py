@@ -71,6 +71,7 @@ class SluiceServer:
             "WEB_CONCURRENCY": "1",
             "SLUICE_HEARTBEAT_SECONDS": "1",
             "SLUICE_LOGIN_RATE_LIMIT": "1000 per minute",
+            "SLUICE_LOGIN_ACCOUNT_RATE_LIMIT": "1000 per minute",
             "SLUICE_INGEST_RATE_LIMIT": "100000 per minute",
             "SLUICE_GRACEFUL_TIMEOUT": "20",
             **(env or {}),

@@ -33,7 +33,7 @@ def test_login_me_logout(server, account):
     assert "HttpOnly" in cookie and "SameSite=Lax" in cookie
     assert session.get(server.url + "/api/auth/me").json()["user"]["id"] == account.user_id
     stolen = dict(session.cookies)
-    assert session.post(server.url + "/api/auth/logout").status_code == 204
+    assert session.post(server.url + "/api/auth/logout", json={}).status_code == 204
     assert session.get(server.url + "/api/auth/me").status_code == 401
     # The old cookie is dead server-side too, not only forgotten by the browser.
     assert requests.get(server.url + "/api/auth/me", cookies=stolen).status_code == 401

@@ -84,7 +84,7 @@ def test_signed_out_stream_sends_the_page_to_login(own_server, account, page):
     login_cookie(page, own_server.url, account)
     open_live(page, own_server.url, cid)
     # Sign out from the page's own cookie jar, in a request of its own.
-    response = page.context.request.post(own_server.url + "/api/auth/logout")
+    response = page.context.request.post(own_server.url + "/api/auth/logout", data={})
     assert response.status == 204
     own_server.restart()  # forces the EventSource to reconnect, now without a session
     expect(page).to_have_url(f"{own_server.url}/login?next=/connections/{cid}")

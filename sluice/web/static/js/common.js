@@ -64,7 +64,7 @@ function wireLogout() {
   for (const btn of document.querySelectorAll("[data-action=logout]")) {
     btn.addEventListener("click", async () => {
       btn.disabled = true;
-      await api("/api/auth/logout", { method: "POST" });
+      await api("/api/auth/logout", { method: "POST", body: {} });
       location.assign("/login");
     });
   }
