@@ -31,8 +31,20 @@ preload_app = False
 
 
 def on_starting(server):
-    """Without REDIS_URL (development), start one embedded server in the master so
-    that every worker shares it."""
+    """Before any worker is forked:
+
+    - without REDIS_URL (development), start one embedded server in the master
+      so that every worker shares it (it dies with the master);
+    - refuse to start, in one line rather than a traceback from every worker,
+      when a setting is wrong, or when Redis is needed to boot (no SECRET_KEY:
+      the development secret is read from Redis) and unreachable. With
+      SECRET_KEY Redis is not needed to boot: the server starts and answers
+      503 until Redis is back.
+    """
+    import sys
+
+    from sluice.config import ConfigError, load_settings
+
     if (
         not os.environ.get("REDIS_URL")
         and os.environ.get("SLUICE_ENV", "development") != "production"
@@ -40,6 +52,39 @@ def on_starting(server):
         from sluice.redis import start_embedded
 
         os.environ["REDIS_URL"] = start_embedded()
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        server.log.error("Not starting: %s", exc)
+        sys.exit(1)
+    if not settings.secret_key and settings.redis_url:
+        problem = _redis_problem_in_child(settings.redis_url)
+        if problem:
+            server.log.error("Not starting: %s", problem)
+            sys.exit(1)
+
+
+def _redis_problem_in_child(url):
+    """check_reachable(url) in a forked child: the master itself must not import
+    redis (and with it ssl) before gevent patches the workers it forks.
+    Returns the one-line problem, or "" when Redis answers."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            from sluice.redis import RedisUnavailable, check_reachable
+
+            try:
+                check_reachable(url)
+            except RedisUnavailable as exc:
+                os.write(write_end, str(exc).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        problem = pipe.read().decode(errors="replace")
+    os.waitpid(pid, 0)
+    return problem
 
 
 def post_worker_init(worker):

@@ -10,35 +10,50 @@ import click
 
 
 def _redis_url() -> str:
-    from .redis import start_embedded
-
+    """REDIS_URL, required: users and keys written to a throwaway embedded
+    server would vanish when the command exits."""
     url = os.environ.get("REDIS_URL")
-    if url:
-        return url
-    if os.environ.get("SLUICE_ENV", "development") == "production":
-        raise click.ClickException("REDIS_URL is required when SLUICE_ENV=production")
-    return start_embedded()
+    if not url:
+        raise click.ClickException(
+            "REDIS_URL is not set: set it to the Redis your Sluice server uses, e.g. "
+            "REDIS_URL=redis://127.0.0.1:6379/0 (without it, what this command writes would "
+            "go to a temporary database that vanishes when it exits)"
+        )
+    return url
 
 
 def _client():  # -> redis.Redis
-    from .redis import connect
+    from .redis import RedisUnavailable, check_reachable, connect
 
-    return connect(_redis_url())
+    url = _redis_url()
+    try:
+        check_reachable(url)
+    except RedisUnavailable as exc:
+        raise click.ClickException(str(exc)) from None
+    return connect(url)
 
 
-def _fail_on_api_error(func):
-    """Turn the service's validation errors into a clean CLI error (exit 1)."""
+def _fail_cleanly(func):
+    """Turn the service's validation errors, and Redis failing midway, into one
+    clean CLI error line (exit 1) instead of a traceback."""
     import functools
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
+        import redis
+
         from .errors import ApiError
+        from .redis import redis_problem
 
         try:
             return func(*args, **kwargs)
         except ApiError as exc:
             details = "; ".join(f"{k}: {v}" for k, v in exc.details.items())
             raise click.ClickException(exc.message + (f" ({details})" if details else "")) from None
+        except redis.RedisError as exc:
+            raise click.ClickException(
+                redis_problem(os.environ.get("REDIS_URL", ""), exc)
+            ) from None
 
     return wrapper
 
@@ -55,16 +70,17 @@ def main() -> None:
 @main.command("create-user")
 @click.argument("email")
 @click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
-@_fail_on_api_error
+@_fail_cleanly
 def create_user_command(email: str, password_stdin: bool) -> None:
     """Create a dashboard user (the password is stored as an Argon2id hash)."""
     from .auth import create_user
 
+    r = _client()  # before the password prompt: no Redis, no point typing one
     if password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
     else:
         password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
-    user = create_user(_client(), email, password)
+    user = create_user(r, email, password)
     click.echo(json.dumps(user))
 
 
@@ -77,7 +93,7 @@ def create_user_command(email: str, password_stdin: bool) -> None:
     show_default=True,
 )
 @click.argument("name")
-@_fail_on_api_error
+@_fail_cleanly
 def create_connection_command(email: str, framework: str, name: str) -> None:
     """Create a connection; prints {"id", "name", "apiKey"} (the key is shown only once)."""
     from .auth import find_user_id
@@ -108,8 +124,11 @@ def demo(port: int, host: str, workers: int, rate: float, no_traffic: bool) -> N
     connection, live synthetic traffic, and the server on gunicorn+gevent."""
     from .demo import run_demo
 
+    redis_url = os.environ.get("REDIS_URL") or None
+    if redis_url is None and os.environ.get("SLUICE_ENV", "development") == "production":
+        raise click.ClickException("REDIS_URL is required when SLUICE_ENV=production")
     run_demo(
-        redis_url=_redis_url(),
+        redis_url=redis_url,
         host=host,
         port=port,
         workers=workers,

@@ -19,7 +19,15 @@ from pathlib import Path
 import click
 import requests
 
-from .redis import Keys, connect
+from .redis import (
+    Keys,
+    RedisUnavailable,
+    check_reachable,
+    connect,
+    die_with_parent,
+    start_embedded,
+    stop_embedded,
+)
 from .timefmt import now_iso
 
 DEMO_EMAIL = "demo@sluice.dev"
@@ -94,17 +102,64 @@ def wait_healthy(base_url: str, process: subprocess.Popen, timeout: float = 30.0
     raise click.ClickException(f"the server did not become healthy within {timeout:.0f}s")
 
 
+class Stop(BaseException):
+    """A signal asked the demo to stop (SIGTERM, or SIGHUP: its terminal went away)."""
+
+
+def _raise_stop(signum: int, frame: object) -> None:
+    raise Stop(signum)
+
+
+def _ignore(signum: int, frame: object) -> None:
+    """While stopping: a second Ctrl-C must not cut the stop short and orphan a child."""
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 def run_demo(
-    *, redis_url: str, host: str, port: int, workers: int, rate: float, traffic: bool
+    *,
+    redis_url: str | None,
+    host: str,
+    port: int,
+    workers: int,
+    rate: float,
+    traffic: bool,
 ) -> None:
-    email, password, connection_id, api_key = demo_account(redis_url)
-    env = dict(
-        os.environ, REDIS_URL=redis_url, PORT=str(port), HOST=host, WEB_CONCURRENCY=str(workers)
-    )
-    env.setdefault("SLUICE_INGEST_RATE_LIMIT", "1000 per second")
-    server = subprocess.Popen(gunicorn_command(), env=env)
-    base_url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"
+    """Serve the demo until a signal (or an error) ends it; `redis_url` None: embedded Valkey.
+
+    Ctrl-C, SIGTERM and SIGHUP (a closed terminal) all stop it the same way:
+    gunicorn first (SIGTERM: it drains the streams), then the embedded Valkey.
+    Both children sit in process groups of their own, so a terminal's Ctrl-C
+    or hang-up reaches only the demo, and both die with the demo even if it
+    is SIGKILLed (see `die_with_parent`).
+    """
+    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    signal.signal(signal.SIGTERM, _raise_stop)
+    signal.signal(signal.SIGHUP, _raise_stop)
+    embedded = redis_url is None
+    server: subprocess.Popen | None = None
     try:
+        if redis_url is None:
+            redis_url = start_embedded()
+        else:
+            try:
+                check_reachable(redis_url)
+            except RedisUnavailable as exc:
+                raise click.ClickException(str(exc)) from None
+        email, password, connection_id, api_key = demo_account(redis_url)
+        env = dict(
+            os.environ,
+            REDIS_URL=redis_url,
+            PORT=str(port),
+            HOST=host,
+            WEB_CONCURRENCY=str(workers),
+        )
+        env.setdefault("SLUICE_INGEST_RATE_LIMIT", "1000 per second")
+        server = subprocess.Popen(
+            gunicorn_command(), env=env, preexec_fn=die_with_parent(signal.SIGTERM)
+        )
+        base_url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"
         wait_healthy(base_url, server)
         click.echo(
             f"""
@@ -129,10 +184,19 @@ def run_demo(
             Producer(base_url, api_key, connection_id, rate).run(lambda: server.poll() is None)
         else:
             server.wait()
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Stop):
         pass
     finally:
-        stop_server(server)
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, _ignore)
+        try:
+            if server is not None:
+                stop_server(server)
+            if embedded:
+                stop_embedded()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 def stop_server(server: subprocess.Popen, timeout: float = 15) -> None:
@@ -143,6 +207,7 @@ def stop_server(server: subprocess.Popen, timeout: float = 15) -> None:
             server.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             server.kill()
+            server.wait()
 
 
 class Producer:

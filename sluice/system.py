@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify
+import logging
+import time
+from typing import Any
+
+import redis
+from flask import Blueprint, Flask, Response, current_app, jsonify
 
 from .errors import ApiError
 from .extensions import state
 
 bp = Blueprint("system", __name__, url_prefix="/api")
+log = logging.getLogger("sluice.system")
+
+#: How old the Redis warnings in /api/health may get before they are checked again.
+REDIS_WARNINGS_MAX_AGE = 60.0
 
 
 @bp.get("/health")
 def health() -> Response:
-    """For load balancers and Fly's checks: is Redis reachable, is this process draining."""
+    """For load balancers and Fly's checks: is Redis reachable, is this process draining.
+
+    `warnings` (production only) says when Redis would lose or evict what Sluice
+    keeps in it; it is checked at start and at most once a minute after that.
+    """
     app_state = state()
     try:
         app_state.redis.ping()
@@ -20,7 +33,77 @@ def health() -> Response:
         raise ApiError(503, "Redis is unreachable") from None
     if app_state.hub.draining:
         raise ApiError(503, "Shutting down")
-    return jsonify({"status": "ok", "hub": app_state.hub.stats()})
+    return jsonify(
+        {
+            "status": "ok",
+            "warnings": redis_warnings(current_app),
+            "hub": app_state.hub.stats(),
+        }
+    )
+
+
+def redis_durability_warnings(client: redis.Redis) -> list[str]:
+    """What about this Redis would lose or evict users, sessions, keys and events.
+
+    A question Redis will not answer (managed services often refuse CONFIG)
+    yields no warning rather than an error. Raises only `redis.ConnectionError`
+    / `redis.TimeoutError`, when Redis cannot be asked at all.
+    """
+    warnings = []
+    persistence = _info(client, "persistence")
+    if persistence is not None and not int(persistence.get("aof_enabled", 0) or 0):
+        try:
+            save = client.config_get("save").get("save")
+        except (redis.ConnectionError, redis.TimeoutError):
+            raise
+        except redis.RedisError:
+            save = None  # CONFIG refused: the save points are unknown
+        if save is not None and not str(save).strip():
+            warnings.append(
+                "Redis keeps nothing on disk (no AOF, no RDB save points): users, sessions, "
+                "API keys and events are lost when it restarts; enable appendonly or save"
+            )
+    memory = _info(client, "memory")
+    policy = str((memory or {}).get("maxmemory_policy", "noeviction"))
+    if policy != "noeviction":
+        warnings.append(
+            f"Redis maxmemory-policy is {policy}: when full it evicts keys, users, sessions "
+            "and API keys among them; set maxmemory-policy noeviction"
+        )
+    return warnings
+
+
+def _info(client: redis.Redis, section: str) -> dict[str, Any] | None:
+    try:
+        return client.info(section)
+    except (redis.ConnectionError, redis.TimeoutError):
+        raise
+    except redis.RedisError:
+        return None
+
+
+def redis_warnings(app: Flask, max_age: float = REDIS_WARNINGS_MAX_AGE) -> list[str]:
+    """The app's Redis warnings (production only), re-checked when older than `max_age`.
+
+    New warnings are logged, so that calling this at start (wsgi.py does) puts
+    them in the log once per process.
+    """
+    app_state = app.extensions["sluice"]
+    cached = app.extensions.setdefault("sluice.redis_warnings", {"at": None, "warnings": []})
+    if not app_state.settings.is_production:
+        return []
+    now = time.monotonic()
+    if cached["at"] is not None and now - cached["at"] < max_age:
+        return cached["warnings"]
+    try:
+        warnings = redis_durability_warnings(app_state.redis)
+    except (redis.ConnectionError, redis.TimeoutError):
+        return cached["warnings"]  # unknown for now; asked again on the next call
+    for warning in warnings:
+        if warning not in cached["warnings"]:
+            log.warning("%s", warning)
+    cached.update(at=now, warnings=warnings)
+    return warnings
 
 
 @bp.get("/debug/stats")

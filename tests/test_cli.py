@@ -173,3 +173,32 @@ def test_demo_serves_live_traffic_with_embedded_redis():
     finally:
         process.send_signal(signal.SIGINT)
         process.wait(timeout=30)
+
+
+def test_user_commands_refuse_without_redis_url():
+    """Without REDIS_URL a user would land in a throwaway embedded database: refuse."""
+    for args in (
+        ("create-user", "nobody@example.com", "--password-stdin"),
+        ("create-connection", "--user", "nobody@example.com", "Billing"),
+    ):
+        result = sluice(*args, redis_url=None, stdin="a long password\n")
+        assert result.returncode != 0, result.stdout
+        assert "REDIS_URL" in result.stderr and "redis://127.0.0.1:6379/0" in result.stderr
+        assert "embedded Valkey server at" not in result.stderr
+        assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+def test_user_commands_name_an_unreachable_redis_in_one_line():
+    port = free_port()
+    dead = f"redis://:hunter2@127.0.0.1:{port}/0"
+    for args in (
+        ("create-user", "nobody@example.com", "--password-stdin"),
+        ("create-connection", "--user", "nobody@example.com", "Billing"),
+    ):
+        result = sluice(*args, redis_url=dead, stdin="a long password\n")
+        assert result.returncode != 0, result.stdout
+        assert "Traceback" not in result.stderr, result.stderr
+        assert "hunter2" not in result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1, result.stderr
+        assert f"redis://:***@127.0.0.1:{port}/0" in lines[0] and "REDIS_URL" in lines[0]
