@@ -55,7 +55,8 @@ class ApiError(Exception):
 def error_body(code: str, message: str, details: dict[str, Any] | None = None) -> bytes:
     """The error wire format, byte for byte."""
     payload = {"error": {"code": code, "message": message, "details": details or {}}}
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+    # "replace": an error must never fail to encode (it may echo what the client sent).
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "replace")
 
 
 def error_response(

@@ -364,11 +364,15 @@ def test_the_account_backoff_is_short_lived(start_server, redis_url):
 
 
 def test_one_ip_is_limited_across_accounts(start_server):
-    srv = start_server(SLUICE_LOGIN_RATE_LIMIT="3 per minute")
+    srv = start_server(SLUICE_LOGIN_RATE_LIMIT="3 per minute", SLUICE_TRUSTED_PROXIES="1")
+    ip = (
+        f"10.{uuid.uuid4().int % 250}.{uuid.uuid4().int % 250}.7"  # limits live in the shared Redis
+    )
     codes = [
         requests.post(
             srv.url + "/api/auth/login",
             json={"email": f"{uuid.uuid4().hex}@example.com", "password": "guess guess"},
+            headers={"X-Forwarded-For": ip},
         ).status_code
         for _ in range(4)
     ]
