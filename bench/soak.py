@@ -17,12 +17,16 @@ What runs (all on loopback, started here):
 - consumers: raw-socket SSE clients (several per connection) that resume with
   `Last-Event-ID` after every disconnect, and the dashboard's live view in
   Chromium (Playwright + /usr/bin/chromium; skipped with a message if missing);
-- a fault injector, one fault at a time, at random intervals (or a fixed
-  sequence): restart Redis (SIGKILL, start again on the same port from its
-  AOF), SIGKILL a gunicorn worker, SIGTERM gunicorn and start it again on the
-  same port, freeze Redis 10 s (SIGSTOP/SIGCONT), stall a reader until the
-  server cuts it off, churn 1,000 stream connections, fill Redis to
-  `maxmemory` (ingest should answer 503 + Retry-After meanwhile).
+- a fault injector, one fault at a time, at random intervals, in random
+  order with every kind once per round of seven (or a fixed sequence):
+  restart Redis (SIGKILL, start again on the same port from its AOF),
+  SIGKILL a gunicorn worker, SIGTERM gunicorn and start it again on the same
+  port, freeze Redis 10 s (SIGSTOP/SIGCONT), stall a reader until the server
+  cuts it off, churn 1,000 stream connections, fill Redis to `maxmemory`
+  (ingest should answer 503 + Retry-After meanwhile).
+
+`--app-dir DIR` runs another checkout's server (e.g. `git archive REV | tar -x
+-C DIR`) with this soak, to compare before and after a fix.
 
 Server settings that differ from the defaults (all in the report):
 `SLUICE_LISTENER_BUFFER_BYTES=65536` and, while a reader is stalled, its
@@ -742,6 +746,7 @@ class Producer(threading.Thread):
         self.acked: dict[int, float] = {}
         self.statuses: dict[str, Counter] = defaultdict(Counter)
         self.errors: Counter = Counter()
+        self.error_samples: list[dict] = []
         self.http500: list[dict] = []
         self.oom_bad: list[dict] = []
         self.no_retry_after: Counter = Counter()
@@ -808,6 +813,10 @@ class Producer(threading.Thread):
                 )
             except requests.RequestException as exc:
                 self.errors[f"{fault}:{type(exc).__name__}"] += 1
+                if len(self.error_samples) < 5:
+                    self.error_samples.append(
+                        {"t": self.soak.elapsed(), "fault": fault, "error": str(exc)[:200]}
+                    )
                 session.close()
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
@@ -1300,6 +1309,7 @@ class Soak:
         deadline = time.monotonic() + self.cfg.minutes * 60
         sequence = list(self.cfg.fault_sequence or [])
         fixed = bool(sequence)
+        bag: list[str] = []
         while True:
             if fixed and not sequence:
                 break
@@ -1308,7 +1318,10 @@ class Soak:
                 time.sleep(max(0.0, deadline - time.monotonic()))
                 break
             time.sleep(gap)  # pacing between faults
-            kind = sequence.pop(0) if fixed else self.rng.choice(FAULT_KINDS)
+            if not fixed and not bag:
+                bag = list(FAULT_KINDS)  # random order, every kind once per round
+                self.rng.shuffle(bag)
+            kind = sequence.pop(0) if fixed else bag.pop()
             self.inject(kind)
 
     def finish(self) -> dict:
@@ -1720,6 +1733,7 @@ def run_soak(cfg: SoakConfig) -> dict:
             "browser": analysis["browser"],
             "producer_answers_by_fault": {k: dict(v) for k, v in producer_statuses.items()},
             "producer_errors": dict(producer_errors),
+            "producer_error_samples": [e for p in soak.producers for e in p.error_samples][:10],
             "faults_by_kind": dict(faults_by_kind),
             "faults": soak.faults,
             "churn": soak.churns,
