@@ -107,6 +107,32 @@ def test_a_stream_redis_refuses_does_not_stall_other_tenants(
     no_traceback_in_log(srv)
 
 
+def test_a_watched_stream_deleted_under_the_reader_harms_nobody(
+    start_server, redis_url, account, other_account
+):
+    """A watched stream's key disappears (deleted, expired): the shared read goes on
+    for the others, and the deleted stream picks up again when new entries come."""
+    srv = start_server()
+    a, b = account, other_account
+    with (
+        open_stream(srv.url, a.connection_id, api_key=a.api_key) as stream_a,
+        open_stream(srv.url, b.connection_id, api_key=b.api_key) as stream_b,
+    ):
+        stream_a.read_bytes(1)
+        stream_b.read_bytes(1)
+        assert ingest(srv.url, b.api_key, b.connection_id, jobs(b.connection_id, 1)).ok
+        stream_b.data_events(1)
+        redis.Redis.from_url(redis_url).delete(f"sluice:{{{b.connection_id}}}:events")
+        events = jobs(a.connection_id, 2)
+        assert ingest(srv.url, a.api_key, a.connection_id, events).status_code == 202
+        assert len(stream_a.data_events(2, timeout=3)) == 2
+        later = jobs(b.connection_id, 2)
+        assert ingest(srv.url, b.api_key, b.connection_id, later).status_code == 202
+        got = stream_b.data_events(2, timeout=3)
+        assert [e.json()["externalId"] for e in got] == [e["job"]["externalId"] for e in later]
+    no_traceback_in_log(srv)
+
+
 # -- bodies: one strict parser, 400 for everything it refuses ------------------------
 
 
