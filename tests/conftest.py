@@ -86,19 +86,12 @@ class SluiceServer:
         return self.process.pid
 
     def start(self, timeout: float = 30, wait_healthy: bool = True) -> None:
+        from sluice.demo import gunicorn_command
+
         env = {**os.environ, **self.env}
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "-c",
-                str(ROOT / "gunicorn.conf.py"),
-                "--chdir",
-                str(ROOT),
-                "wsgi:app",
-            ],
+            gunicorn_command(),
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

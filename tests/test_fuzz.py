@@ -50,6 +50,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 
+import sluice.ingest as ingest_module
 from tests.conftest import make_account
 from tests.sse import SSEStream, open_stream
 from tests.util import job_event, queue_event, worker_event
@@ -886,36 +887,12 @@ PAYLOAD_OF = {
     "worker_state_change": "worker",
     "queue_snapshot": "queue",
 }
+# The contract's field tables, from the one place that defines them (sorted: a
+# stable order for derandomized runs).
 PAYLOAD_FIELDS = {
-    "job": [
-        "externalId",
-        "name",
-        "state",
-        "previousState",
-        "queue",
-        "workerId",
-        "attempt",
-        "maxRetries",
-        "progress",
-        "error",
-        "stacktrace",
-        "createdAt",
-        "startedAt",
-        "finishedAt",
-        "extensions",
-    ],
-    "worker": [
-        "externalId",
-        "hostname",
-        "state",
-        "previousState",
-        "activeJobs",
-        "concurrency",
-        "pid",
-        "queues",
-        "extensions",
-    ],
-    "queue": ["name", "depth", "consumers", "extensions"],
+    "job": sorted(ingest_module.JOB_FIELDS),
+    "worker": sorted(ingest_module.WORKER_FIELDS),
+    "queue": sorted(ingest_module.QUEUE_FIELDS),
 }
 TOP_FIELDS = ["type", "timestamp", "framework", "connectionId", "id", "job", "worker", "queue"]
 

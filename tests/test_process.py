@@ -18,6 +18,7 @@ import psutil
 import pytest
 import requests
 
+from sluice.demo import gunicorn_command
 from tests.conftest import ROOT, SluiceServer, free_port
 from tests.sse import open_stream
 from tests.util import wait_until
@@ -153,16 +154,7 @@ def test_demo_children_end_with_the_demo(tmp_path, sig, to_group):
 def run_gunicorn(env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:
     port = free_port()
     return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "-c",
-            str(ROOT / "gunicorn.conf.py"),
-            "--chdir",
-            str(ROOT),
-            "wsgi:app",
-        ],
+        gunicorn_command(),
         env=clean_env(HOST="127.0.0.1", PORT=str(port), WEB_CONCURRENCY="1", **env),
         capture_output=True,
         text=True,
