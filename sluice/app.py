@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 from flask import Flask, Response, current_app, request
 
@@ -97,11 +98,28 @@ def _check_cross_site_write() -> None:
     if request.method not in UNSAFE_METHODS or "Authorization" in request.headers:
         return
     site = request.headers.get("Sec-Fetch-Site")
-    if site is not None and site not in ("same-origin", "none"):
-        raise ApiError(403, "Cross-site request refused", {"Sec-Fetch-Site": site[:40]})
+    if site is not None:  # every current browser: the browser's own verdict
+        if site not in ("same-origin", "none"):
+            raise ApiError(403, "Cross-site request refused", {"Sec-Fetch-Site": site[:40]})
+        return
     origin = request.headers.get("Origin")
-    if origin is not None and origin != f"{request.scheme}://{request.host}":
+    if origin is not None and _host_port(origin) != _host_port("//" + request.host):
         raise ApiError(403, "Cross-site request refused", {"Origin": origin[:200]})
+
+
+def _host_port(url: str) -> tuple[str, int | None] | None:
+    """(host, port) of an origin, for older browsers without `Sec-Fetch-Site`. The
+    scheme is not compared: a TLS-terminating proxy may hand us plain HTTP."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None
+    if not parts.hostname:
+        return None
+    if port is None or (port, parts.scheme) in ((80, "http"), (443, "https")):
+        port = None
+    return parts.hostname.lower(), port
 
 
 def _security_headers(response: Response) -> Response:

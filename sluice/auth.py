@@ -70,8 +70,8 @@ def create_user(r: redis.Redis, email: str, password: str) -> dict[str, str]:
     """Create a user; the password is stored only as an Argon2id hash."""
     email, password = validate_credentials(email, password)
     user_id = str(uuid.uuid4())
-    if not r.set(Keys.user_by_email(email), user_id, nx=True):
-        raise ApiError(409, "A user with this email already exists", {"email": "taken"})
+    # The user first, then the email that points at it: a failure in between
+    # leaves an unreachable hash, never an email taken by nobody.
     r.hset(
         Keys.user(user_id),
         mapping={
@@ -81,6 +81,9 @@ def create_user(r: redis.Redis, email: str, password: str) -> dict[str, str]:
             "createdAt": str(int(time.time() * 1000)),
         },
     )
+    if not r.set(Keys.user_by_email(email), user_id, nx=True):
+        r.delete(Keys.user(user_id))
+        raise ApiError(409, "A user with this email already exists", {"email": "taken"})
     return {"id": user_id, "email": email}
 
 

@@ -163,6 +163,11 @@ def load_settings(
                 raise ConfigError(f"unknown setting {key!r}")
             values[key] = value
     settings = Settings(**values)
+    if settings.dedupe_max < settings.max_batch_events:
+        raise ConfigError(
+            f"SLUICE_DEDUPE_MAX ({settings.dedupe_max}) must be at least SLUICE_MAX_BATCH_EVENTS "
+            f"({settings.max_batch_events}): a retried batch must be recognised whole"
+        )
     if settings.is_production:
         if not settings.secret_key:
             raise ConfigError(

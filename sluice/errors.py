@@ -111,8 +111,8 @@ REDIS_RETRY_AFTER = 2
 def _from_redis_error(exc: redis.RedisError) -> Response:
     """Any Redis failure is the store being unavailable (503 + Retry-After), never a
     500: unreachable, timed out, read-only replica, out of memory (`maxmemory` with
-    `noeviction`), or a busy script. Writes are single Lua scripts or MULTI
-    transactions, so a refused one leaves nothing half-written."""
+    `noeviction`), or a busy script. Ingest is one Lua script and connection
+    changes one MULTI transaction, so a refused one leaves nothing half-written."""
     text = str(exc)
     if isinstance(exc, redis.exceptions.OutOfMemoryError):
         log.error("redis is out of memory (maxmemory reached): %s", text[:200])

@@ -54,7 +54,7 @@ _NAMESPACE_BYTES = ID_NAMESPACE.bytes
 
 APPEND_SCRIPT = """#!lua
 -- One batch, all or nothing. The shebang (no flags) makes Redis refuse the
--- whole script up front when it is out of memory, instead of failing halfway.
+-- whole script before it runs when it is out of memory.
 -- KEYS: the stream, the de-duplication window (zset: producer id -> ms), the
 -- stream's meta hash (bytes held). ARGV: ttl ms, max entries, max bytes, max
 -- ids in the window, then (producer id, event, data) triples.
@@ -65,7 +65,22 @@ local clock = redis.call("TIME")
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local bytes = 0
 if redis.call("EXISTS", stream) == 1 then
-  bytes = tonumber(redis.call("HGET", meta, "bytes") or "0")
+  local held = redis.call("HGET", meta, "bytes")
+  if held then
+    bytes = tonumber(held)
+  else
+    -- A stream without its count (written before byte budgets, or the count
+    -- was lost): count it once, a page at a time.
+    local start = "-"
+    repeat
+      local page = redis.call("XRANGE", stream, start, "+", "COUNT", 1000)
+      for _, entry in ipairs(page) do
+        local f = entry[2]
+        bytes = bytes + #entry[1] + #(f[2] or "") + #(f[4] or "")
+      end
+      if #page > 0 then start = "(" .. page[#page][1] end
+    until #page < 1000
+  end
 end
 local accepted, duplicates, first, remembered = 0, 0, nil, false
 for i = 5, #ARGV, 3 do
@@ -98,13 +113,13 @@ if accepted > 0 then
     for _, entry in ipairs(old) do
       if entry[1] == first or (excess <= 0 and bytes <= maxbytes) then break end
       local f = entry[2]
-      bytes = bytes - (#entry[1] + #f[2] + #f[4])
+      bytes = bytes - (#entry[1] + #(f[2] or "") + #(f[4] or ""))
       excess = excess - 1
       last = entry[1]
     end
     if last == nil then break end
     local ms, seq = string.match(last, "^(%d+)-(%d+)$")
-    if #seq < 15 then
+    if #seq < 14 then
       redis.call("XTRIM", stream, "MINID", "=", ms .. "-" .. tostring(tonumber(seq) + 1))
     else
       for _, entry in ipairs(old) do
@@ -114,6 +129,9 @@ if accepted > 0 then
     end
   end
   redis.call("HSET", meta, "bytes", math.max(bytes, 0))
+  -- A deleted connection's stream expires: its count goes with it.
+  local pttl = redis.call("PTTL", stream)
+  if pttl > 0 then redis.call("PEXPIRE", meta, pttl) end
 end
 if remembered then
   redis.call("ZREMRANGEBYSCORE", seen, "-inf", now - ttl)

@@ -1,8 +1,9 @@
 """Redis clients, every key name, and the embedded development server.
 
 Key names live only here. Keys that belong to one connection share the hash
-tag ``{<connection id>}`` so that a Lua script touching a connection's stream
-and its de-duplication keys stays within one Redis Cluster slot.
+tag ``{<connection id>}`` so that the append script, which touches a
+connection's stream, its de-duplication window and its meta hash, stays within
+one Redis Cluster slot.
 """
 
 from __future__ import annotations

@@ -32,6 +32,8 @@ def sse_lines(chunks: Iterable[bytes]) -> Iterator[str]:
     after_cr = False
     for chunk in chunks:
         text = decoder.decode(chunk)
+        if not text:
+            continue
         if after_cr and text.startswith("\n"):
             text = text[1:]
         after_cr = False

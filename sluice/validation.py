@@ -20,14 +20,22 @@ def read_json_object() -> dict[str, Any]:
     no NaN/Infinity, no lone surrogates, bounded depth and numbers).
     """
     body = request.environ.get(_PARSED)
+    if isinstance(body, ApiError):  # read before (a rate-limit key) and refused
+        raise body
     if body is None:
-        raw = _read_body()
-        if not raw:
-            raise ApiError(400, "Request body must be a JSON object", {"body": "empty"})
         try:
-            body = strictjson.parse(raw)
-        except strictjson.JsonError as exc:
-            raise ApiError(400, "Request body is not valid JSON", {"body": exc.reason}) from None
+            raw = _read_body()
+            if not raw:
+                raise ApiError(400, "Request body must be a JSON object", {"body": "empty"})
+            try:
+                body = strictjson.parse(raw)
+            except strictjson.JsonError as exc:
+                raise ApiError(
+                    400, "Request body is not valid JSON", {"body": exc.reason}
+                ) from None
+        except ApiError as exc:
+            request.environ[_PARSED] = exc
+            raise
         request.environ[_PARSED] = body
     if not isinstance(body, dict):
         raise ApiError(400, "Request body must be a JSON object", {"body": "not an object"})

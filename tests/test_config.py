@@ -70,3 +70,14 @@ def test_security_headers(server):
     assert headers["X-Content-Type-Options"] == "nosniff"
     assert "default-src 'self'" in headers["Content-Security-Policy"]
     assert headers["X-Frame-Options"] == "DENY"
+
+
+def test_dedupe_window_must_hold_a_whole_batch():
+    """A retried batch must be recognised whole: the window cannot be smaller than a batch."""
+    from sluice.config import ConfigError, load_settings
+
+    with pytest.raises(ConfigError, match="SLUICE_DEDUPE_MAX"):
+        load_settings({"SLUICE_DEDUPE_MAX": "10", "SLUICE_MAX_BATCH_EVENTS": "11"})
+    assert (
+        load_settings({"SLUICE_DEDUPE_MAX": "10", "SLUICE_MAX_BATCH_EVENTS": "10"}).dedupe_max == 10
+    )

@@ -270,6 +270,9 @@ def test_cross_site_writes_are_403(server, account):
         ({"Sec-Fetch-Site": "cross-site"}, 403),
         ({"Sec-Fetch-Site": "same-site"}, 403),
         ({"Origin": own, "Sec-Fetch-Site": "same-origin"}, 201),
+        # Behind a TLS-terminating proxy the browser's origin is https: same host, allowed.
+        ({"Origin": own.replace("http://", "https://")}, 201),
+        ({"Origin": "http://127.0.0.1.evil.example:" + str(server.port)}, 403),
         ({}, 201),  # not a browser (curl, scripts): no ambient-credential attack possible
     ]
     for headers, expected in cases:
@@ -409,11 +412,11 @@ def test_one_ip_is_limited_across_accounts(start_server):
 
 
 def test_dedupe_window_is_bounded_per_connection(start_server, redis_url, account):
-    srv = start_server(SLUICE_DEDUPE_MAX="100")
+    srv = start_server(SLUICE_DEDUPE_MAX="100", SLUICE_MAX_BATCH_EVENTS="100")
     cid = account.connection_id
     r = redis.Redis.from_url(redis_url)
     for _ in range(3):
-        assert ingest(srv.url, account.api_key, cid, jobs(cid, 200)).status_code == 202
+        assert ingest(srv.url, account.api_key, cid, jobs(cid, 100)).status_code == 202
     assert r.zcard(f"sluice:{{{cid}}}:seen") == 100
     assert r.ttl(f"sluice:{{{cid}}}:seen") > 0
     assert list(r.scan_iter(f"sluice:{{{cid}}}:seen:*", count=1000)) == []
@@ -490,3 +493,60 @@ def test_redis_out_of_memory_is_503_with_retry_after(small_redis):
         r.config_set("maxmemory", 0)
         srv.stop()
     no_traceback_in_log(srv)
+
+
+def test_the_append_script_is_refused_whole_when_redis_is_full(small_redis):
+    """Straight at the script (the HTTP path's rate limiter would hit OOM first):
+    nothing of the batch is written, not the stream, the window nor the count."""
+    from sluice.config import load_settings
+    from sluice.ingest import append_events
+
+    r = redis.Redis.from_url(small_redis)
+    cid = str(uuid.uuid4())
+    settings = load_settings({})
+    first = [(f"p{i}", "job:state_change", json.dumps({"n": i})) for i in range(5)]
+    assert append_events(r, cid, first, settings) == (5, 0)
+    keys = [f"sluice:{{{cid}}}:{name}" for name in ("events", "seen", "meta")]
+    before = (r.xlen(keys[0]), r.zcard(keys[1]), r.hget(keys[2], "bytes"))
+    r.config_set("maxmemory", int(r.info("memory")["used_memory"]) - 100_000)
+    try:
+        batch = [(f"q{i}", "job:state_change", json.dumps({"n": i})) for i in range(50)]
+        with pytest.raises(redis.exceptions.OutOfMemoryError):
+            append_events(r, cid, batch, settings)
+        assert (r.xlen(keys[0]), r.zcard(keys[1]), r.hget(keys[2], "bytes")) == before
+    finally:
+        r.config_set("maxmemory", 0)
+    assert append_events(r, cid, batch, settings) == (50, 0)
+
+
+def test_a_stream_without_its_byte_count_is_counted_once(redis_url):
+    """Streams written before byte budgets (or whose count was lost) are measured
+    on their next append, so the budget holds from then on."""
+    from sluice.config import load_settings
+    from sluice.ingest import append_events
+
+    r = redis.Redis.from_url(redis_url)
+    cid = str(uuid.uuid4())
+    key, meta = f"sluice:{{{cid}}}:events", f"sluice:{{{cid}}}:meta"
+    for i in range(2500):  # more than one page of the count
+        r.xadd(key, {"t": "job:state_change", "d": json.dumps({"old": i})})
+    settings = load_settings({}, overrides={"stream_max_bytes": 65_536})
+    append_events(r, cid, [(None, "job:state_change", '{"new":1}')], settings)
+    held = sum(len(i) + len(f[b"t"]) + len(f[b"d"]) for i, f in r.xrange(key))
+    assert int(r.hget(meta, "bytes")) == held <= 65_536
+    r.delete(key, meta)
+
+
+def test_a_deleted_connections_count_expires_with_its_stream(redis_url):
+    from sluice.config import load_settings
+    from sluice.ingest import append_events
+
+    r = redis.Redis.from_url(redis_url)
+    cid = str(uuid.uuid4())
+    key, meta = f"sluice:{{{cid}}}:events", f"sluice:{{{cid}}}:meta"
+    append_events(r, cid, [(None, "job:state_change", "{}")], load_settings({}))
+    r.expire(key, 60)  # what deleting the connection does
+    r.delete(meta)
+    append_events(r, cid, [(None, "job:state_change", "{}")], load_settings({}))  # a late ingest
+    assert 0 < r.pttl(meta) <= 60_000
+    r.delete(key, meta)

@@ -28,3 +28,7 @@ def test_events_with_unicode_line_separators_in_data_survive():
     body = 'id: 5-0\nevent: job:state_change\ndata: {"name":"x\u2028y\u0085z"}\n\n'.encode()
     events = list(parse_sse(sse_lines([body[:7], body[7:]])))
     assert events == [SSEEvent("5-0", "job:state_change", '{"name":"x\u2028y\u0085z"}')]
+
+
+def test_an_empty_chunk_between_cr_and_lf_is_not_a_line():
+    assert list(sse_lines([b"data: x\r", b"", b"\n\r\n"])) == ["data: x", ""]

@@ -478,7 +478,7 @@ class Hub:
             # Redis refused the whole read because of one key (a wrong type at
             # a stream's key, a bad cursor, a key that moved): find it, end its
             # streams alone, and go on at once for everyone else.
-            self._isolate(wanted, exc)
+            self._isolate(wanted, watched, exc)
             return
         for key, entries in reply or ():
             if key == self._wake_key:
@@ -495,7 +495,9 @@ class Hub:
                     log.exception("stream reader: could not deliver %r; ending its streams", key)
                     self._drop(key, stream)
 
-    def _isolate(self, wanted: dict[bytes, bytes], error: redis.ResponseError) -> None:
+    def _isolate(
+        self, wanted: dict[bytes, bytes], watched: dict[bytes, _Stream], error: redis.ResponseError
+    ) -> None:
         """Read each key alone (no blocking) to find the ones Redis refuses, and
         drop them. If every key fails, the fault is not one stream's: re-raise
         (the reader backs off)."""
@@ -515,9 +517,11 @@ class Hub:
                 self._wake_key = f"sluice:hub:{uuid.uuid4()}:wake".encode()
                 self._wake_cursor = b"0-0"
                 continue
-            stream = self._streams.get(key)
             log.warning("stream reader: Redis refuses %r (%s); ending its streams", key, error)
-            if stream is not None:
+            stream = watched.get(key)
+            # Only the stream that was read: one subscribed meanwhile (the
+            # pipeline yields) starts from a fresh, checked cursor.
+            if stream is not None and self._streams.get(key) is stream:
                 self._drop(key, stream)
 
     def _drop(self, key: bytes, stream: _Stream) -> None:
