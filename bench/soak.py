@@ -32,8 +32,9 @@ Server settings that differ from the defaults (all in the report):
 `SLUICE_LISTENER_BUFFER_BYTES=65536` and, while a reader is stalled, its
 connection's producer sends 8 KB events back to back: the kernel alone buffers
 ~3.3 MB for a socket nobody reads (tcp_wmem max 4 MB, measured), minutes of
-the steady rate. `SLUICE_STREAM_MAXLEN=10000000` so the whole run is retained
-and the end check can read it all. `SLUICE_HEARTBEAT_SECONDS=2`.
+the steady rate. `SLUICE_STREAM_MAXLEN=10000000` and `SLUICE_STREAM_MAX_BYTES`
+8 GiB so the whole run is retained (neither count nor byte budget trims it) and
+the end check can read it all. `SLUICE_HEARTBEAT_SECONDS=2`.
 
 Invariants, checked after faults stop, producers stop and consumers drain:
 
@@ -943,6 +944,7 @@ class Soak:
             "SLUICE_HEARTBEAT_SECONDS": str(self.cfg.heartbeat_seconds),
             "SLUICE_LISTENER_BUFFER_BYTES": str(self.cfg.listener_buffer_bytes),
             "SLUICE_STREAM_MAXLEN": "10000000",  # keep everything: the end check reads it all
+            "SLUICE_STREAM_MAX_BYTES": str(8 << 30),  # nor trim by bytes (stall bursts are 8 KB)
             "SLUICE_GRACEFUL_TIMEOUT": "20",
             "SLUICE_LOGIN_RATE_LIMIT": "1000 per minute",
         }
