@@ -118,7 +118,6 @@ TOLERANCE = {
 }
 LISTENER_SETTLE_S = 30  # resources are polled this long for the end figures
 
-CHROMIUM = os.environ.get("SLUICE_CHROMIUM", "/usr/bin/chromium")
 #: The live view keeps this many jobs (sluice/web/static/js/live/store.js, maxJobs).
 PAGE_MAX_JOBS = 20_000
 
@@ -565,12 +564,6 @@ class Consumer(threading.Thread):
 
 # -- the browser consumer ----------------------------------------------------------
 
-RECORD_INDICATOR = """() => {
-  window.__states = [];
-  const el = document.querySelector('[data-indicator]');
-  new MutationObserver(() => window.__states.push(el.dataset.state))
-    .observe(el, {attributes: true, attributeFilter: ['data-state']});
-}"""
 
 #: Reads the job rows the page shows for each search prefix (the page draws at most
 #: 500 rows, so the whole table is read back 100 jobs at a time through its own
@@ -624,6 +617,8 @@ class BrowserConsumer(threading.Thread):
         self.stream_requests = 0
 
     def available(self) -> str | None:
+        from tests.browser.chromium import CHROMIUM
+
         if not Path(CHROMIUM).exists():
             return f"{CHROMIUM} not found: install Debian's chromium (apt-get install chromium)"
         try:
@@ -644,7 +639,8 @@ class BrowserConsumer(threading.Thread):
     def _run(self) -> None:
         from playwright.sync_api import sync_playwright
 
-        from tests.browser.chromium import CHROMIUM_ARGS
+        from tests.browser.chromium import CHROMIUM, CHROMIUM_ARGS
+        from tests.browser.helpers import RECORD_INDICATOR
 
         url = self.soak.server.url
         with sync_playwright() as pw:

@@ -2,8 +2,8 @@
 
 Both producers use it: the agent feeds it Celery's own event dicts (as sent
 by workers and publishers over the broker), the in-worker integration feeds
-it what Celery's signals carry. The mapping follows CONTRACT.md ("Celery →
-unified states"): task-sent/received → queued (scheduled with an ETA),
+it what Celery's signals carry. The mapping follows the contract's Celery
+states (README, "Monitor your Celery"): task-sent/received → queued (scheduled with an ETA),
 task-started → active, task-succeeded → completed, task-failed → failed,
 task-retried → retrying, task-revoked → cancelled, task-rejected → failed;
 worker-online/offline → worker_state_change, worker-heartbeat →
@@ -31,7 +31,7 @@ from ..timefmt import iso_from_ms, now_iso, parse_iso
 
 FRAMEWORK = "celery"
 
-# Contract limits (CONTRACT.md, "Ingest").
+# Contract limits (the ingest field limits, sluice/ingest.py).
 MAX_EXTERNAL_ID = 512
 MAX_NAME = 1024
 MAX_QUEUE = 255
