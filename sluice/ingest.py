@@ -61,8 +61,8 @@ APPEND_SCRIPT = """#!lua
 local stream, seen, meta = KEYS[1], KEYS[2], KEYS[3]
 local ttl, maxlen = tonumber(ARGV[1]), tonumber(ARGV[2])
 local maxbytes, window = tonumber(ARGV[3]), tonumber(ARGV[4])
-local function size(id, fields)  -- what an entry holds: id, event name, data
-  return #id + #(fields[2] or "") + #(fields[4] or "")
+local function size(id, event, data)  -- what an entry holds
+  return #id + #(event or "") + #(data or "")
 end
 local clock = redis.call("TIME")
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
@@ -78,7 +78,7 @@ if redis.call("EXISTS", stream) == 1 then
     repeat
       local page = redis.call("XRANGE", stream, start, "+", "COUNT", 1000)
       for _, entry in ipairs(page) do
-        bytes = bytes + size(entry[1], entry[2])
+        bytes = bytes + size(entry[1], entry[2][2], entry[2][4])
       end
       if #page > 0 then start = "(" .. page[#page][1] end
     until #page < 1000
@@ -100,7 +100,7 @@ for i = 5, #ARGV, 3 do
   if fresh then
     local id = redis.call("XADD", stream, "*", "t", ARGV[i + 1], "d", ARGV[i + 2])
     first = first or id
-    bytes = bytes + size(id, {"t", ARGV[i + 1], "d", ARGV[i + 2]})
+    bytes = bytes + size(id, ARGV[i + 1], ARGV[i + 2])
     accepted = accepted + 1
   else
     duplicates = duplicates + 1
@@ -114,7 +114,7 @@ if accepted > 0 then
     local last = nil
     for _, entry in ipairs(old) do
       if entry[1] == first or (excess <= 0 and bytes <= maxbytes) then break end
-      bytes = bytes - size(entry[1], entry[2])
+      bytes = bytes - size(entry[1], entry[2][2], entry[2][4])
       excess = excess - 1
       last = entry[1]
     end
