@@ -39,7 +39,7 @@ from .bridges.celery_events import (
     safe_repr,
     worker_event,
 )
-from .bridges.ingest_client import DEFAULT_BUFFER, IngestSender
+from .client.ingest import DEFAULT_BUFFER, IngestSender
 
 log = logging.getLogger("sluice.celery")
 

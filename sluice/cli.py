@@ -176,7 +176,7 @@ def tail(
     last_event_id: str | None,
 ) -> None:
     """Follow a connection's live stream in the terminal (reconnects and resumes)."""
-    from .tail import follow
+    from .client.tail import follow
 
     follow(
         url,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sluice.tail import SSEEvent, parse_sse, sse_lines
+from sluice.client.tail import SSEEvent, parse_sse, sse_lines
 
 
 def test_lines_end_only_at_cr_lf_or_crlf():

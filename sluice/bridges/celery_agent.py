@@ -23,8 +23,8 @@ from typing import Any
 
 import click
 
+from ..client.ingest import DEFAULT_BUFFER, IngestSender
 from .celery_events import CeleryEventMapper, queue_event
-from .ingest_client import DEFAULT_BUFFER, IngestSender
 
 log = logging.getLogger("sluice.celery_agent")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 
-from sluice.bridges.ingest_client import IngestSender
+from sluice.client.ingest import IngestSender
 
 
 def ev(i: int) -> dict:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-log = logging.getLogger("sluice.ingest_client")
+log = logging.getLogger("sluice.client.ingest")
 
 DEFAULT_BUFFER = 10_000
 DEFAULT_BATCH = 200

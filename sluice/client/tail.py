@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import click
 import requests
 
+from ..contract import JOB_STATE_CHANGE, QUEUE_SNAPSHOT, WORKER_HEARTBEAT, WORKER_STATE_CHANGE
+
 _LINE_END = re.compile("\r\n|\r|\n")
 
 
@@ -145,13 +147,13 @@ def _print(event: SSEEvent, as_json: bool) -> None:
         data = json.loads(event.data)
     except ValueError:
         data = {}
-    if event.event == "job:state_change":
+    if event.event == JOB_STATE_CHANGE:
         summary = f"{data.get('name')} [{data.get('externalId')}] {data.get('previousState') or '-'} -> {data.get('state')}"
         if data.get("error"):
             summary += f"  error: {str(data['error']).splitlines()[0][:120]}"
-    elif event.event.startswith("worker:"):
+    elif event.event in (WORKER_HEARTBEAT, WORKER_STATE_CHANGE):
         summary = f"{data.get('hostname')} {data.get('state')} active={data.get('activeJobs')}"
-    elif event.event == "queue:snapshot":
+    elif event.event == QUEUE_SNAPSHOT:
         summary = f"{data.get('name')} depth={data.get('depth')} consumers={data.get('consumers')}"
     else:
         summary = event.data

@@ -1,0 +1,110 @@
+"""The event contract in one place: names, states, field limits, entry fields.
+
+Standard library only, so that every layer (the schema, the store, the
+fan-out, the Celery integration, the command-line client) and the dashboard's
+JavaScript (served from these values, see `sluice.web.pages`) read the same
+lists. `docs/api.md` describes each of them for clients.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# -- event types ---------------------------------------------------------------
+
+JOB_STATE_CHANGE: Final = "job:state_change"
+WORKER_HEARTBEAT: Final = "worker:heartbeat"
+WORKER_STATE_CHANGE: Final = "worker:state_change"
+QUEUE_SNAPSHOT: Final = "queue:snapshot"
+
+#: The stored event types, in contract order.
+EVENT_NAMES: Final[tuple[str, ...]] = (
+    JOB_STATE_CHANGE,
+    WORKER_HEARTBEAT,
+    WORKER_STATE_CHANGE,
+    QUEUE_SNAPSHOT,
+)
+
+#: `types` categories of the stream and the event names each stands for.
+CATEGORIES: Final[dict[str, tuple[str, ...]]] = {
+    "job": (JOB_STATE_CHANGE,),
+    "worker": (WORKER_HEARTBEAT, WORKER_STATE_CHANGE),
+    "queue": (QUEUE_SNAPSHOT,),
+}
+
+#: Control events a stream sends that are not stored (no `id:`): never filtered out.
+HEARTBEAT: Final = "heartbeat"
+STREAM_RESET: Final = "stream:reset"
+CONTROL_EVENTS: Final = frozenset({HEARTBEAT, STREAM_RESET})
+
+#: Why a stream starts with `stream:reset`.
+RESET_UNKNOWN_EVENT_ID: Final = "unknown_event_id"
+RESET_HISTORY_TRIMMED: Final = "history_trimmed"
+
+#: The entry that ends every stream of a deleted connection (never sent to clients).
+CLOSED_EVENT: Final = "stream:closed"
+
+#: Producer event `type` -> (payload field, stream event name).
+PRODUCER_TYPES: Final[dict[str, tuple[str, str]]] = {
+    "job_state_change": ("job", JOB_STATE_CHANGE),
+    "worker_heartbeat": ("worker", WORKER_HEARTBEAT),
+    "worker_state_change": ("worker", WORKER_STATE_CHANGE),
+    "queue_snapshot": ("queue", QUEUE_SNAPSHOT),
+}
+
+# -- states and frameworks -------------------------------------------------------
+
+JOB_STATES: Final[tuple[str, ...]] = (
+    "unknown",
+    "queued",
+    "scheduled",
+    "active",
+    "completed",
+    "failed",
+    "retrying",
+    "cancelled",
+)
+WORKER_STATES: Final[tuple[str, ...]] = ("online", "busy", "idle", "offline")
+FRAMEWORKS: Final[tuple[str, ...]] = ("celery", "bullmq", "sidekiq")
+
+# -- field limits (characters unless said) ------------------------------------------
+
+MAX_PRODUCER_ID: Final = 200
+MAX_EXTERNAL_ID: Final = 512
+MAX_JOB_NAME: Final = 1024
+MAX_QUEUE_NAME: Final = 255
+MAX_HOSTNAME: Final = 255
+MAX_ERROR: Final = 10_000
+MAX_STACKTRACE: Final = 50_000
+MAX_QUEUES: Final = 100
+#: Integers in payloads stay exact in every JSON client (JavaScript's 2^53).
+MAX_INTEGER: Final = 2**53
+MAX_CONNECTION_NAME: Final = 200
+MAX_TYPES_LENGTH: Final = 512
+#: Each part of a Redis Stream id (and so of an event id) is an unsigned 64-bit integer.
+MAX_ID_PART: Final = 2**64 - 1
+
+# -- stream entries -------------------------------------------------------------
+
+#: A Redis Stream entry holds two fields: the SSE event name and the data JSON
+#: exactly as clients see it (the append script writes the same two names).
+ENTRY_EVENT: Final = "t"
+ENTRY_DATA: Final = "d"
+
+# -- errors --------------------------------------------------------------------------
+
+#: HTTP status -> the contract's error code.
+ERROR_CODES: Final[dict[int, str]] = {
+    400: "VALIDATION_ERROR",
+    401: "UNAUTHORIZED",
+    403: "FORBIDDEN",
+    404: "NOT_FOUND",
+    405: "METHOD_NOT_ALLOWED",
+    408: "REQUEST_TIMEOUT",
+    409: "CONFLICT",
+    413: "PAYLOAD_TOO_LARGE",
+    415: "VALIDATION_ERROR",
+    429: "RATE_LIMITED",
+    500: "INTERNAL_ERROR",
+    503: "UNAVAILABLE",
+}
