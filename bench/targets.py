@@ -321,9 +321,9 @@ class Sluice(Target):
             return
         if str(REPO) not in sys.path:
             sys.path.insert(0, str(REPO))
-        from sluice.auth import create_user
-        from sluice.connections import create_connection
-        from sluice.redis import connect
+        from sluice.store.client import connect
+        from sluice.store.connections import create_connection
+        from sluice.store.users import create_user
 
         r = connect(self.redis_url)
         if not hasattr(self, "user"):

@@ -29,7 +29,7 @@ from sluice.demo import (  # noqa: E402
     stop_server,
     wait_healthy,
 )
-from sluice.redis import start_embedded  # noqa: E402
+from sluice.store.embedded import start_embedded  # noqa: E402
 from tests.browser.chromium import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
 
 

@@ -15,8 +15,8 @@ __version__ = "0.1.0"
 
 
 def create_app(overrides: dict[str, Any] | None = None) -> Flask:
-    """The app factory (see `sluice.app.create_app`)."""
-    from .app import create_app as _create_app
+    """The app factory (see `sluice.web.app.create_app`)."""
+    from .web.app import create_app as _create_app
 
     return _create_app(overrides)
 

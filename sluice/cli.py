@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 import click
+
+from .contract import FRAMEWORKS
+
+if TYPE_CHECKING:
+    from .store.client import Redis
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 def _redis_url() -> str:
@@ -22,8 +33,8 @@ def _redis_url() -> str:
     return url
 
 
-def _client():  # -> redis.Redis
-    from .redis import RedisUnavailable, check_reachable, connect
+def _client() -> Redis:
+    from .store.client import RedisUnavailable, check_reachable, connect
 
     url = _redis_url()
     try:
@@ -33,24 +44,20 @@ def _client():  # -> redis.Redis
     return connect(url)
 
 
-def _fail_cleanly(func):
-    """Turn the service's validation errors, and Redis failing midway, into one
-    clean CLI error line (exit 1) instead of a traceback."""
-    import functools
+def _fail_cleanly(func: Callable[P, R]) -> Callable[P, R]:
+    """Turn the domain's errors, and Redis failing midway, into one clean CLI error
+    line (exit 1) instead of a traceback."""
 
     @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        import redis
-
-        from .errors import ApiError
-        from .redis import redis_problem
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        from .errors import SluiceError
+        from .store.client import StoreError, redis_problem
 
         try:
             return func(*args, **kwargs)
-        except ApiError as exc:
-            details = "; ".join(f"{k}: {v}" for k, v in exc.details.items())
-            raise click.ClickException(exc.message + (f" ({details})" if details else "")) from None
-        except redis.RedisError as exc:
+        except SluiceError as exc:
+            raise click.ClickException(str(exc)) from None
+        except StoreError as exc:
             raise click.ClickException(
                 redis_problem(os.environ.get("REDIS_URL", ""), exc)
             ) from None
@@ -73,7 +80,7 @@ def main() -> None:
 @_fail_cleanly
 def create_user_command(email: str, password_stdin: bool) -> None:
     """Create a dashboard user (the password is stored as an Argon2id hash)."""
-    from .auth import create_user
+    from .store.users import create_user
 
     r = _client()  # before the password prompt: no Redis, no point typing one
     if password_stdin:
@@ -88,7 +95,7 @@ def create_user_command(email: str, password_stdin: bool) -> None:
 @click.option("--user", "email", required=True, help="Email of the owner.")
 @click.option(
     "--framework",
-    type=click.Choice(["celery", "bullmq", "sidekiq"]),
+    type=click.Choice(FRAMEWORKS),
     default="celery",
     show_default=True,
 )
@@ -96,8 +103,8 @@ def create_user_command(email: str, password_stdin: bool) -> None:
 @_fail_cleanly
 def create_connection_command(email: str, framework: str, name: str) -> None:
     """Create a connection; prints {"id", "name", "apiKey"} (the key is shown only once)."""
-    from .auth import find_user_id
-    from .connections import create_connection
+    from .store.connections import create_connection
+    from .store.users import find_user_id
 
     r = _client()
     user_id = find_user_id(r, email)
@@ -148,11 +155,10 @@ def demo(port: int, host: str, workers: int, rate: float, no_traffic: bool) -> N
     show_default="2",
 )
 def serve(port: int, workers: int) -> None:
-    """Run the server under gunicorn with gunicorn.conf.py (production-style)."""
-    from .demo import gunicorn_command, repo_root
+    """Run the server under gunicorn with Sluice's settings (production-style)."""
+    from .demo import gunicorn_command
 
     env = dict(os.environ, PORT=str(port), WEB_CONCURRENCY=str(workers))
-    os.chdir(repo_root())
     os.execvpe(sys.executable, gunicorn_command(), env)
 
 

@@ -14,20 +14,13 @@ import subprocess
 import sys
 import time
 import uuid
-from pathlib import Path
 
 import click
 import requests
 
-from .redis import (
-    Keys,
-    RedisUnavailable,
-    check_reachable,
-    connect,
-    die_with_parent,
-    start_embedded,
-    stop_embedded,
-)
+from .process import die_with_parent
+from .store.client import RedisUnavailable, check_reachable, connect
+from .store.embedded import start_embedded, stop_embedded
 from .timefmt import now_iso
 
 DEMO_EMAIL = "demo@sluice.dev"
@@ -42,49 +35,33 @@ TASKS = (
 QUEUES = ("default", "emails", "billing")
 
 
-def repo_root() -> Path:
-    return Path(__file__).resolve().parent.parent
-
-
 def gunicorn_command() -> list[str]:
-    root = repo_root()
+    """gunicorn with Sluice's settings and app, from the installed package (any directory)."""
     return [
         sys.executable,
         "-m",
         "gunicorn",
         "-c",
-        str(root / "gunicorn.conf.py"),
-        "--chdir",
-        str(root),
-        "wsgi:app",
+        "python:sluice.gunicorn_conf",
+        "sluice.wsgi:app",
     ]
 
 
 def demo_account(redis_url: str) -> tuple[str, str, str, str]:
     """(email, password, connection id, api key): a fresh password and key each run."""
-    from argon2 import PasswordHasher
-
-    from .auth import create_user, find_user_id, hash_api_key, new_api_key
-    from .connections import create_connection
+    from .store import connections, users
 
     r = connect(redis_url)
     password = secrets.token_urlsafe(9)
-    user_id = find_user_id(r, DEMO_EMAIL)
+    user_id = users.find_user_id(r, DEMO_EMAIL)
     if user_id is None:
-        user_id = create_user(r, DEMO_EMAIL, password)["id"]
+        user_id = users.create_user(r, DEMO_EMAIL, password)["id"]
     else:
-        r.hset(Keys.user(user_id), "password", PasswordHasher().hash(password))
-    for connection_id in r.zrange(Keys.user_connections(user_id), 0, -1):
-        fields = r.hgetall(Keys.connection(connection_id.decode()))
-        if fields.get(b"name") == DEMO_CONNECTION.encode():
-            api_key = new_api_key()
-            pipe = r.pipeline()
-            pipe.delete(Keys.api_key(fields[b"keyHash"].decode()))
-            pipe.set(Keys.api_key(hash_api_key(api_key)), connection_id)
-            pipe.hset(Keys.connection(connection_id.decode()), "keyHash", hash_api_key(api_key))
-            pipe.execute()
-            return DEMO_EMAIL, password, connection_id.decode(), api_key
-    created = create_connection(r, user_id, DEMO_CONNECTION, "celery")
+        users.set_password(r, user_id, password)
+    connection_id = connections.find_by_name(r, user_id, DEMO_CONNECTION)
+    if connection_id is not None:
+        return DEMO_EMAIL, password, connection_id, connections.rotate_api_key(r, connection_id)
+    created = connections.create_connection(r, user_id, DEMO_CONNECTION, "celery")
     return DEMO_EMAIL, password, created["id"], created["apiKey"]
 
 

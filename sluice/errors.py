@@ -1,135 +1,68 @@
-"""The one JSON error format, and handlers that turn every failure into it.
+"""The domain's errors: what went wrong, in the service's own terms.
 
-Clients (and the browser's EventSource, before a stream starts) always get
-``{"error": {"code", "message", "details"}}``; never HTML, never a redirect,
-never a traceback.
+Raised by every layer (schema, store, fan-out, web views). None of them knows
+HTTP: `sluice.web.errors` maps each class to a status code and the contract's
+error body in one table; the command line prints them as one line.
 """
 
 from __future__ import annotations
 
-import json
-import logging
 from typing import Any
 
-import redis
-from flask import Flask, Response
-from werkzeug.exceptions import HTTPException
 
-log = logging.getLogger("sluice")
-
-#: HTTP status -> contract error code.
-CODES: dict[int, str] = {
-    400: "VALIDATION_ERROR",
-    401: "UNAUTHORIZED",
-    403: "FORBIDDEN",
-    404: "NOT_FOUND",
-    405: "METHOD_NOT_ALLOWED",
-    408: "REQUEST_TIMEOUT",
-    409: "CONFLICT",
-    413: "PAYLOAD_TOO_LARGE",
-    415: "VALIDATION_ERROR",
-    429: "RATE_LIMITED",
-    500: "INTERNAL_ERROR",
-    503: "UNAVAILABLE",
-}
-
-
-class ApiError(Exception):
-    """An error with a contract code, raised anywhere in a request."""
+class SluiceError(Exception):
+    """Base of the domain's errors: a message for a person and per-field details."""
 
     def __init__(
         self,
-        status: int,
         message: str,
         details: dict[str, Any] | None = None,
-        headers: dict[str, str] | None = None,
+        *,
+        retry_after: int | None = None,
     ) -> None:
         super().__init__(message)
-        self.status = status
-        self.code = CODES.get(status, "INTERNAL_ERROR")
         self.message = message
         self.details = details or {}
-        self.headers = headers or {}
+        #: Seconds after which trying again may succeed (None: do not retry as is).
+        self.retry_after = retry_after
+
+    def __str__(self) -> str:
+        if not self.details:
+            return self.message
+        return self.message + " (" + "; ".join(f"{k}: {v}" for k, v in self.details.items()) + ")"
 
 
-def error_body(code: str, message: str, details: dict[str, Any] | None = None) -> bytes:
-    """The error wire format, byte for byte."""
-    payload = {"error": {"code": code, "message": message, "details": details or {}}}
-    # "replace": an error must never fail to encode (it may echo what the client sent).
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "replace")
+class Invalid(SluiceError):
+    """The input breaks the contract (a field, a parameter, a body)."""
 
 
-def error_response(
-    status: int,
-    message: str,
-    details: dict[str, Any] | None = None,
-    headers: dict[str, str] | None = None,
-) -> Response:
-    response = Response(
-        error_body(CODES.get(status, "INTERNAL_ERROR"), message, details),
-        status=status,
-        mimetype="application/json",
-    )
-    for name, value in (headers or {}).items():
-        response.headers[name] = value
-    return response
+class Unauthorized(SluiceError):
+    """No credentials, or wrong ones."""
 
 
-def _from_api_error(exc: ApiError) -> Response:
-    return error_response(exc.status, exc.message, exc.details, exc.headers)
+class Forbidden(SluiceError):
+    """Credentials are fine, the request is not allowed (e.g. a cross-site write)."""
 
 
-def _from_http_exception(exc: HTTPException) -> Response:
-    status = exc.code or 500
-    headers: dict[str, str] = {}
-    if status == 429:
-        retry_after = getattr(exc, "retry_after", None)
-        limit = getattr(exc, "limit", None)
-        if retry_after is None and limit is not None:
-            retry_after = getattr(limit.limit, "get_expiry", lambda: 60)()
-        headers["Retry-After"] = str(int(retry_after or 60))
-        message = "Too many requests; retry later"
-    elif status == 413:
-        message = "Request body is too large"
-    elif status == 405:
-        message = "Method not allowed"
-        allowed = exc.get_headers()
-        headers.update({k: v for k, v in allowed if k.lower() == "allow"})
-    elif status == 404:
-        message = "Not found"
-    elif status >= 500:
-        message = "Internal server error"
-    else:
-        message = exc.description or exc.name
-    return error_response(status, message, headers=headers)
+class NotFound(SluiceError):
+    """It does not exist, or it is not yours (never told apart)."""
 
 
-#: Seconds a client should wait after a 503 caused by Redis.
-REDIS_RETRY_AFTER = 2
+class Conflict(SluiceError):
+    """It clashes with what exists (an email taken, a limit of things reached)."""
 
 
-def _from_redis_error(exc: redis.RedisError) -> Response:
-    """Any Redis failure is the store being unavailable (503 + Retry-After), never a
-    500: unreachable, timed out, read-only replica, out of memory (`maxmemory` with
-    `noeviction`), or a busy script. Ingest is one Lua script and connection
-    changes one MULTI transaction, so a refused one leaves nothing half-written."""
-    text = str(exc)
-    if isinstance(exc, redis.exceptions.OutOfMemoryError):
-        log.error("redis is out of memory (maxmemory reached): %s", text[:200])
-        message = "The event store is full; retry later"
-    else:
-        log.error("redis unavailable: %s: %s", type(exc).__name__, text[:200])
-        message = "The event store is unavailable; retry shortly"
-    return error_response(503, message, headers={"Retry-After": str(REDIS_RETRY_AFTER)})
+class TooLarge(SluiceError):
+    """The request body is larger than allowed."""
 
 
-def _from_unexpected(exc: Exception) -> Response:
-    log.exception("unhandled error")
-    return error_response(500, "Internal server error")
+class TooSlow(SluiceError):
+    """The request body did not arrive in time."""
 
 
-def register_error_handlers(app: Flask) -> None:
-    app.register_error_handler(ApiError, _from_api_error)
-    app.register_error_handler(HTTPException, _from_http_exception)
-    app.register_error_handler(redis.RedisError, _from_redis_error)
-    app.register_error_handler(Exception, _from_unexpected)
+class TooMany(SluiceError):
+    """A limit on open things or on a rate is reached; retry after `retry_after`."""
+
+
+class Unavailable(SluiceError):
+    """The service cannot do it now (restarting, store down); retry after `retry_after`."""

@@ -180,9 +180,9 @@ class Account:
 
 
 def make_account(redis_url: str, name: str = "Test cluster") -> Account:
-    from sluice.auth import create_user
-    from sluice.connections import create_connection
-    from sluice.redis import connect
+    from sluice.store.client import connect
+    from sluice.store.connections import create_connection
+    from sluice.store.users import create_user
 
     r = connect(redis_url)
     email = f"user-{uuid.uuid4().hex[:12]}@example.com"

@@ -499,7 +499,7 @@ def test_the_append_script_is_refused_whole_when_redis_is_full(small_redis):
     """Straight at the script (the HTTP path's rate limiter would hit OOM first):
     nothing of the batch is written, not the stream, the window nor the count."""
     from sluice.config import load_settings
-    from sluice.ingest import append_events
+    from sluice.store.events import append_events
 
     r = redis.Redis.from_url(small_redis)
     cid = str(uuid.uuid4())
@@ -523,7 +523,7 @@ def test_a_stream_without_its_byte_count_is_counted_once(redis_url):
     """Streams written before byte budgets (or whose count was lost) are measured
     on their next append, so the budget holds from then on."""
     from sluice.config import load_settings
-    from sluice.ingest import append_events
+    from sluice.store.events import append_events
 
     r = redis.Redis.from_url(redis_url)
     cid = str(uuid.uuid4())
@@ -539,7 +539,7 @@ def test_a_stream_without_its_byte_count_is_counted_once(redis_url):
 
 def test_a_deleted_connections_count_expires_with_its_stream(redis_url):
     from sluice.config import load_settings
-    from sluice.ingest import append_events
+    from sluice.store.events import append_events
 
     r = redis.Redis.from_url(redis_url)
     cid = str(uuid.uuid4())

@@ -7,18 +7,18 @@ import uuid
 
 import pytest
 
-from sluice.errors import error_body
-from sluice.events.sse import (
+from sluice.fanout.sse import (
     control_frame,
-    dumps,
-    encode_entry_fields,
     event_frame,
     heartbeat_frame,
     http_chunk,
     retry_frame,
 )
-from sluice.ingest import ID_NAMESPACE, stable_id
+from sluice.schema import ID_NAMESPACE, stable_id
+from sluice.store.events import entry_fields as encode_entry_fields
+from sluice.strictjson import dumps
 from sluice.timefmt import iso_from_ms, parse_iso
+from sluice.web.errors import error_body
 
 
 def test_event_frame():

@@ -1,81 +1,8 @@
-"""The dashboard: server-rendered page shells whose data comes from the JSON API and the SSE stream.
-
-The views only decide *who may see a page* (flask-login's ``current_user``) and hand
-the page its few static facts through ``data-*`` attributes. Everything else is done by
-the ES modules in ``static/js`` talking to ``/api/...``, so the pages work under
-``Content-Security-Policy: default-src 'self'`` (no inline script, no inline style).
-"""
+"""The only package that knows Flask: the app factory, the domain-to-HTTP error
+mapping, the JSON API (`api/`), the dashboard's pages, static files and templates."""
 
 from __future__ import annotations
 
-import uuid
-from urllib.parse import urlsplit
+from .app import create_app
 
-from flask import Blueprint, abort, redirect, render_template, request, url_for
-from flask_login import current_user
-from werkzeug.wrappers import Response
-
-bp = Blueprint(
-    "web",
-    __name__,
-    template_folder="templates",
-    static_folder="static",
-    static_url_path="/static",
-)
-
-
-def safe_next(target: str | None) -> str:
-    """Return a same-site path to go to after login, or ``/``.
-
-    Only relative paths are accepted: an open redirect (``//evil``, ``https://evil``,
-    ``/\\evil``) falls back to the connections page.
-    """
-    if not target or not target.startswith("/") or target.startswith("//"):
-        return "/"
-    if "\\" in target or any(ord(c) < 32 for c in target):
-        return "/"
-    parts = urlsplit(target)
-    if parts.scheme or parts.netloc:
-        return "/"
-    return target
-
-
-def _login_redirect() -> Response:
-    path = request.full_path if request.query_string else request.path
-    return redirect(url_for("web.login", next=path))
-
-
-@bp.get("/login")
-def login() -> Response | str:
-    nxt = safe_next(request.args.get("next"))
-    if current_user.is_authenticated:
-        return redirect(nxt)
-    return render_template("login.html", next_url=nxt)
-
-
-@bp.get("/")
-def connections() -> Response | str:
-    if not current_user.is_authenticated:
-        return _login_redirect()
-    return render_template("connections.html")
-
-
-@bp.get("/connections/<connection_id>")
-def live(connection_id: str) -> Response | str:
-    if not current_user.is_authenticated:
-        return _login_redirect()
-    try:
-        canonical = str(uuid.UUID(connection_id))
-    except ValueError:
-        abort(404)
-    return render_template("live.html", connection_id=canonical)
-
-
-@bp.after_request
-def _page_headers(response: Response) -> Response:
-    """Pages carry per-user content: never cache them in shared caches."""
-    if response.mimetype == "text/html":
-        response.headers.setdefault("Cache-Control", "no-store")
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        response.headers.setdefault("Referrer-Policy", "same-origin")
-    return response
+__all__ = ["create_app"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import requests
 
-from sluice.web import safe_next
+from sluice.web.pages import safe_next
 
 
 @pytest.mark.parametrize(

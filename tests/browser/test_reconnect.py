@@ -118,7 +118,7 @@ def test_stream_reset_rebuilds_the_view_from_retained_history(
     the page clears everything and rebuilds from the replay that follows."""
     import json
 
-    from sluice.redis import Keys
+    from sluice.store.keys import Keys
 
     srv = start_server(SLUICE_STREAM_MAXLEN="50")
     cid = account.connection_id

@@ -8,7 +8,9 @@
 import { compareIds, parseId } from "./ids.js";
 import { parseTime } from "../format.js";
 
-export const JOB_STATES = ["unknown", "queued", "scheduled", "active", "completed", "failed", "retrying", "cancelled"];
+import { JOB_STATES, JOB_STATE_CHANGE, QUEUE_SNAPSHOT, WORKER_HEARTBEAT, WORKER_STATE_CHANGE } from "../contract.js";
+
+export { JOB_STATES };
 export const FINISHED = new Set(["completed", "failed", "cancelled"]);
 
 const JOB_FIELDS = [
@@ -68,9 +70,9 @@ export class Store {
     }
     let applied = true;
     const ms = parsed[0];
-    if (type === "job:state_change") applied = this.applyJob(id, parsed, ms, data);
-    else if (type === "worker:heartbeat" || type === "worker:state_change") this.applyWorker(type, ms, data);
-    else if (type === "queue:snapshot") this.applyQueue(ms, data);
+    if (type === JOB_STATE_CHANGE) applied = this.applyJob(id, parsed, ms, data);
+    else if (type === WORKER_HEARTBEAT || type === WORKER_STATE_CHANGE) this.applyWorker(type, ms, data);
+    else if (type === QUEUE_SNAPSHOT) this.applyQueue(ms, data);
     this.lastId = id;
     this.lastParsed = parsed;
     if (!applied) {
@@ -167,7 +169,7 @@ export class Store {
     if (Number.isFinite(d.activeJobs)) w.activeJobs = d.activeJobs;
     if (Number.isFinite(d.concurrency)) w.concurrency = d.concurrency;
     if (Array.isArray(d.queues)) w.queues = d.queues;
-    if (type === "worker:heartbeat") w.lastHeartbeatMs = parseTime(d.timestamp) ?? ms;
+    if (type === WORKER_HEARTBEAT) w.lastHeartbeatMs = parseTime(d.timestamp) ?? ms;
     else if (w.lastHeartbeatMs == null && w.state !== "offline") w.lastHeartbeatMs = parseTime(d.timestamp) ?? ms;
     if (w.state === "offline") w.activeJobs = 0;
     w.v++;

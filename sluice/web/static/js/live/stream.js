@@ -9,8 +9,8 @@
 // means the server is away (back off and try again).
 
 import { api, goToLogin } from "../api.js";
+import { EVENT_NAMES as EVENT_TYPES, HEARTBEAT, STREAM_RESET } from "../contract.js";
 
-const EVENT_TYPES = ["job:state_change", "worker:heartbeat", "worker:state_change", "queue:snapshot"];
 const BACKOFF_MIN_MS = 250;
 const BACKOFF_MAX_MS = 8000;
 
@@ -90,7 +90,7 @@ export class StreamClient {
       this.opts.onEvent(ev.type, ev.lastEventId || "", data);
     };
     for (const t of EVENT_TYPES) es.addEventListener(t, handler);
-    es.addEventListener("heartbeat", (ev) => {
+    es.addEventListener(HEARTBEAT, (ev) => {
       if (!alive()) return;
       this.touch();
       this.lastHeartbeatAt = Date.now();
@@ -101,7 +101,7 @@ export class StreamClient {
         /* a heartbeat without a timestamp still proves liveness */
       }
     });
-    es.addEventListener("stream:reset", (ev) => {
+    es.addEventListener(STREAM_RESET, (ev) => {
       if (!alive()) return;
       this.touch();
       let reason = "";

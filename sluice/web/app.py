@@ -9,8 +9,14 @@ from urllib.parse import urlsplit
 
 from flask import Flask, Response, current_app, request
 
-from .config import load_settings
-from .errors import ApiError, register_error_handlers
+from ..config import load_settings
+from ..errors import Forbidden
+from ..fanout.hub import Hub
+from ..store import client as store_client
+from ..store import users
+from ..store.embedded import start_embedded
+from ..store.events import RedisEventLog
+from .errors import register_error_handlers
 from .extensions import SluiceState, limiter, login_manager
 
 
@@ -28,12 +34,10 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     app.url_map.merge_slashes = False
     app.url_map.strict_slashes = False
 
-    from . import redis as sluice_redis
-
-    redis_url = settings.redis_url or sluice_redis.start_embedded()
-    client = sluice_redis.connect(redis_url, max_connections=settings.redis_max_connections)
+    redis_url = settings.redis_url or start_embedded()
+    client = store_client.connect(redis_url, max_connections=settings.redis_max_connections)
     app.config.update(
-        SECRET_KEY=settings.secret_key or _development_secret(client),
+        SECRET_KEY=settings.secret_key or users.development_secret(client),
         MAX_CONTENT_LENGTH=settings.max_body_bytes,
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
@@ -49,27 +53,20 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
         JSON_SORT_KEYS=False,
     )
 
-    from .events.hub import Hub
-
+    events = RedisEventLog(client, redis_url, settings.read_block_ms / 1000)
     app.extensions["sluice"] = SluiceState(
-        settings=settings, redis=client, hub=Hub(settings, client, redis_url)
+        settings=settings, redis=client, hub=Hub(settings, events)
     )
     login_manager.init_app(app)
     login_manager.session_protection = "basic"
     limiter.init_app(app)
     register_error_handlers(app)
 
-    from . import auth, connections, ingest, system
-    from .events import stream
+    from . import pages
+    from .api import BLUEPRINTS
 
-    for blueprint in (auth.bp, connections.bp, ingest.bp, stream.bp, system.bp):
+    for blueprint in (*BLUEPRINTS, pages.bp):
         app.register_blueprint(blueprint)
-    try:
-        from .web import bp as web_bp
-    except ImportError:  # the dashboard is optional for an API-only build
-        web_bp = None
-    if web_bp is not None:
-        app.register_blueprint(web_bp)
 
     app.before_request(_check_cross_site_write)
     app.after_request(_security_headers)
@@ -100,11 +97,11 @@ def _check_cross_site_write() -> None:
     site = request.headers.get("Sec-Fetch-Site")
     if site is not None:  # every current browser: the browser's own verdict
         if site not in ("same-origin", "none"):
-            raise ApiError(403, "Cross-site request refused", {"Sec-Fetch-Site": site[:40]})
+            raise Forbidden("Cross-site request refused", {"Sec-Fetch-Site": site[:40]})
         return
     origin = request.headers.get("Origin")
     if origin is not None and _host_port(origin) != _host_port("//" + request.host):
-        raise ApiError(403, "Cross-site request refused", {"Origin": origin[:200]})
+        raise Forbidden("Cross-site request refused", {"Origin": origin[:200]})
 
 
 def _host_port(url: str) -> tuple[str, int | None] | None:
@@ -134,15 +131,6 @@ def _security_headers(response: Response) -> Response:
         "default-src 'self'; img-src 'self' data:; style-src 'self'; frame-ancestors 'none'",
     )
     return response
-
-
-def _development_secret(client: Any) -> str:
-    """A random key kept in Redis, shared by every worker (and restarts) of a
-    development setup, so nobody can forge a session with a well-known default."""
-    import secrets
-
-    client.set("sluice:dev-secret-key", secrets.token_hex(32), nx=True)
-    return client.get("sluice:dev-secret-key").decode()
 
 
 def _configure_logging() -> None:

@@ -1,40 +1,19 @@
 """The wire formats of the stream: one function for each, pinned by tests.
 
-A Redis Stream entry holds two fields, ``t`` (the SSE event name) and ``d``
-(the JSON data exactly as clients will see it), so a frame is built by
-concatenation: no JSON work per event on the way out, and the same bytes go
-to every listener.
+A stored entry holds the SSE event name and the JSON data exactly as clients
+will see it (`contract.ENTRY_EVENT`, `contract.ENTRY_DATA`), so a frame is
+built by concatenation: no JSON work per event on the way out, and the same
+bytes go to every listener.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
+from ..contract import HEARTBEAT, STREAM_RESET
+from ..strictjson import dumps
 from ..timefmt import now_iso
-
-ENTRY_EVENT = b"t"
-ENTRY_DATA = b"d"
-#: The entry that ends every stream of a deleted connection (never sent to clients).
-CLOSED_EVENT = "stream:closed"
-
-
-def encode_entry_fields(event: str, data_json: str) -> dict[str, str]:
-    """The Redis Stream entry for one event."""
-    return {"t": event, "d": data_json}
-
-
-_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-
-
-def dumps(data: Any) -> str:
-    """Compact JSON, the form stored in entries and sent in frames.
-
-    One encoder for the process: `json.dumps` with these options builds a new
-    JSONEncoder on every call (same output, measurable cost per ingested event).
-    """
-    return _encode(data)
 
 
 def event_frame(entry_id: bytes, event: bytes, data: bytes) -> bytes:
@@ -54,10 +33,10 @@ def control_frame(event: str, data: Any) -> bytes:
 
 
 def heartbeat_frame() -> bytes:
-    return control_frame("heartbeat", {"timestamp": now_iso()})
+    return control_frame(HEARTBEAT, {"timestamp": now_iso()})
 
 
-_heartbeat_cache: list = [0.0, b""]
+_heartbeat_cache: list[Any] = [0.0, b""]
 
 
 def cached_heartbeat() -> bytes:
@@ -67,10 +46,16 @@ def cached_heartbeat() -> bytes:
     if now - _heartbeat_cache[0] >= 0.05:
         _heartbeat_cache[0] = now
         _heartbeat_cache[1] = heartbeat_frame()
-    return _heartbeat_cache[1]
+    frame: bytes = _heartbeat_cache[1]
+    return frame
 
 
 def retry_frame(retry_ms: int) -> bytes:
     """The first bytes of every stream: tells EventSource how soon to reconnect and
     lets `onopen` fire at once."""
     return f"retry: {int(retry_ms)}\n\n".encode()
+
+
+def reset_frame(reason: str) -> bytes:
+    """Sent first when the client's resume point cannot be honoured (see `hub.resume`)."""
+    return control_frame(STREAM_RESET, {"reason": reason})

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 import gevent
 from flask import current_app, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from . import strictjson
-from .errors import ApiError
+from .. import strictjson
+from ..errors import Invalid, SluiceError, TooLarge, TooSlow
 
 
 def read_json_object() -> dict[str, Any]:
@@ -20,25 +19,23 @@ def read_json_object() -> dict[str, Any]:
     no NaN/Infinity, no lone surrogates, bounded depth and numbers).
     """
     body = request.environ.get(_PARSED)
-    if isinstance(body, ApiError):  # read before (a rate-limit key) and refused
+    if isinstance(body, SluiceError):  # read before (a rate-limit key) and refused
         raise body
     if body is None:
         try:
             raw = _read_body()
             if not raw:
-                raise ApiError(400, "Request body must be a JSON object", {"body": "empty"})
+                raise Invalid("Request body must be a JSON object", {"body": "empty"})
             try:
                 body = strictjson.parse(raw)
             except strictjson.JsonError as exc:
-                raise ApiError(
-                    400, "Request body is not valid JSON", {"body": exc.reason}
-                ) from None
-        except ApiError as exc:
+                raise Invalid("Request body is not valid JSON", {"body": exc.reason}) from None
+        except SluiceError as exc:
             request.environ[_PARSED] = exc
             raise
         request.environ[_PARSED] = body
     if not isinstance(body, dict):
-        raise ApiError(400, "Request body must be a JSON object", {"body": "not an object"})
+        raise Invalid("Request body must be a JSON object", {"body": "not an object"})
     return body
 
 
@@ -53,9 +50,9 @@ def _read_body() -> bytes:
         with gevent.Timeout(seconds):
             return request.get_data(cache=True)
     except RequestEntityTooLarge:
-        raise ApiError(413, "Request body is too large") from None
+        raise TooLarge("Request body is too large") from None
     except gevent.Timeout:
-        raise ApiError(408, f"The request body did not arrive within {seconds:g} s") from None
+        raise TooSlow(f"The request body did not arrive within {seconds:g} s") from None
 
 
 def json_field(name: str) -> Any:
@@ -63,7 +60,7 @@ def json_field(name: str) -> Any:
     JSON object (for rate-limit keys, which must never fail)."""
     try:
         return read_json_object().get(name)
-    except ApiError:
+    except SluiceError:
         return None
 
 
@@ -72,18 +69,7 @@ def require_json_content_type() -> None:
     `application/json` without a CORS preflight, so this closes CSRF even where
     SameSite=Lax does not apply (sibling subdomains, old browsers)."""
     if request.mimetype != "application/json":
-        raise ApiError(
-            400,
+        raise Invalid(
             "Content-Type must be application/json",
             {"Content-Type": request.mimetype or "missing"},
         )
-
-
-def parse_uuid(value: Any, field: str) -> str:
-    """A canonical lowercase UUID string, or a 400 naming the field."""
-    if not isinstance(value, str) or not value:
-        raise ApiError(400, f"{field} is required", {field: "required"})
-    try:
-        return str(uuid.UUID(value))
-    except ValueError:
-        raise ApiError(400, f"{field} must be a UUID", {field: "not a UUID"}) from None

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-import redis
 from flask import current_app, request
 from flask_limiter import Limiter
 from flask_login import LoginManager
 
-from .config import Settings
-
-if TYPE_CHECKING:
-    from .events.hub import Hub
+from ..config import Settings
+from ..fanout.hub import Hub
+from ..store.client import Redis
 
 login_manager = LoginManager()
 
@@ -30,9 +27,11 @@ class SluiceState:
     """What one app holds: its settings, its Redis client, its stream hub."""
 
     settings: Settings
-    redis: redis.Redis
+    redis: Redis
     hub: Hub
 
 
 def state() -> SluiceState:
-    return current_app.extensions["sluice"]
+    """The current app's settings, Redis client and hub."""
+    app_state: SluiceState = current_app.extensions["sluice"]
+    return app_state

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
 
-import redis
 from flask import Blueprint, Flask, Response, current_app, jsonify
 
-from .errors import ApiError
-from .extensions import state
+from ...errors import NotFound, Unavailable
+from ...store.client import StoreUnreachable
+from ...store.health import durability_warnings
+from ..extensions import state
 
 bp = Blueprint("system", __name__, url_prefix="/api")
 log = logging.getLogger("sluice.system")
@@ -30,9 +30,9 @@ def health() -> Response:
     try:
         app_state.redis.ping()
     except Exception:
-        raise ApiError(503, "Redis is unreachable") from None
+        raise Unavailable("Redis is unreachable") from None
     if app_state.hub.draining:
-        raise ApiError(503, "Shutting down")
+        raise Unavailable("Shutting down")
     return jsonify(
         {
             "status": "ok",
@@ -40,46 +40,6 @@ def health() -> Response:
             "hub": app_state.hub.stats(),
         }
     )
-
-
-def redis_durability_warnings(client: redis.Redis) -> list[str]:
-    """What about this Redis would lose or evict users, sessions, keys and events.
-
-    A question Redis will not answer (managed services often refuse CONFIG)
-    yields no warning rather than an error. Raises only `redis.ConnectionError`
-    / `redis.TimeoutError`, when Redis cannot be asked at all.
-    """
-    warnings = []
-    persistence = _info(client, "persistence")
-    if persistence is not None and not int(persistence.get("aof_enabled", 0) or 0):
-        try:
-            save = client.config_get("save").get("save")
-        except (redis.ConnectionError, redis.TimeoutError):
-            raise
-        except redis.RedisError:
-            save = None  # CONFIG refused: the save points are unknown
-        if save is not None and not str(save).strip():
-            warnings.append(
-                "Redis keeps nothing on disk (no AOF, no RDB save points): users, sessions, "
-                "API keys and events are lost when it restarts; enable appendonly or save"
-            )
-    memory = _info(client, "memory")
-    policy = str((memory or {}).get("maxmemory_policy", "noeviction"))
-    if policy != "noeviction":
-        warnings.append(
-            f"Redis maxmemory-policy is {policy}: when full it evicts keys, users, sessions "
-            "and API keys among them; set maxmemory-policy noeviction"
-        )
-    return warnings
-
-
-def _info(client: redis.Redis, section: str) -> dict[str, Any] | None:
-    try:
-        return client.info(section)
-    except (redis.ConnectionError, redis.TimeoutError):
-        raise
-    except redis.RedisError:
-        return None
 
 
 def redis_warnings(app: Flask, max_age: float = REDIS_WARNINGS_MAX_AGE) -> list[str]:
@@ -96,8 +56,8 @@ def redis_warnings(app: Flask, max_age: float = REDIS_WARNINGS_MAX_AGE) -> list[
     if cached["at"] is not None and now - cached["at"] < max_age:
         return cached["warnings"]
     try:
-        warnings = redis_durability_warnings(app_state.redis)
-    except (redis.ConnectionError, redis.TimeoutError):
+        warnings = durability_warnings(app_state.redis)
+    except StoreUnreachable:
         return cached["warnings"]  # unknown for now; asked again on the next call
     for warning in warnings:
         if warning not in cached["warnings"]:
@@ -111,7 +71,7 @@ def debug_stats() -> Response:
     """Per-process counters for tests and operators (off unless SLUICE_DEBUG_STATS=1)."""
     app_state = state()
     if not app_state.settings.debug_stats:
-        raise ApiError(404, "Not found")
+        raise NotFound("Not found")
     import gc
     import os
 

@@ -1,0 +1,115 @@
+"""gunicorn settings for never-ending responses (SSE) on gevent workers.
+
+Used as ``gunicorn -c python:sluice.gunicorn_conf sluice.wsgi:app`` (what
+`sluice serve` runs) or through the repository's top-level ``gunicorn.conf.py``.
+
+- `worker_class = "gevent"`: each stream is a greenlet, not a thread.
+- `max_requests = 0`: a stream counts as one request; recycling workers by
+  request count would cut streams for nothing.
+- Drain on SIGTERM: streams never finish on their own, so a plain graceful
+  shutdown would hang for `graceful_timeout` and then cut every client. Each
+  worker instead ends its streams at once when told to stop; clients
+  reconnect (to another machine, or to this one restarted) and resume from
+  `Last-Event-ID`, losing nothing.
+- No `preload_app`: Redis clients must be made after gevent monkey-patches
+  the worker.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+bind = [f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"]
+workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+worker_class = "gevent"
+worker_connections = int(os.environ.get("SLUICE_WORKER_CONNECTIONS", "25000"))
+max_requests = 0
+timeout = 30  # with gevent only a liveness check of the worker's main loop
+graceful_timeout = int(os.environ.get("SLUICE_GRACEFUL_TIMEOUT", "10"))
+keepalive = 2  # idle keep-alive connections also delay a drain by up to this
+backlog = 4096
+accesslog = os.environ.get("SLUICE_ACCESS_LOG") or None
+errorlog = "-"
+loglevel = os.environ.get("SLUICE_LOG_LEVEL", "info")
+forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
+preload_app = False
+
+
+def on_starting(server: Any) -> None:
+    """Before any worker is forked:
+
+    - without REDIS_URL (development), start one embedded server in the master
+      so that every worker shares it (it dies with the master);
+    - refuse to start, in one line rather than a traceback from every worker,
+      when a setting is wrong, or when Redis is needed to boot (no SECRET_KEY:
+      the development secret is read from Redis) and unreachable. With
+      SECRET_KEY Redis is not needed to boot: the server starts and answers
+      503 until Redis is back.
+    """
+    import sys
+
+    from sluice.config import ConfigError, load_settings
+
+    if not os.environ.get("REDIS_URL") and not _is_production():
+        from sluice.store.embedded import start_embedded
+
+        os.environ["REDIS_URL"] = start_embedded()
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        server.log.error("Not starting: %s", exc)
+        sys.exit(1)
+    if not settings.secret_key and settings.redis_url:
+        problem = _redis_problem_in_child(settings.redis_url)
+        if problem:
+            server.log.error("Not starting: %s", problem)
+            sys.exit(1)
+
+
+def _is_production() -> bool:
+    return os.environ.get("SLUICE_ENV", "development").strip().lower() == "production"
+
+
+def _redis_problem_in_child(url: str) -> str:
+    """check_reachable(url) in a forked child: the master itself must not import
+    redis (and with it ssl) before gevent patches the workers it forks.
+    Returns the one-line problem, or "" when Redis answers."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            from sluice.store.client import RedisUnavailable, check_reachable
+
+            try:
+                check_reachable(url)
+            except RedisUnavailable as exc:
+                os.write(write_end, str(exc).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        problem = pipe.read().decode(errors="replace")
+    os.waitpid(pid, 0)
+    return problem
+
+
+def post_worker_init(worker: Any) -> None:
+    """Watch for the stop signal and drain this worker's streams at once."""
+    import gevent
+
+    def watch() -> None:
+        while worker.alive:
+            gevent.sleep(0.1)
+        app = worker.wsgi
+        state = getattr(app, "extensions", {}).get("sluice")
+        if state is not None:
+            ended = state.hub.drain()
+            worker.log.info("draining: ended %d streams", ended)
+
+    gevent.spawn(watch)
+
+
+# gunicorn 27's control socket would be shared by every instance on a machine
+# (tests, demo and bench start several); Sluice does not use it.
+control_socket_disable = True

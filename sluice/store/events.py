@@ -1,0 +1,220 @@
+"""A connection's event stream in Redis: the atomic append, the closing entry,
+and the reads the fan-out makes (`RedisEventLog`).
+
+A Redis Stream entry holds two fields (`contract.ENTRY_EVENT`, the SSE event
+name, and `contract.ENTRY_DATA`, the data JSON exactly as clients see it), so
+a frame is built by concatenation on the way out.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from ..config import Settings
+from ..contract import CLOSED_EVENT, ENTRY_DATA, ENTRY_EVENT
+from ..strictjson import dumps
+from .client import Redis, connect_blocking
+from .keys import Keys
+
+#: One stored entry as Redis returns it: (entry id, {field: value}).
+Entry = tuple[bytes, dict[bytes, bytes]]
+
+_APPEND_LUA = """#!lua
+-- One batch, all or nothing. The shebang (no flags) makes Redis refuse the
+-- whole script before it runs when it is out of memory.
+-- KEYS: the stream, the de-duplication window (zset: producer id -> ms), the
+-- stream's meta hash (bytes held). ARGV: ttl ms, max entries, max bytes, max
+-- ids in the window, then (producer id, event, data) triples.
+local stream, seen, meta = KEYS[1], KEYS[2], KEYS[3]
+local ttl, maxlen = tonumber(ARGV[1]), tonumber(ARGV[2])
+local maxbytes, window = tonumber(ARGV[3]), tonumber(ARGV[4])
+local function size(id, event, data)  -- what an entry holds
+  return #id + #(event or "") + #(data or "")
+end
+local clock = redis.call("TIME")
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local bytes = 0
+if redis.call("EXISTS", stream) == 1 then
+  local held = redis.call("HGET", meta, "bytes")
+  if held then
+    bytes = tonumber(held)
+  else
+    -- A stream without its count (written before byte budgets, or the count
+    -- was lost): count it once, a page at a time.
+    local start = "-"
+    repeat
+      local page = redis.call("XRANGE", stream, start, "+", "COUNT", 1000)
+      for _, entry in ipairs(page) do
+        bytes = bytes + size(entry[1], entry[2][2], entry[2][4])
+      end
+      if #page > 0 then start = "(" .. page[#page][1] end
+    until #page < 1000
+  end
+end
+local accepted, duplicates, first, remembered = 0, 0, nil, false
+for i = 5, #ARGV, 3 do
+  local producer_id = ARGV[i]
+  local fresh = true
+  if producer_id ~= "" then
+    local at = redis.call("ZSCORE", seen, producer_id)
+    if at and tonumber(at) > now - ttl then
+      fresh = false
+    else
+      redis.call("ZADD", seen, now, producer_id)
+      remembered = true
+    end
+  end
+  if fresh then
+    local id = redis.call("XADD", stream, "*", "$ENTRY_EVENT", ARGV[i + 1], "$ENTRY_DATA", ARGV[i + 2])
+    first = first or id
+    bytes = bytes + size(id, ARGV[i + 1], ARGV[i + 2])
+    accepted = accepted + 1
+  else
+    duplicates = duplicates + 1
+  end
+end
+if accepted > 0 then
+  -- Trim the oldest entries past either bound, never this batch's own.
+  local excess = redis.call("XLEN", stream) - maxlen
+  while excess > 0 or bytes > maxbytes do
+    local old = redis.call("XRANGE", stream, "-", "+", "COUNT", math.max(math.min(excess, 1000), 64))
+    local last = nil
+    for _, entry in ipairs(old) do
+      if entry[1] == first or (excess <= 0 and bytes <= maxbytes) then break end
+      bytes = bytes - size(entry[1], entry[2][2], entry[2][4])
+      excess = excess - 1
+      last = entry[1]
+    end
+    if last == nil then break end
+    local ms, seq = string.match(last, "^(%d+)-(%d+)$")
+    if #seq < 14 then
+      redis.call("XTRIM", stream, "MINID", "=", ms .. "-" .. tostring(tonumber(seq) + 1))
+    else
+      for _, entry in ipairs(old) do
+        redis.call("XDEL", stream, entry[1])
+        if entry[1] == last then break end
+      end
+    end
+  end
+  redis.call("HSET", meta, "bytes", math.max(bytes, 0))
+  -- A deleted connection's stream expires: its count goes with it.
+  local pttl = redis.call("PTTL", stream)
+  if pttl > 0 then redis.call("PEXPIRE", meta, pttl) end
+end
+if remembered then
+  redis.call("ZREMRANGEBYSCORE", seen, "-inf", now - ttl)
+  local size = redis.call("ZCARD", seen)
+  if size > window then
+    redis.call("ZREMRANGEBYRANK", seen, 0, size - window - 1)
+  end
+  redis.call("PEXPIRE", seen, ttl)
+end
+return {accepted, duplicates}
+"""
+
+APPEND_SCRIPT = _APPEND_LUA.replace("$ENTRY_EVENT", ENTRY_EVENT).replace("$ENTRY_DATA", ENTRY_DATA)
+
+#: Seconds a deleted connection's stream is kept, so every reader sees its closing entry.
+CLOSED_STREAM_TTL = 60
+
+
+def entry_fields(event: str, data_json: str) -> dict[str, str]:
+    """The Redis Stream entry for one event."""
+    return {ENTRY_EVENT: event, ENTRY_DATA: data_json}
+
+
+_scripts: dict[int, Any] = {}
+
+
+def _append_script(r: Redis) -> Any:
+    """The append script bound to this client, made once (EVALSHA, loading the
+    script when Redis does not know it); not re-hashed on every request."""
+    script = _scripts.get(id(r))
+    if script is None or script.registered_client is not r:
+        script = _scripts[id(r)] = r.register_script(APPEND_SCRIPT)
+    return script
+
+
+def append_events(
+    r: Redis, connection_id: str, events: list[tuple[str | None, str, str]], settings: Settings
+) -> tuple[int, int]:
+    """Append (producer id, event name, data JSON) atomically; returns (accepted, duplicates)."""
+    args: list[Any] = [
+        settings.dedupe_ttl_seconds * 1000,
+        settings.stream_maxlen,
+        settings.stream_max_bytes,
+        settings.dedupe_max,
+    ]
+    for producer_id, name, data in events:
+        args.extend((producer_id or "", name, data))
+    script = _append_script(r)
+    keys = [Keys.stream(connection_id), Keys.seen(connection_id), Keys.stream_meta(connection_id)]
+    accepted, duplicates = script(keys=keys, args=args)
+    return int(accepted), int(duplicates)
+
+
+def close_stream(pipe: Any, connection_id: str) -> None:
+    """Queue on `pipe` the end of a connection's stream: a closing entry every open
+    stream of it sees (on every server), then the history expires."""
+    stream = Keys.stream(connection_id)
+    pipe.xadd(stream, entry_fields(CLOSED_EVENT, dumps({"reason": "connection_deleted"})))
+    pipe.expire(stream, CLOSED_STREAM_TTL)
+    pipe.delete(Keys.seen(connection_id), Keys.stream_meta(connection_id))
+
+
+class RedisEventLog:
+    """What the fan-out reads, on Redis: stream bounds, history pages, the shared
+    blocking read, and a wake-up stream per process to interrupt it."""
+
+    def __init__(self, client: Redis, redis_url: str, block_seconds: float) -> None:
+        self.redis = client
+        self._redis_url = redis_url
+        self._block_seconds = block_seconds
+        self._blocking: Redis | None = None
+
+    @staticmethod
+    def stream_key(connection_id: str) -> bytes:
+        return Keys.stream(connection_id).encode()
+
+    @staticmethod
+    def new_wake_key() -> bytes:
+        return Keys.hub_wake(str(uuid.uuid4())).encode()
+
+    def bounds(self, key: bytes) -> tuple[bytes | None, bytes | None]:
+        """(first, last) entry ids of a stream; (None, None) when it is empty."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.xrange(key, count=1)
+        pipe.xrevrange(key, count=1)
+        first, last = pipe.execute()
+        return (first[0][0] if first else None), (last[0][0] if last else None)
+
+    def range(self, key: bytes, after: bytes, until: bytes | None, count: int) -> list[Entry]:
+        """Up to `count` entries after `after` (exclusive) up to `until` (inclusive)."""
+        end = until if until is not None else b"+"
+        return list(self.redis.xrange(key, min=b"(" + after, max=end, count=count))
+
+    def read(
+        self, cursors: dict[bytes, bytes], count: int, block_ms: int
+    ) -> list[tuple[bytes, list[Entry]]]:
+        """Entries after each cursor, blocking up to `block_ms` for the first one.
+        Raises `StoreRefused` when Redis refuses the read because of some key."""
+        if self._blocking is None:
+            self._blocking = connect_blocking(self._redis_url, self._block_seconds)
+        return list(self._blocking.xread(cursors, count=count, block=block_ms) or ())
+
+    def refused(self, cursors: dict[bytes, bytes]) -> list[bytes]:
+        """The keys Redis refuses to read, each tried alone without blocking."""
+        keys = list(cursors)
+        pipe = self.redis.pipeline(transaction=False)
+        for key in keys:
+            pipe.xread({key: cursors[key]}, count=1)
+        results = pipe.execute(raise_on_error=False)
+        return [k for k, result in zip(keys, results, strict=True) if isinstance(result, Exception)]
+
+    def wake(self, key: bytes) -> None:
+        """Append to a wake-up stream (one entry kept, expiring when unused)."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.xadd(key, {b"w": b"1"}, maxlen=1, approximate=False)
+        pipe.expire(key, 3600)
+        pipe.execute()

@@ -1,0 +1,78 @@
+"""Every Redis key name, in one place.
+
+Keys that belong to one connection share the hash tag ``{<connection id>}``
+so that the append script, which touches a connection's stream, its
+de-duplication window and its meta hash, stays within one Redis Cluster slot.
+"""
+
+from __future__ import annotations
+
+PREFIX = "sluice"
+
+
+class Keys:
+    """Key names: every key Sluice reads or writes is built here."""
+
+    @staticmethod
+    def user(user_id: str) -> str:
+        return f"{PREFIX}:user:{user_id}"
+
+    @staticmethod
+    def user_by_email(email: str) -> str:
+        return f"{PREFIX}:user-email:{email}"
+
+    @staticmethod
+    def user_connections(user_id: str) -> str:
+        return f"{PREFIX}:user:{user_id}:connections"
+
+    @staticmethod
+    def connection(connection_id: str) -> str:
+        return f"{PREFIX}:conn:{connection_id}"
+
+    @staticmethod
+    def api_key(key_hash: str) -> str:
+        return f"{PREFIX}:apikey:{key_hash}"
+
+    @staticmethod
+    def stream(connection_id: str) -> str:
+        return f"{PREFIX}:{{{connection_id}}}:events"
+
+    @staticmethod
+    def seen(connection_id: str) -> str:
+        """The de-duplication window: producer event id -> ms first seen (a zset
+        bounded in age and count, see the append script)."""
+        return f"{PREFIX}:{{{connection_id}}}:seen"
+
+    @staticmethod
+    def stream_meta(connection_id: str) -> str:
+        """Bookkeeping of the stream (a hash: `bytes` held), for its byte budget."""
+        return f"{PREFIX}:{{{connection_id}}}:meta"
+
+    @staticmethod
+    def session(token_hash: str) -> str:
+        """A login session, by the SHA-256 of its cookie token (a string)."""
+        return f"{PREFIX}:session:{token_hash}"
+
+    @staticmethod
+    def dev_secret() -> str:
+        """The development `SECRET_KEY` shared by every worker when none is set."""
+        return f"{PREFIX}:dev-secret-key"
+
+    @staticmethod
+    def hub_wake(hub_id: str) -> str:
+        """A process's wake-up stream: an entry interrupts its blocked XREAD."""
+        return f"{PREFIX}:hub:{hub_id}:wake"
+
+    # Rate-limit counters (flask-limiter adds its own prefix and window).
+
+    @staticmethod
+    def login_ip_limit(ip: str) -> str:
+        return f"login-ip:{ip}"
+
+    @staticmethod
+    def login_account_limit(email_hash: str) -> str:
+        return f"login-account:{email_hash}"
+
+    @staticmethod
+    def ingest_limit(key_hash: str) -> str:
+        return f"ingest:{key_hash}"

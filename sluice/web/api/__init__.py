@@ -1,0 +1,9 @@
+"""The JSON API's blueprints, one module per resource."""
+
+from __future__ import annotations
+
+from flask import Blueprint
+
+from . import auth, connections, events, ingest, system
+
+BLUEPRINTS: tuple[Blueprint, ...] = (auth.bp, connections.bp, ingest.bp, events.bp, system.bp)

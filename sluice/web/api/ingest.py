@@ -1,0 +1,52 @@
+"""`POST /api/ingest`: validate producer events, normalise them, append them.
+
+A batch is all-or-nothing: every event is validated first (`sluice.schema`),
+and then one Lua script appends them all (skipping producer ids already seen)
+atomically (`sluice.store.events`), so a rejected or failed batch leaves
+nothing behind and a retried one adds nothing twice.
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, jsonify
+
+from ... import schema
+from ...errors import Invalid, TooLarge, Unauthorized
+from ...store import events as event_store
+from ...store import users
+from ...store.keys import Keys
+from ..extensions import limiter, state
+from ..request import read_json_object
+from .auth import bearer_token
+
+bp = Blueprint("ingest", __name__, url_prefix="/api")
+
+
+def _ingest_limit_key() -> str:
+    return Keys.ingest_limit(users.hash_api_key(bearer_token() or ""))
+
+
+@bp.post("/ingest")
+@limiter.limit(lambda: state().settings.ingest_rate_limit, key_func=_ingest_limit_key)
+def ingest() -> tuple[Response, int]:
+    api_key = bearer_token()
+    if api_key is None:
+        raise Unauthorized("Send 'Authorization: Bearer sk_live_…'")
+    app_state = state()
+    settings = app_state.settings
+    connection_id = users.connection_for_api_key(app_state.redis, api_key)
+    body = read_json_object()
+    events = body.get("events")
+    if not isinstance(events, list) or not events:
+        raise Invalid("events must be a non-empty list", {"events": "required non-empty list"})
+    if len(events) > settings.max_batch_events:
+        raise TooLarge(
+            f"A batch holds at most {settings.max_batch_events} events",
+            {"events": f"{len(events)} > {settings.max_batch_events}"},
+        )
+    schema.validate_batch(events, connection_id, settings.max_extensions_bytes)
+    normalised = [(event.get("id"), *schema.normalise(event, connection_id)) for event in events]
+    accepted, duplicates = event_store.append_events(
+        app_state.redis, connection_id, normalised, settings
+    )
+    return jsonify({"accepted": accepted, "duplicates": duplicates}), 202
