@@ -284,10 +284,13 @@ def require_redis_url_in_production(env: Mapping[str, str] | None = None) -> Non
     `os.environ`). Raises ConfigError when the rule is broken or SLUICE_ENV is malformed.
     """
     env = os.environ if env is None else env
-    fields_by_name = {f.name: f for f in fields(Settings)}
-    mode: str = _parse(fields_by_name["env"], str, env)
-    redis_url: str | None = _parse(fields_by_name["redis_url"], str | None, env)
-    _check_redis_url(mode, redis_url)
+    types = _types()
+    read = {
+        f.name: _parse(f, types[f.name], env)
+        for f in fields(Settings)
+        if f.name in ("env", "redis_url")
+    }
+    _check_redis_url(read["env"], read["redis_url"])
 
 
 def load_settings(
