@@ -1,84 +1,216 @@
 """Every setting, read from the environment in one place.
 
 Each limit the service enforces is a named setting here with a sane default, so
-that an operator can find and change it without reading the code.
+that an operator can find and change it without reading the code. A setting is
+declared once, as a field of `Settings`: its environment variable, default,
+minimum (or allowed values) and a one-line description all sit on that field, and
+`load_settings` reads every field the same way. `describe()` and
+`settings_table_markdown()` list the same declarations for the docs.
 """
 
 from __future__ import annotations
 
 import os
+import typing
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from dataclasses import Field, asdict, dataclass, field, fields
+from typing import Any, TypeVar
+
+_T = TypeVar("_T")
+
+#: Values of a bool setting that mean "on" (compared lower-cased); anything else is off.
+TRUE_VALUES = ("1", "true", "yes")
+
+#: Values SLUICE_ENV may take.
+MODES = ("development", "production")
 
 
 class ConfigError(RuntimeError):
     """A setting is missing or malformed; the service refuses to start."""
 
 
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
-    raw = env.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
-    if value < minimum:
-        raise ConfigError(f"{name} must be >= {minimum}, got {value}")
-    return value
+def setting(
+    env: str,
+    default: _T,
+    *,
+    minimum: float | None = None,
+    choices: tuple[str, ...] | None = None,
+    doc: str,
+) -> _T:
+    """Declare one setting: a dataclass field carrying its env var, bounds and doc.
 
-
-def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0.0) -> float:
-    raw = env.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
-    if value < minimum:
-        raise ConfigError(f"{name} must be >= {minimum}, got {value}")
-    return value
+    `minimum` applies to int and float settings; `choices` to str settings, whose
+    value is then stripped and lower-cased before it is checked.
+    """
+    metadata = {"env": env, "min": minimum, "choices": choices, "doc": doc}
+    return field(default=default, metadata=metadata)
 
 
 @dataclass(frozen=True)
 class Settings:
-    """The service's configuration. Field names map to env vars in `ENV_NAMES`."""
+    """The service's configuration: one field per setting, each naming its env var."""
 
-    env: str = "development"
-    redis_url: str | None = None
-    secret_key: str | None = None
-    # The stream.
-    heartbeat_seconds: float = 15.0
-    stream_maxlen: int = 10_000
-    stream_max_bytes: int = 33_554_432  # bytes of events one connection's stream may hold
-    stream_max_seconds: float = 0.0  # 0 = no lifetime cap
-    retry_ms: int = 2_000
-    listener_buffer_bytes: int = (
-        4_194_304  # bytes pending for a client that is not reading, before it is cut off
+    env: str = setting(
+        "SLUICE_ENV",
+        "development",
+        choices=MODES,
+        doc="`production` requires `SECRET_KEY` and `REDIS_URL`, and marks cookies `Secure`.",
     )
-    catchup_batch: int = 500
-    read_block_ms: int = 5_000  # how long the shared XREAD blocks before going round again
-    max_streams_per_connection: int = 10_000
-    stream_open_concurrency: int = 32  # stream opens doing Redis work at once per process
+    redis_url: str | None = setting(
+        "REDIS_URL",
+        None,
+        doc="Redis >= 7 (or Valkey). Unset outside production: an embedded Valkey server is started.",
+    )
+    secret_key: str | None = setting(
+        "SECRET_KEY",
+        None,
+        doc="Signs session cookies. Required in production; unset in development: "
+        "a random key, kept in Redis.",
+    )
+    # The stream.
+    heartbeat_seconds: float = setting(
+        "SLUICE_HEARTBEAT_SECONDS",
+        15.0,
+        minimum=0.05,
+        doc="No client waits longer than this without bytes.",
+    )
+    stream_maxlen: int = setting(
+        "SLUICE_STREAM_MAXLEN",
+        10_000,
+        minimum=1,
+        doc="Events retained per connection.",
+    )
+    stream_max_bytes: int = setting(
+        "SLUICE_STREAM_MAX_BYTES",
+        33_554_432,
+        minimum=65_536,
+        doc="Bytes of events retained per connection (oldest trimmed first).",
+    )
+    stream_max_seconds: float = setting(
+        "SLUICE_STREAM_MAX_SECONDS",
+        0.0,
+        minimum=0.0,
+        doc="Optional lifetime cap of one stream response (0 = none); the client resumes.",
+    )
+    retry_ms: int = setting(
+        "SLUICE_RETRY_MS",
+        2_000,
+        minimum=0,
+        doc="The `retry:` hint sent first on every stream.",
+    )
+    listener_buffer_bytes: int = setting(
+        "SLUICE_LISTENER_BUFFER_BYTES",
+        4_194_304,
+        minimum=1024,
+        doc="Bytes that may pile up for a client whose write is blocked before it is "
+        "cut off (it resumes).",
+    )
+    catchup_batch: int = setting(
+        "SLUICE_CATCHUP_BATCH",
+        500,
+        minimum=1,
+        doc="Entries per history read when a client resumes.",
+    )
+    read_block_ms: int = setting(
+        "SLUICE_READ_BLOCK_MS",
+        5_000,
+        minimum=1,
+        doc="Block time of the shared `XREAD` (new streams wake it at once).",
+    )
+    max_streams_per_connection: int = setting(
+        "SLUICE_MAX_STREAMS_PER_CONNECTION",
+        10_000,
+        minimum=1,
+        doc="Open streams per connection per worker (429 past it).",
+    )
+    stream_open_concurrency: int = setting(
+        "SLUICE_STREAM_OPEN_CONCURRENCY",
+        32,
+        minimum=1,
+        doc="Stream opens doing their Redis work at once per worker; a reconnect burst "
+        "queues instead of exhausting the pool.",
+    )
     # Ingest.
-    max_body_bytes: int = 1_048_576
-    body_read_seconds: float = 10.0  # a request body must arrive within this
-    max_batch_events: int = 1_000
-    max_extensions_bytes: int = 8_192
-    dedupe_ttl_seconds: int = 86_400
-    dedupe_max: int = 20_000  # producer ids remembered per connection
+    max_body_bytes: int = setting(
+        "SLUICE_MAX_BODY_BYTES",
+        1_048_576,
+        minimum=1,
+        doc="Request body limit (413).",
+    )
+    body_read_seconds: float = setting(
+        "SLUICE_BODY_READ_SECONDS",
+        10.0,
+        minimum=0.1,
+        doc="A request body must arrive within this (408).",
+    )
+    max_batch_events: int = setting(
+        "SLUICE_MAX_BATCH_EVENTS",
+        1_000,
+        minimum=1,
+        doc="Events per ingest batch (413).",
+    )
+    max_extensions_bytes: int = setting(
+        "SLUICE_MAX_EXTENSIONS_BYTES",
+        8_192,
+        minimum=0,
+        doc="JSON size of one payload's `extensions` (400).",
+    )
+    dedupe_ttl_seconds: int = setting(
+        "SLUICE_DEDUPE_TTL_SECONDS",
+        86_400,
+        minimum=1,
+        doc="How long a producer event `id` is remembered for de-duplication.",
+    )
+    dedupe_max: int = setting(
+        "SLUICE_DEDUPE_MAX",
+        20_000,
+        minimum=1,
+        doc="Producer event ids remembered per connection (the newest); at least "
+        "SLUICE_MAX_BATCH_EVENTS.",
+    )
     # Auth.
-    login_rate_limit: str = "30 per minute"  # login attempts per client IP
-    login_account_rate_limit: str = "5 per minute;15 per 15 minutes"  # failures per account
-    ingest_rate_limit: str = "100 per second"
-    session_days: int = 14
+    login_rate_limit: str = setting(
+        "SLUICE_LOGIN_RATE_LIMIT",
+        "30 per minute",
+        doc="Login attempts per client IP, whatever the account (429 + `Retry-After`).",
+    )
+    login_account_rate_limit: str = setting(
+        "SLUICE_LOGIN_ACCOUNT_RATE_LIMIT",
+        "5 per minute;15 per 15 minutes",
+        doc="*Failed* logins per account, from any IP: a stepped backoff; right "
+        "passwords do not count.",
+    )
+    ingest_rate_limit: str = setting(
+        "SLUICE_INGEST_RATE_LIMIT",
+        "100 per second",
+        doc="Ingest requests per API key.",
+    )
+    session_days: int = setting(
+        "SLUICE_SESSION_DAYS",
+        14,
+        minimum=1,
+        doc="Session lifetime.",
+    )
     # Redis client.
-    redis_max_connections: int = 50
+    redis_max_connections: int = setting(
+        "SLUICE_REDIS_MAX_CONNECTIONS",
+        50,
+        minimum=2,
+        doc="Command pool size per worker (callers wait for a free one).",
+    )
     # Operations.
-    trusted_proxies: int = 0  # proxies in front (Fly: 1) whose X-Forwarded-For/-Proto to trust
-    debug_stats: bool = False  # /api/debug/stats (greenlets, listeners): tests and ops only
+    trusted_proxies: int = setting(
+        "SLUICE_TRUSTED_PROXIES",
+        0,
+        minimum=0,
+        doc="Proxies in front whose `X-Forwarded-For`/`-Proto` are trusted for the "
+        "client IP (`1` on Fly).",
+    )
+    debug_stats: bool = setting(
+        "SLUICE_DEBUG_STATS",
+        False,
+        doc="Enables `GET /api/debug/stats` (greenlets, listeners) for tests and operators.",
+    )
 
     @property
     def is_production(self) -> bool:
@@ -88,78 +220,93 @@ class Settings:
         return asdict(self)
 
 
-#: Setting name -> environment variable.
-ENV_NAMES: dict[str, str] = {
-    "env": "SLUICE_ENV",
-    "redis_url": "REDIS_URL",
-    "secret_key": "SECRET_KEY",
-    "heartbeat_seconds": "SLUICE_HEARTBEAT_SECONDS",
-    "stream_maxlen": "SLUICE_STREAM_MAXLEN",
-    "stream_max_bytes": "SLUICE_STREAM_MAX_BYTES",
-    "stream_max_seconds": "SLUICE_STREAM_MAX_SECONDS",
-    "retry_ms": "SLUICE_RETRY_MS",
-    "listener_buffer_bytes": "SLUICE_LISTENER_BUFFER_BYTES",
-    "catchup_batch": "SLUICE_CATCHUP_BATCH",
-    "read_block_ms": "SLUICE_READ_BLOCK_MS",
-    "max_streams_per_connection": "SLUICE_MAX_STREAMS_PER_CONNECTION",
-    "stream_open_concurrency": "SLUICE_STREAM_OPEN_CONCURRENCY",
-    "max_body_bytes": "SLUICE_MAX_BODY_BYTES",
-    "body_read_seconds": "SLUICE_BODY_READ_SECONDS",
-    "max_batch_events": "SLUICE_MAX_BATCH_EVENTS",
-    "max_extensions_bytes": "SLUICE_MAX_EXTENSIONS_BYTES",
-    "dedupe_ttl_seconds": "SLUICE_DEDUPE_TTL_SECONDS",
-    "dedupe_max": "SLUICE_DEDUPE_MAX",
-    "login_rate_limit": "SLUICE_LOGIN_RATE_LIMIT",
-    "login_account_rate_limit": "SLUICE_LOGIN_ACCOUNT_RATE_LIMIT",
-    "ingest_rate_limit": "SLUICE_INGEST_RATE_LIMIT",
-    "session_days": "SLUICE_SESSION_DAYS",
-    "redis_max_connections": "SLUICE_REDIS_MAX_CONNECTIONS",
-    "debug_stats": "SLUICE_DEBUG_STATS",
-    "trusted_proxies": "SLUICE_TRUSTED_PROXIES",
-}
+# ---------------------------------------------------------------------------
+# Reading the environment.
+
+
+def _number(
+    kind: type[int] | type[float], name: str, raw: str, minimum: float | None
+) -> int | float:
+    try:
+        value = kind(raw)
+    except ValueError:
+        what = "a whole number" if kind is int else "a number"
+        raise ConfigError(f"{name} must be {what}, got {raw!r}") from None
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"{name} must be >= {kind(minimum)}, got {value}")
+    return value
+
+
+def _choice(name: str, raw: str, choices: tuple[str, ...]) -> str:
+    value = raw.strip().lower()
+    if value not in choices:
+        allowed = " or ".join(repr(c) for c in choices)
+        raise ConfigError(f"{name} must be {allowed}, got {value!r}")
+    return value
+
+
+def _parse(f: Field[Any], kind: Any, env: Mapping[str, str]) -> Any:
+    """One setting's value from `env`, by the field's declared type."""
+    name: str = f.metadata["env"]
+    raw = env.get(name)
+    if kind is bool:
+        return (raw or "").lower() in TRUE_VALUES
+    if kind in (int, float):
+        if raw is None or raw.strip() == "":
+            return f.default
+        return _number(kind, name, raw, f.metadata["min"])
+    if kind is str:
+        if not raw:
+            return f.default
+        choices = f.metadata["choices"]
+        return _choice(name, raw, choices) if choices else raw
+    if kind == str | None:
+        return raw or None
+    raise TypeError(f"setting {f.name}: unsupported type {kind!r}")  # a declaration bug
+
+
+def _types() -> dict[str, Any]:
+    # `from __future__ import annotations` leaves field types as strings; resolve them.
+    return typing.get_type_hints(Settings)
+
+
+def _check_redis_url(mode: str, redis_url: str | None) -> None:
+    # Outside production an unset REDIS_URL means an embedded server.
+    if mode == "production" and not redis_url:
+        raise ConfigError("REDIS_URL is required when SLUICE_ENV=production")
+
+
+def require_redis_url_in_production(env: Mapping[str, str] | None = None) -> None:
+    """The one production REDIS_URL rule: SLUICE_ENV=production needs REDIS_URL.
+
+    For callers that run before the settings are loaded (gunicorn.conf.py, cli.py).
+    SLUICE_ENV and REDIS_URL are read exactly as `load_settings` reads them (default
+    `os.environ`). Raises ConfigError when the rule is broken or SLUICE_ENV is malformed.
+    """
+    env = os.environ if env is None else env
+    types = _types()
+    read = {
+        f.name: _parse(f, types[f.name], env)
+        for f in fields(Settings)
+        if f.name in ("env", "redis_url")
+    }
+    _check_redis_url(read["env"], read["redis_url"])
 
 
 def load_settings(
     environ: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None
 ) -> Settings:
-    """Read settings from the environment (and test overrides), validating each."""
+    """Read settings from the environment (and test overrides), validating each.
+
+    `overrides` maps field names to values, which replace what the environment
+    says (unchecked against minimums); the cross-setting rules apply after them.
+    """
     env = os.environ if environ is None else environ
-    mode = (env.get("SLUICE_ENV") or "development").strip().lower()
-    if mode not in ("development", "production"):
-        raise ConfigError(f"SLUICE_ENV must be 'development' or 'production', got {mode!r}")
-    values: dict[str, Any] = {
-        "env": mode,
-        "redis_url": env.get("REDIS_URL") or None,
-        "secret_key": env.get("SECRET_KEY") or None,
-        "heartbeat_seconds": _float(env, "SLUICE_HEARTBEAT_SECONDS", 15.0, 0.05),
-        "stream_maxlen": _int(env, "SLUICE_STREAM_MAXLEN", 10_000, 1),
-        "stream_max_bytes": _int(env, "SLUICE_STREAM_MAX_BYTES", 33_554_432, 65_536),
-        "stream_max_seconds": _float(env, "SLUICE_STREAM_MAX_SECONDS", 0.0),
-        "retry_ms": _int(env, "SLUICE_RETRY_MS", 2_000, 0),
-        "listener_buffer_bytes": _int(env, "SLUICE_LISTENER_BUFFER_BYTES", 4_194_304, 1024),
-        "catchup_batch": _int(env, "SLUICE_CATCHUP_BATCH", 500, 1),
-        "read_block_ms": _int(env, "SLUICE_READ_BLOCK_MS", 5_000, 1),
-        "max_streams_per_connection": _int(env, "SLUICE_MAX_STREAMS_PER_CONNECTION", 10_000, 1),
-        "stream_open_concurrency": _int(env, "SLUICE_STREAM_OPEN_CONCURRENCY", 32, 1),
-        "max_body_bytes": _int(env, "SLUICE_MAX_BODY_BYTES", 1_048_576, 1),
-        "body_read_seconds": _float(env, "SLUICE_BODY_READ_SECONDS", 10.0, 0.1),
-        "max_batch_events": _int(env, "SLUICE_MAX_BATCH_EVENTS", 1_000, 1),
-        "max_extensions_bytes": _int(env, "SLUICE_MAX_EXTENSIONS_BYTES", 8_192, 0),
-        "dedupe_ttl_seconds": _int(env, "SLUICE_DEDUPE_TTL_SECONDS", 86_400, 1),
-        "dedupe_max": _int(env, "SLUICE_DEDUPE_MAX", 20_000, 1),
-        "login_rate_limit": env.get("SLUICE_LOGIN_RATE_LIMIT") or "30 per minute",
-        "login_account_rate_limit": env.get("SLUICE_LOGIN_ACCOUNT_RATE_LIMIT")
-        or "5 per minute;15 per 15 minutes",
-        "ingest_rate_limit": env.get("SLUICE_INGEST_RATE_LIMIT") or "100 per second",
-        "session_days": _int(env, "SLUICE_SESSION_DAYS", 14, 1),
-        "redis_max_connections": _int(env, "SLUICE_REDIS_MAX_CONNECTIONS", 50, 2),
-        "debug_stats": (env.get("SLUICE_DEBUG_STATS") or "").lower() in ("1", "true", "yes"),
-        "trusted_proxies": _int(env, "SLUICE_TRUSTED_PROXIES", 0, 0),
-    }
+    types = _types()
+    values: dict[str, Any] = {f.name: _parse(f, types[f.name], env) for f in fields(Settings)}
     if overrides:
-        known = {f.name for f in fields(Settings)}
         for key, value in overrides.items():
-            if key not in known:
+            if key not in values:
                 raise ConfigError(f"unknown setting {key!r}")
             values[key] = value
     settings = Settings(**values)
@@ -174,6 +321,62 @@ def load_settings(
                 "SECRET_KEY is required when SLUICE_ENV=production "
                 '(generate one with: python -c "import secrets; print(secrets.token_hex(32))")'
             )
-        if not settings.redis_url:
-            raise ConfigError("REDIS_URL is required when SLUICE_ENV=production")
+        _check_redis_url(settings.env, settings.redis_url)
     return settings
+
+
+# ---------------------------------------------------------------------------
+# Listing the settings (for the docs).
+
+
+@dataclass(frozen=True)
+class SettingInfo:
+    """One setting as declared: for docs and checks, not for reading values."""
+
+    name: str  # the Settings field
+    env: str  # the environment variable
+    type: str  # "int", "float", "str", "bool" or "str | None"
+    default: Any
+    minimum: float | None
+    choices: tuple[str, ...] | None
+    doc: str
+
+
+def _type_name(kind: Any) -> str:
+    return kind.__name__ if isinstance(kind, type) else str(kind)
+
+
+def describe() -> list[SettingInfo]:
+    """Every setting, in declaration order."""
+    types = _types()
+    return [
+        SettingInfo(
+            name=f.name,
+            env=f.metadata["env"],
+            type=_type_name(types[f.name]),
+            default=f.default,
+            minimum=f.metadata["min"],
+            choices=f.metadata["choices"],
+            doc=f.metadata["doc"],
+        )
+        for f in fields(Settings)
+    ]
+
+
+def _default_text(info: SettingInfo) -> str:
+    if info.default is None:
+        return "unset"
+    if isinstance(info.default, bool):
+        return "on" if info.default else "off"
+    if isinstance(info.default, float) and info.default.is_integer():
+        return f"`{int(info.default)}`"
+    return f"`{info.default}`"
+
+
+def settings_table_markdown() -> str:
+    """The settings as a Markdown table: env var | default | meaning."""
+    rows = ["| Variable | Default | Meaning |", "|---|---|---|"]
+    for info in describe():
+        meaning = info.doc.replace("|", "\\|")
+        rows.append(f"| `{info.env}` | {_default_text(info)} | {meaning} |")
+    return "\n".join(rows) + "\n"

@@ -1,4 +1,9 @@
-"""Settings: production refuses unsafe defaults; production cookies are Secure."""
+"""Settings at app start: production refuses unsafe defaults; production cookies are Secure.
+
+Only what needs a real process or server is here: that `create_app()` exits non-zero
+naming the bad setting, and the headers a running server sends. How each setting is
+read, bounded and checked is in tests/unit/test_config.py (pure, no Redis).
+"""
 
 from __future__ import annotations
 
@@ -70,14 +75,3 @@ def test_security_headers(server):
     assert headers["X-Content-Type-Options"] == "nosniff"
     assert "default-src 'self'" in headers["Content-Security-Policy"]
     assert headers["X-Frame-Options"] == "DENY"
-
-
-def test_dedupe_window_must_hold_a_whole_batch():
-    """A retried batch must be recognised whole: the window cannot be smaller than a batch."""
-    from sluice.config import ConfigError, load_settings
-
-    with pytest.raises(ConfigError, match="SLUICE_DEDUPE_MAX"):
-        load_settings({"SLUICE_DEDUPE_MAX": "10", "SLUICE_MAX_BATCH_EVENTS": "11"})
-    assert (
-        load_settings({"SLUICE_DEDUPE_MAX": "10", "SLUICE_MAX_BATCH_EVENTS": "10"}).dedupe_max == 10
-    )
