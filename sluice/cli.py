@@ -129,11 +129,14 @@ def create_connection_command(email: str, framework: str, name: str) -> None:
 def demo(port: int, host: str, workers: int, rate: float, no_traffic: bool) -> None:
     """The one-command tour: Redis (embedded unless REDIS_URL is set), a demo user and
     connection, live synthetic traffic, and the server on gunicorn+gevent."""
+    from .config import ConfigError, require_redis_url_in_production
     from .demo import run_demo
 
+    try:
+        require_redis_url_in_production()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
     redis_url = os.environ.get("REDIS_URL") or None
-    if redis_url is None and os.environ.get("SLUICE_ENV", "development") == "production":
-        raise click.ClickException("REDIS_URL is required when SLUICE_ENV=production")
     run_demo(
         redis_url=redis_url,
         host=host,

@@ -49,13 +49,14 @@ def on_starting(server: Any) -> None:
     """
     import sys
 
-    from sluice.config import ConfigError, load_settings
+    from sluice.config import ConfigError, load_settings, require_redis_url_in_production
 
-    if not os.environ.get("REDIS_URL") and not _is_production():
-        from sluice.store.embedded import start_embedded
-
-        os.environ["REDIS_URL"] = start_embedded()
     try:
+        require_redis_url_in_production()
+        if not os.environ.get("REDIS_URL"):
+            from sluice.store.embedded import start_embedded
+
+            os.environ["REDIS_URL"] = start_embedded()
         settings = load_settings()
     except ConfigError as exc:
         server.log.error("Not starting: %s", exc)
@@ -65,10 +66,6 @@ def on_starting(server: Any) -> None:
         if problem:
             server.log.error("Not starting: %s", problem)
             sys.exit(1)
-
-
-def _is_production() -> bool:
-    return os.environ.get("SLUICE_ENV", "development").strip().lower() == "production"
 
 
 def _redis_problem_in_child(url: str) -> str:
