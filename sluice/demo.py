@@ -14,6 +14,8 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
+from typing import Any
 
 import click
 import requests
@@ -197,7 +199,9 @@ class Producer:
         self.connection_id = connection_id
         self.rate = max(rate, 0.5)
         self.rng = random.Random()
-        self.workers = {f"celery@worker-{i}": {"state": "online", "active": 0} for i in range(1, 4)}
+        self.workers: dict[str, dict[str, Any]] = {
+            f"celery@worker-{i}": {"state": "online", "active": 0} for i in range(1, 4)
+        }
         self.jobs: dict[str, dict] = {}
         self.depth = {q: self.rng.randint(0, 20) for q in QUEUES}
         self.tick = 0
@@ -233,7 +237,7 @@ class Producer:
         rng, events = self.rng, []
         self.tick += 1
         if len(self.jobs) < 40 and rng.random() < 0.7:
-            job = {
+            job: dict[str, Any] = {
                 "externalId": str(uuid.uuid4()),
                 "name": rng.choice(TASKS),
                 "queue": rng.choice(QUEUES),
@@ -327,7 +331,7 @@ class Producer:
             )
         return events
 
-    def run(self, keep_going) -> None:  # keep_going: () -> bool
+    def run(self, keep_going: Callable[[], bool]) -> None:
         pending: list[dict] = []
         interval = 0.1
         while keep_going():

@@ -18,7 +18,7 @@ def now_iso() -> str:
     return iso_from_ms(int(time.time() * 1000))
 
 
-def parse_iso(value: str) -> str | None:
+def parse_iso(value: object) -> str | None:
     """Normalise an ISO 8601 timestamp to the wire format; None if it is not one."""
     if not isinstance(value, str) or not 10 <= len(value) <= 40:
         return None

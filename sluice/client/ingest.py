@@ -89,7 +89,13 @@ class IngestSender:
         # A forked child (Celery prefork) must not share the parent's socket,
         # lock or buffer: start afresh there, lazily, on the first submit.
         ref = weakref.ref(self)
-        os.register_at_fork(after_in_child=lambda: (s := ref()) is not None and s._init_runtime())
+
+        def after_fork() -> None:
+            sender = ref()
+            if sender is not None:
+                sender._init_runtime()
+
+        os.register_at_fork(after_in_child=after_fork)
 
     def _init_runtime(self) -> None:
         self._pid = os.getpid()

@@ -54,12 +54,13 @@ def sse_lines(chunks: Iterable[bytes]) -> Iterator[str]:
 
 def parse_sse(lines: Iterable[str]) -> Iterator[SSEEvent | int]:
     """Parse SSE lines into events (and `retry:` values as ints), per the spec."""
-    event, data, event_id = "message", [], None
+    event, event_id = "message", None
+    data: list[str] = []
     for line in lines:
         if line == "":
             if data:
                 yield SSEEvent(event_id, event, "\n".join(data))
-            event, data, event_id = "message", [], None
+            event, event_id, data = "message", None, []
             continue
         if line.startswith(":"):
             continue

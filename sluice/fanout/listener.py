@@ -150,6 +150,8 @@ class Listener:
     def _skip(self, frames: list[tuple[bytes, bytes, bytes]]) -> list[tuple[bytes, bytes, bytes]]:
         """Drop frames this client has already seen (it resumed ahead of the hub)."""
         until = self.skip_until
+        if until is None:
+            return frames
         kept = [f for f in frames if parse_id(f[0]) > until]
         if kept:
             self.skip_until = None

@@ -14,7 +14,8 @@ from typing import Any
 
 def os_socket(sock: Any) -> socket.socket:
     """The OS socket under gevent's wrapper (the socket itself when not wrapped)."""
-    return getattr(sock, "_sock", sock)  # type: ignore[no-any-return]
+    raw: socket.socket = getattr(sock, "_sock", sock)
+    return raw
 
 
 def direct_socket(environ: dict[str, Any]) -> tuple[socket.socket, bool] | None:

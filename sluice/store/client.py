@@ -24,6 +24,11 @@ StoreUnreachable = (redis.ConnectionError, redis.TimeoutError)
 Redis = redis.Redis
 
 
+def text(reply: object) -> str:
+    """A Redis reply (bytes: the clients do not decode) as a string."""
+    return reply.decode() if isinstance(reply, bytes) else str(reply)
+
+
 def connect(url: str, max_connections: int = 50, **kwargs: object) -> redis.Redis:
     """A client for ordinary commands (short socket timeout, bytes replies).
 

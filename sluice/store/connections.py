@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any
+from typing import Any, cast
 
 from ..contract import FRAMEWORKS, MAX_CONNECTION_NAME
 from ..errors import Conflict, Invalid, NotFound
 from ..timefmt import iso_from_ms
-from .client import Redis
+from .client import Redis, text
 from .events import close_stream
 from .keys import Keys
 from .users import hash_api_key, new_api_key
@@ -21,7 +21,7 @@ DEFAULT_FRAMEWORK = "celery"
 def public(fields: dict[bytes, bytes]) -> dict[str, str]:
     """A stored connection as clients see it (never its key hash or owner)."""
     return {
-        "id": fields[b"id"].decode(),
+        "id": text(fields[b"id"]),
         "name": fields[b"name"].decode(),
         "framework": fields[b"framework"].decode(),
         "createdAt": iso_from_ms(int(fields[b"createdAt"])),
@@ -53,7 +53,7 @@ def create_connection(
     connection_id = str(uuid.uuid4())
     api_key = new_api_key()
     now_ms = int(time.time() * 1000)
-    fields = {
+    fields: dict[str, str] = {
         "id": connection_id,
         "name": name,
         "framework": framework,
@@ -62,7 +62,7 @@ def create_connection(
         "keyHash": hash_api_key(api_key),
     }
     pipe = r.pipeline(transaction=True)
-    pipe.hset(Keys.connection(connection_id), mapping=fields)
+    pipe.hset(Keys.connection(connection_id), mapping=cast(dict[Any, Any], fields))
     pipe.set(Keys.api_key(fields["keyHash"]), connection_id)
     pipe.zadd(Keys.user_connections(owner_id), {connection_id: now_ms})
     pipe.execute()
@@ -75,15 +75,15 @@ def list_connections(r: Redis, owner_id: str) -> list[dict[str, str]]:
     ids = r.zrange(Keys.user_connections(owner_id), 0, -1)
     pipe = r.pipeline(transaction=False)
     for connection_id in ids:
-        pipe.hgetall(Keys.connection(connection_id.decode()))
+        pipe.hgetall(Keys.connection(text(connection_id)))
     return [public(fields) for fields in pipe.execute() if fields]
 
 
 def find_by_name(r: Redis, owner_id: str, name: str) -> str | None:
     """The id of the owner's connection called `name`, if any."""
     for connection_id in r.zrange(Keys.user_connections(owner_id), 0, -1):
-        if r.hget(Keys.connection(connection_id.decode()), "name") == name.encode():
-            return str(connection_id.decode())
+        if r.hget(Keys.connection(text(connection_id)), "name") == name.encode():
+            return text(connection_id)
     return None
 
 
@@ -94,7 +94,7 @@ def rotate_api_key(r: Redis, connection_id: str) -> str:
         raise NotFound("Connection not found")
     api_key = new_api_key()
     pipe = r.pipeline(transaction=True)
-    pipe.delete(Keys.api_key(old_hash.decode()))
+    pipe.delete(Keys.api_key(text(old_hash)))
     pipe.set(Keys.api_key(hash_api_key(api_key)), connection_id)
     pipe.hset(Keys.connection(connection_id), "keyHash", hash_api_key(api_key))
     pipe.execute()
@@ -104,10 +104,10 @@ def rotate_api_key(r: Redis, connection_id: str) -> str:
 def owned_connection(r: Redis, owner_id: str, connection_id: str) -> dict[bytes, bytes]:
     """The connection if it exists and belongs to the owner; `NotFound` otherwise
     (never "forbidden", so that nobody learns which ids exist)."""
-    fields = r.hgetall(Keys.connection(connection_id))
+    fields = cast(dict[bytes, bytes], r.hgetall(Keys.connection(connection_id)))
     if not fields or fields.get(b"ownerId", b"").decode() != owner_id:
         raise NotFound("Connection not found")
-    return dict(fields)
+    return fields
 
 
 def connection_exists(r: Redis, connection_id: str) -> bool:

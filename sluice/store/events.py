@@ -9,7 +9,7 @@ a frame is built by concatenation on the way out.
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Any, cast
 
 from ..config import Settings
 from ..contract import CLOSED_EVENT, ENTRY_DATA, ENTRY_EVENT
@@ -192,7 +192,7 @@ class RedisEventLog:
     def range(self, key: bytes, after: bytes, until: bytes | None, count: int) -> list[Entry]:
         """Up to `count` entries after `after` (exclusive) up to `until` (inclusive)."""
         end = until if until is not None else b"+"
-        return list(self.redis.xrange(key, min=b"(" + after, max=end, count=count))
+        return cast(list[Entry], self.redis.xrange(key, min=b"(" + after, max=end, count=count))
 
     def read(
         self, cursors: dict[bytes, bytes], count: int, block_ms: int
@@ -201,7 +201,9 @@ class RedisEventLog:
         Raises `StoreRefused` when Redis refuses the read because of some key."""
         if self._blocking is None:
             self._blocking = connect_blocking(self._redis_url, self._block_seconds)
-        return list(self._blocking.xread(cursors, count=count, block=block_ms) or ())
+        streams: dict[Any, Any] = dict(cursors)
+        reply = self._blocking.xread(streams, count=count, block=block_ms)
+        return cast(list[tuple[bytes, list[Entry]]], reply or [])
 
     def refused(self, cursors: dict[bytes, bytes]) -> list[bytes]:
         """The keys Redis refuses to read, each tried alone without blocking."""

@@ -18,7 +18,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from ..errors import Conflict, Invalid, Unauthorized
-from .client import Redis
+from .client import Redis, text
 from .keys import Keys
 
 EMAIL_RE = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,255}$")
@@ -84,7 +84,7 @@ def set_password(r: Redis, user_id: str, password: str) -> None:
 
 def find_user_id(r: Redis, email: str) -> str | None:
     raw = r.get(Keys.user_by_email(normalise_email(email)))
-    return raw.decode() if raw else None
+    return text(raw) if raw else None
 
 
 def check_password(r: Redis, email: str, password: str) -> UserRecord | None:
@@ -95,7 +95,7 @@ def check_password(r: Redis, email: str, password: str) -> UserRecord | None:
         if user_id is None or stored is None:
             _hasher.verify(_DUMMY_HASH, password)
             return None
-        _hasher.verify(stored.decode(), password)
+        _hasher.verify(text(stored), password)
     except (VerificationError, InvalidHashError):
         return None
     return UserRecord(user_id, normalise_email(email))
@@ -120,10 +120,10 @@ def session_user(r: Redis, token: str) -> UserRecord | None:
     user_id = r.get(Keys.session(_token_hash(token)))
     if user_id is None:
         return None
-    email = r.hget(Keys.user(user_id.decode()), "email")
+    email = r.hget(Keys.user(text(user_id)), "email")
     if email is None:
         return None
-    return UserRecord(user_id.decode(), email.decode())
+    return UserRecord(text(user_id), text(email))
 
 
 def end_session(r: Redis, token: str) -> None:
@@ -161,7 +161,7 @@ def connection_for_api_key(r: Redis, api_key: str) -> str:
     connection_id = r.get(Keys.api_key(hash_api_key(api_key)))
     if connection_id is None:
         raise Unauthorized("Invalid API key")
-    return connection_id.decode()
+    return text(connection_id)
 
 
 def development_secret(r: Redis) -> str:
@@ -171,5 +171,5 @@ def development_secret(r: Redis) -> str:
         r.set(Keys.dev_secret(), secrets.token_hex(32), nx=True)
         secret = r.get(Keys.dev_secret())
         if secret is not None:
-            return str(secret.decode())
+            return text(secret)
     raise RuntimeError("could not keep a development secret key in Redis")

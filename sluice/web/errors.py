@@ -49,7 +49,7 @@ def status_of(exc: SluiceError) -> int:
     """The HTTP status of a domain error (its nearest mapped class; 500 if none)."""
     for cls in type(exc).__mro__:
         if cls in STATUS:
-            return STATUS[cls]  # type: ignore[index]
+            return STATUS[cls]
     return 500
 
 

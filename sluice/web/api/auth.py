@@ -17,7 +17,7 @@ from ..request import json_field, read_json_object, require_json_content_type
 bp = Blueprint("auth", __name__, url_prefix="/api/auth")
 
 
-class User(UserMixin):  # type: ignore[misc]
+class User(UserMixin):
     """The signed-in user as flask-login sees it; its id is the session token."""
 
     def __init__(self, user_id: str, email: str, session_token: str = "") -> None:
