@@ -15,6 +15,7 @@ from typing import Any
 
 from playwright.sync_api import expect
 
+from sluice.contract import JOB_STATES
 from tests.browser.helpers import (
     event_count,
     job_row,
@@ -84,16 +85,7 @@ def test_job_row_appears_within_a_second_then_changes_state(server, account, pag
 
 
 def test_all_eight_states_have_badges(server, account, page):
-    states = [
-        "unknown",
-        "queued",
-        "scheduled",
-        "active",
-        "completed",
-        "failed",
-        "retrying",
-        "cancelled",
-    ]
+    states = list(JOB_STATES)
     cid = account.connection_id
     send(server, account, [job_event(cid, f"s-{s}", s) for s in states])
     login_cookie(page, server.url, account)
