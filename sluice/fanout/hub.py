@@ -32,20 +32,8 @@ from typing import Any, Protocol
 import gevent
 from gevent.lock import BoundedSemaphore
 
+from .. import contract
 from ..config import Settings
-from ..contract import (
-    CLOSED_EVENT as _CLOSED,
-)
-from ..contract import (
-    ENTRY_DATA as _DATA,
-)
-from ..contract import (
-    ENTRY_EVENT as _EVENT,
-)
-from ..contract import (
-    RESET_HISTORY_TRIMMED,
-    RESET_UNKNOWN_EVENT_ID,
-)
 from ..errors import TooMany, Unavailable
 from ..store.client import StoreError, StoreRefused
 from .listener import Batch, EntryId, Listener, parse_id
@@ -53,9 +41,9 @@ from .sse import cached_heartbeat, event_frame, http_chunk
 
 log = logging.getLogger("sluice.hub")
 
-CLOSED_EVENT = _CLOSED.encode()
-ENTRY_EVENT = _EVENT.encode()
-ENTRY_DATA = _DATA.encode()
+CLOSED_EVENT = contract.CLOSED_EVENT.encode()
+ENTRY_EVENT = contract.ENTRY_EVENT.encode()
+ENTRY_DATA = contract.ENTRY_DATA.encode()
 READ_COUNT = 1_000
 #: Fan-out yields to other greenlets after this many listeners, for fairness.
 FANOUT_YIELD_EVERY = 256
@@ -165,9 +153,9 @@ def resume(
         if wanted == (0, 0):
             pass  # "from the beginning": every retained event, no reset
         elif wanted > parse_id(tail):
-            reset_reason, position = RESET_UNKNOWN_EVENT_ID, tail
+            reset_reason, position = contract.RESET_UNKNOWN_EVENT_ID, tail
         elif first is not None and wanted < parse_id(first):
-            reset_reason = RESET_HISTORY_TRIMMED
+            reset_reason = contract.RESET_HISTORY_TRIMMED
     if hub_cursor is None:
         return Resume(position, reset_reason)
     at, hub_at = parse_id(position), parse_id(hub_cursor)
