@@ -220,7 +220,7 @@ class Hub:
         # From here to the end, nothing yields.
         stream = self._streams.get(key)
         decision = resume(last_event_id, first, last, stream.cursor if stream else None)
-        listener = Listener(key, types, self.settings.listener_buffer_bytes, sock)
+        listener = Listener(key, types, self.settings.listener_buffer_bytes, sock, self.clock)
         listener.skip_until = decision.skip_until
         needs_wake = stream is None
         if stream is None:

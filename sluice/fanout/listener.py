@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import socket
 import time
+from collections.abc import Callable
 
 from gevent.event import Event
 
@@ -51,6 +52,7 @@ class Listener:
         "chunked",
         "partial",
         "last_write",
+        "clock",
     )
 
     def __init__(
@@ -59,8 +61,10 @@ class Listener:
         types: frozenset[bytes] | None,
         limit: int,
         sock: socket.socket | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.stream_key = stream_key
+        self.clock = clock  # the hub's: every time in the fan-out comes from one clock
         self.types = types
         self.pending: list[bytes] = []
         self.pending_bytes = 0
@@ -76,7 +80,7 @@ class Listener:
         self.raw: socket.socket | None = None
         self.chunked = True
         self.partial: bytes | None = None  # framed bytes a direct write left over
-        self.last_write = time.monotonic()
+        self.last_write = clock()
 
     def deliver(self, frames: list[tuple[bytes, bytes, bytes]], batch: Batch | None = None) -> None:
         """Hand frames (entry id, event, frame) to this listener; the hot path.
@@ -135,7 +139,7 @@ class Listener:
             self.raw = None
             self.close("gone")  # the response ends and cleans up
             return
-        self.last_write = time.monotonic()
+        self.last_write = self.clock()
         if sent < len(data):
             self.partial = data[sent:]
             self.wake.set()

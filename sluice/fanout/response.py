@@ -9,8 +9,7 @@ listener. gunicorn closes the iterator (GeneratorExit) or kills the greenlet
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 from ..store.client import StoreError
 from .hub import Hub, Subscription
@@ -26,9 +25,9 @@ def stream_body(
     heartbeat: float,
     max_seconds: float,
     retry_ms: int,
-    clock: Callable[[], float] = time.monotonic,
 ) -> Iterator[bytes]:
     listener = subscription.listener
+    clock = listener.clock
     wake = listener.wake
     deadline = clock() + max_seconds if max_seconds > 0 else None
     try:

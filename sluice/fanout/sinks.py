@@ -18,7 +18,6 @@ timeout object) and two copies.
 from __future__ import annotations
 
 import socket
-import time
 from collections.abc import Iterable, Iterator
 from typing import Any, Protocol
 
@@ -71,7 +70,7 @@ class SocketSink:
             sent = 0
         if sent < len(data):
             self._send_all(memoryview(data)[sent:])
-        self.listener.last_write = time.monotonic()
+        self.listener.last_write = self.listener.clock()
         return NOTHING
 
     def finish_partial(self) -> Iterable[bytes]:
@@ -89,7 +88,7 @@ class SocketSink:
             self.sock.sendall(data)
         finally:
             listener.writing = False
-        listener.last_write = time.monotonic()
+        listener.last_write = listener.clock()
 
     def attach(self) -> None:
         if self.listener.raw is None:
@@ -111,7 +110,7 @@ class YieldSink:
         listener.writing = True
         yield body
         listener.writing = False
-        listener.last_write = time.monotonic()
+        listener.last_write = listener.clock()
 
     def finish_partial(self) -> Iterable[bytes]:
         return NOTHING  # never attached: the reader never writes directly

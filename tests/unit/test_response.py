@@ -149,9 +149,8 @@ def test_the_lifetime_cap_ends_the_stream():
 def test_an_injected_clock_past_the_deadline_ends_it_at_once():
     ticks = iter([0.0, 0.0, 0.0, 100.0])
     hub, listener, sub, options = make(heartbeat=60.0, max_seconds=10.0)
-    body = Body(
-        stream_body(hub, sub, YieldSink(listener), clock=lambda: next(ticks, 100.0), **options)
-    )
+    listener.clock = lambda: next(ticks, 100.0)  # the hub's clock, which the listener carries
+    body = Body(stream_body(hub, sub, YieldSink(listener), **options))
     assert body.rest(timeout=1) == [retry_frame(2000)]
     assert hub.unsubscribed == [listener]
 

@@ -326,6 +326,7 @@ def test_a_request_needing_the_store_is_503_with_retry_after(client):
 def test_health_is_503_when_the_store_is_down(client):
     response = client.get("/api/health")
     assert error_of(response, 503)["message"] == "Redis is unreachable"
+    assert response.headers["Retry-After"] == "2"
 
 
 def test_config_needs_no_store(client):

@@ -10,6 +10,7 @@ from flask import Blueprint, Flask, Response, current_app, jsonify
 from ...errors import NotFound, Unavailable
 from ...store.client import StoreUnreachable
 from ...store.health import durability_warnings
+from ..errors import REDIS_RETRY_AFTER
 from ..extensions import state
 
 bp = Blueprint("system", __name__, url_prefix="/api")
@@ -30,9 +31,9 @@ def health() -> Response:
     try:
         app_state.redis.ping()
     except Exception:
-        raise Unavailable("Redis is unreachable") from None
+        raise Unavailable("Redis is unreachable", retry_after=REDIS_RETRY_AFTER) from None
     if app_state.hub.draining:
-        raise Unavailable("Shutting down")
+        raise Unavailable("Shutting down", retry_after=1)
     return jsonify(
         {
             "status": "ok",
