@@ -18,7 +18,8 @@ pytest.importorskip(
 
 from celery.events import Event  # noqa: E402
 
-from sluice.bridges import celery_events as ce  # noqa: E402
+from sluice.integrations.celery import mapping as ce  # noqa: E402
+from sluice.integrations.celery.state import CeleryEventMapper  # noqa: E402
 
 CONN = "7d3f2d8e-1111-4222-8333-444455556666"
 
@@ -33,7 +34,7 @@ def validate(events: list[dict]) -> None:
     assert not errors.details, errors.details
 
 
-def run(mapper: ce.CeleryEventMapper, *events: dict) -> list[dict]:
+def run(mapper: CeleryEventMapper, *events: dict) -> list[dict]:
     out: list[dict] = []
     for event in events:
         out.extend(mapper.map(event))
@@ -46,7 +47,7 @@ def states(out: list[dict]) -> list[str]:
 
 
 def test_success_lifecycle_keeps_name_queue_worker_and_one_external_id():
-    m = ce.CeleryEventMapper(CONN)
+    m = CeleryEventMapper(CONN)
     t0 = time.time()
     out = run(
         m,
@@ -98,7 +99,7 @@ def test_success_lifecycle_keeps_name_queue_worker_and_one_external_id():
 
 
 def test_failure_carries_error_and_tail_of_a_huge_traceback():
-    m = ce.CeleryEventMapper(CONN)
+    m = CeleryEventMapper(CONN)
     tb = "Traceback (most recent call last):\n" + "  frame\n" * 20_000 + "ValueError: boom"
     out = run(
         m,
@@ -121,7 +122,7 @@ def test_failure_carries_error_and_tail_of_a_huge_traceback():
 
 
 def test_retries_carry_attempts_and_ids_differ_per_attempt():
-    m = ce.CeleryEventMapper(CONN)
+    m = CeleryEventMapper(CONN)
     evs = [
         Event(
             "task-received", uuid="t3", name="app.flaky", retries=0, eta=None, hostname="celery@w"
@@ -159,7 +160,7 @@ def test_retries_carry_attempts_and_ids_differ_per_attempt():
 
 def test_retries_of_overlapping_attempts_stay_in_order():
     """Threads pool: attempt 2 runs and retries before attempt 1's task-retried is sent."""
-    m = ce.CeleryEventMapper(CONN)
+    m = CeleryEventMapper(CONN)
 
     def sent(n):
         return Event("task-sent", uuid="t9", name="app.flaky", retries=n, eta=None, queue="c")
@@ -191,7 +192,7 @@ def test_retries_of_overlapping_attempts_stay_in_order():
 
 def test_retry_message_seen_before_its_attempt_started():
     """RabbitMQ + threads: events straight from pool threads overtake the worker's buffered ones."""
-    m = ce.CeleryEventMapper(CONN)
+    m = CeleryEventMapper(CONN)
 
     def sent(n):
         return Event("task-sent", uuid="t11", name="f", retries=n, eta=None, queue="c")
@@ -213,7 +214,7 @@ def test_retry_message_seen_before_its_attempt_started():
 
 
 def test_held_events_are_released_if_task_retried_never_comes():
-    m = ce.CeleryEventMapper(CONN)
+    m = CeleryEventMapper(CONN)
     run(m, Event("task-received", uuid="t10", name="n", retries=0, eta=None))
     run(m, Event("task-started", uuid="t10"))
     assert run(m, Event("task-received", uuid="t10", name="n", retries=1, eta=None)) == []
@@ -224,7 +225,7 @@ def test_held_events_are_released_if_task_retried_never_comes():
 
 
 def test_eta_is_scheduled_and_revoked_is_cancelled_and_rejected_is_failed():
-    m = ce.CeleryEventMapper(CONN)
+    m = CeleryEventMapper(CONN)
     eta = "2030-01-01T00:00:00+00:00"
     out = run(
         m,
@@ -253,7 +254,7 @@ def test_eta_is_scheduled_and_revoked_is_cancelled_and_rejected_is_failed():
 
 
 def test_stale_queued_after_started_is_dropped_and_ids_are_stable():
-    a, b = ce.CeleryEventMapper(CONN), ce.CeleryEventMapper(CONN)
+    a, b = CeleryEventMapper(CONN), CeleryEventMapper(CONN)
     started = Event("task-started", uuid="t6", hostname="celery@w")
     late = Event("task-sent", uuid="t6", name="app.y", retries=0, eta=None, queue="celery")
     assert states(run(a, started, late)) == ["active"]
@@ -261,14 +262,14 @@ def test_stale_queued_after_started_is_dropped_and_ids_are_stable():
     assert done["queue"] == "celery" and done["name"] == "app.y"  # learnt from the late event
     # The same meaning gives the same producer id in another process (agent restart, integration).
     first = run(b, Event("task-received", uuid="t7", name="n", retries=0, eta=None))[0]
-    again = ce.CeleryEventMapper(CONN).map(
+    again = CeleryEventMapper(CONN).map(
         Event("task-sent", uuid="t7", name="n", retries=0, eta=None)
     )[0]
     assert first["id"] == again["id"]
 
 
 def test_worker_online_heartbeats_offline_and_silent_worker_expiry():
-    m = ce.CeleryEventMapper(CONN, worker_timeout=0.05)
+    m = CeleryEventMapper(CONN, worker_timeout=0.05)
     sw = {"sw_ident": "py-celery", "sw_ver": "5.7.0", "sw_sys": "Linux", "freq": 1.0}
     out = run(
         m,
@@ -304,7 +305,7 @@ def test_worker_online_heartbeats_offline_and_silent_worker_expiry():
 
 
 def test_extensions_stay_bounded():
-    m = ce.CeleryEventMapper(CONN)
+    m = CeleryEventMapper(CONN)
     huge = "x" * 100_000
     out = run(
         m,

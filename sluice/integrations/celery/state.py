@@ -1,287 +1,31 @@
-"""Celery → Sluice ingest events: the one place that knows the mapping.
+"""The agent's memory of Celery tasks and workers: Celery event dicts → ingest events.
 
-Both producers use it: the agent feeds it Celery's own event dicts (as sent
-by workers and publishers over the broker), the in-worker integration feeds
-it what Celery's signals carry. The mapping follows the contract's Celery
-states (README, "Monitor your Celery"): task-sent/received → queued (scheduled with an ETA),
-task-started → active, task-succeeded → completed, task-failed → failed,
-task-retried → retrying, task-revoked → cancelled, task-rejected → failed;
-worker-online/offline → worker_state_change, worker-heartbeat →
-worker_heartbeat.
+Celery's own events (as workers and publishers send them over the broker)
+say only what changed; `CeleryEventMapper` remembers the rest (a task's name,
+queue, worker and attempt; each worker's last heartbeat), puts retries back in
+order and drops transitions that are no change. The events it returns are
+built by `mapping`, the one mapping shared with the in-worker integration.
 
-Producer event ids are derived from what the event *means* (task id, attempt,
-state), not from when it was seen. A resent batch, a task-sent and a
-task-received for the same attempt, or the agent and the integration
-reporting the same transition all collapse to one stream event on the server.
-
-No Celery import here: the functions take plain dicts and values.
+No Celery import here: it takes plain dicts.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
-import uuid
 from collections import OrderedDict
-from datetime import datetime
 from typing import Any
 
-from ..timefmt import iso_from_ms, now_iso, parse_iso
-
-FRAMEWORK = "celery"
-
-# Contract limits (the ingest field limits, sluice/ingest.py).
-MAX_EXTERNAL_ID = 512
-MAX_NAME = 1024
-MAX_QUEUE = 255
-MAX_WORKER_ID = 512
-MAX_HOSTNAME = 255
-MAX_ERROR = 10_000
-MAX_STACKTRACE = 50_000
-#: The server limits `extensions` (8 KB by default); stay well under it.
-MAX_EXTENSIONS_BYTES = 4_000
-#: Reprs of arguments and results inside `extensions`.
-MAX_REPR = 512
-
-UNKNOWN_NAME = "unknown"
-
-TASK_STATES = {
-    "task-sent": "queued",
-    "task-received": "queued",
-    "task-started": "active",
-    "task-succeeded": "completed",
-    "task-failed": "failed",
-    "task-retried": "retrying",
-    "task-revoked": "cancelled",
-    "task-rejected": "failed",
-    # Celery 5.5+: a running task cancelled by the worker (e.g. broker connection lost).
-    "task-cancelled": "cancelled",
-}
-TERMINAL = {"completed", "failed", "cancelled"}
-WAITING = {"queued", "scheduled"}
-
-
-# -- small helpers ----------------------------------------------------------
-
-
-def iso(value: Any) -> str | None:
-    """Epoch seconds, a datetime or an ISO string → the contract's UTC `...sssZ` form
-    (the formatting itself is `sluice.timefmt`'s, shared with the server)."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, (int, float)):
-        return iso_from_ms(int(float(value) * 1000))
-    if isinstance(value, datetime):
-        return parse_iso(value.isoformat())
-    if isinstance(value, str):
-        return parse_iso(value)
-    return None
-
-
-def clip(text: Any, limit: int) -> str | None:
-    """Keep the head of `text` within `limit` characters (marking the cut)."""
-    if text is None:
-        return None
-    text = str(text)
-    if len(text) <= limit:
-        return text
-    marker = "…[truncated]"
-    return text[: max(0, limit - len(marker))] + marker
-
-
-def clip_tail(text: Any, limit: int) -> str | None:
-    """Keep the tail of `text`: the end of a traceback is where the exception is."""
-    if text is None:
-        return None
-    text = str(text)
-    if len(text) <= limit:
-        return text
-    marker = "[truncated]…\n"
-    return marker + text[-(limit - len(marker)) :]
-
-
-def safe_repr(value: Any, limit: int = MAX_REPR) -> str:
-    """A bounded repr that cannot raise (user objects have broken __repr__s)."""
-    if isinstance(value, str):
-        return clip(value, limit) or ""
-    try:
-        text = repr(value)
-    except Exception as exc:  # pragma: no cover - defensive
-        text = f"<unrepresentable {type(value).__name__}: {exc!r}>"
-    return clip(text, limit) or ""
-
-
-def bounded_extensions(ext: dict[str, Any], limit: int = MAX_EXTENSIONS_BYTES) -> dict[str, Any]:
-    """Drop empty values and shrink the largest entries until the JSON fits `limit` bytes."""
-    out = {k: v for k, v in ext.items() if v is not None and v != "" and v != [] and v != {}}
-
-    def size(d: dict) -> int:
-        return len(json.dumps(d, separators=(",", ":"), default=str).encode())
-
-    while out and size(out) > limit:
-        key = max(out, key=lambda k: len(json.dumps(out[k], default=str)))
-        current = json.dumps(out[key], default=str)
-        if len(current) > 64:
-            out[key] = clip(
-                current if not isinstance(out[key], str) else out[key], len(current) // 2
-            )
-        else:
-            del out[key]
-    return out
-
-
-def producer_id(*parts: Any) -> str:
-    """A stable producer event id (≤ 200 chars) from what the event means."""
-    digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).hexdigest()[:40]
-    return f"celery-{digest}"
-
-
-def random_id() -> str:
-    return f"celery-{uuid.uuid4().hex}"
-
-
-def host_of(nodename: str | None) -> str | None:
-    """`celery@web-1` → `web-1` (the machine), for the worker's `hostname` field."""
-    if not nodename:
-        return None
-    return clip(nodename.split("@", 1)[1] if "@" in nodename else nodename, MAX_HOSTNAME)
-
-
-def attempt_from_retries(retries: Any) -> int:
-    try:
-        return max(1, int(retries or 0) + 1)
-    except (TypeError, ValueError):
-        return 1
-
-
-# -- ingest event builders ----------------------------------------------------
-
-
-def job_event(
-    connection_id: str,
-    *,
-    task_id: str,
-    name: str | None,
-    state: str,
-    timestamp: Any = None,
-    previous_state: str | None = None,
-    attempt: int | None = None,
-    queue: str | None = None,
-    worker_id: str | None = None,
-    error: Any = None,
-    stacktrace: Any = None,
-    created_at: Any = None,
-    started_at: Any = None,
-    finished_at: Any = None,
-    max_retries: int | None = None,
-    extensions: dict[str, Any] | None = None,
-    event_id: str | None = None,
-) -> dict[str, Any]:
-    """A `job_state_change` ingest event; the id is stable for (task, attempt, state)."""
-    job: dict[str, Any] = {
-        "externalId": clip(task_id, MAX_EXTERNAL_ID),
-        "name": clip(name or UNKNOWN_NAME, MAX_NAME),
-        "state": state,
-    }
-    optional = {
-        "previousState": previous_state,
-        "queue": clip(queue, MAX_QUEUE),
-        "workerId": clip(worker_id, MAX_WORKER_ID),
-        "attempt": attempt,
-        "maxRetries": max_retries if isinstance(max_retries, int) and max_retries >= 0 else None,
-        "error": clip(error, MAX_ERROR),
-        "stacktrace": clip_tail(stacktrace, MAX_STACKTRACE),
-        "createdAt": iso(created_at),
-        "startedAt": iso(started_at),
-        "finishedAt": iso(finished_at),
-    }
-    job.update({k: v for k, v in optional.items() if v is not None})
-    if extensions:
-        extensions = dict(extensions)
-        for key in ("args", "kwargs", "result"):  # reprs of user data: short, always
-            if isinstance(extensions.get(key), str):
-                extensions[key] = clip(extensions[key], MAX_REPR)
-        ext = bounded_extensions(extensions)
-        if ext:
-            job["extensions"] = ext
-    return {
-        "id": event_id or producer_id("job", task_id, attempt or 1, state),
-        "type": "job_state_change",
-        "timestamp": iso(timestamp) or now_iso(),
-        "framework": FRAMEWORK,
-        "connectionId": connection_id,
-        "job": job,
-    }
-
-
-def worker_event(
-    connection_id: str,
-    *,
-    kind: str,
-    nodename: str,
-    state: str,
-    timestamp: Any = None,
-    previous_state: str | None = None,
-    active: int | None = None,
-    concurrency: int | None = None,
-    pid: int | None = None,
-    queues: list[str] | None = None,
-    extensions: dict[str, Any] | None = None,
-    event_id: str | None = None,
-) -> dict[str, Any]:
-    """A `worker_heartbeat` or `worker_state_change` ingest event."""
-    worker: dict[str, Any] = {"externalId": clip(nodename, MAX_WORKER_ID), "state": state}
-    optional = {
-        "hostname": host_of(nodename),
-        "previousState": previous_state,
-        "activeJobs": active if isinstance(active, int) and active >= 0 else None,
-        "concurrency": concurrency if isinstance(concurrency, int) and concurrency >= 0 else None,
-        "pid": pid if isinstance(pid, int) and pid >= 0 else None,
-        "queues": [clip(q, MAX_QUEUE) for q in queues if q][:100] if queues else None,
-    }
-    worker.update({k: v for k, v in optional.items() if v is not None})
-    if extensions:
-        ext = bounded_extensions(extensions)
-        if ext:
-            worker["extensions"] = ext
-    ts = iso(timestamp) or now_iso()
-    return {
-        "id": event_id or producer_id("worker", kind, nodename, state, ts),
-        "type": kind,
-        "timestamp": ts,
-        "framework": FRAMEWORK,
-        "connectionId": connection_id,
-        "worker": worker,
-    }
-
-
-def queue_event(
-    connection_id: str,
-    *,
-    name: str,
-    depth: int,
-    consumers: int | None = None,
-    timestamp: Any = None,
-    extensions: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """A `queue_snapshot` ingest event (each snapshot is new: random id)."""
-    queue: dict[str, Any] = {"name": clip(name, MAX_QUEUE), "depth": max(0, int(depth))}
-    if consumers is not None:
-        queue["consumers"] = max(0, int(consumers))
-    if extensions:
-        queue["extensions"] = bounded_extensions(extensions)
-    return {
-        "id": random_id(),
-        "type": "queue_snapshot",
-        "timestamp": iso(timestamp) or now_iso(),
-        "framework": FRAMEWORK,
-        "connectionId": connection_id,
-        "queue": queue,
-    }
-
-
-# -- the agent's mapper: Celery event dicts → ingest events -------------------
+from .mapping import (
+    MAX_REPR,
+    TASK_STATES,
+    TERMINAL,
+    WAITING,
+    attempt_from_retries,
+    clip,
+    job_event,
+    producer_id,
+    worker_event,
+)
 
 
 class _Task:
