@@ -31,9 +31,23 @@ import time
 from collections import OrderedDict
 from typing import Any
 
+from ... import contract
 from ...client.ingest import DEFAULT_BUFFER, IngestSender
 from .mapping import (
+    ACTIVE,
+    BUSY,
+    CANCELLED,
+    COMPLETED,
+    FAILED,
+    IDLE,
+    OFFLINE,
+    ONLINE,
+    QUEUED,
+    RETRYING,
+    SCHEDULED,
     TERMINAL,
+    WORKER_HEARTBEAT,
+    WORKER_STATE_CHANGE,
     attempt_from_retries,
     job_event,
     now_iso,
@@ -228,7 +242,7 @@ class SluiceCelery:
             self.connection_id,
             task_id=task_id,
             name=headers.get("task") or sender,
-            state="scheduled" if eta else "queued",
+            state=SCHEDULED if eta else QUEUED,
             attempt=attempt_from_retries(retries),
             queue=queue or kw.get("routing_key"),
             timestamp=published_at,
@@ -266,7 +280,7 @@ class SluiceCelery:
             self.connection_id,
             task_id=request.id,
             name=request.name,
-            state="scheduled" if eta else "queued",
+            state=SCHEDULED if eta else QUEUED,
             attempt=attempt_from_retries(info.get("retries")),
             queue=delivery.get("routing_key"),
             worker_id=getattr(request, "hostname", None),
@@ -300,7 +314,7 @@ class SluiceCelery:
                 self.connection_id,
                 task_id=task_id,
                 name=getattr(request, "task", None) or getattr(sender, "name", None),
-                state="cancelled",
+                state=CANCELLED,
                 attempt=attempt_from_retries(getattr(request, "retries", 0)),
                 queue=delivery.get("routing_key"),
                 worker_id=getattr(request, "hostname", None),
@@ -326,7 +340,7 @@ class SluiceCelery:
                 self.connection_id,
                 task_id=task_id,
                 name=headers.get("task"),
-                state="failed",
+                state=FAILED,
                 attempt=attempt_from_retries(headers.get("retries")),
                 error=f"rejected: {safe_repr(exc)}",
                 finished_at=time.time(),
@@ -344,7 +358,7 @@ class SluiceCelery:
                 self.connection_id,
                 task_id=id,
                 name=name,
-                state="failed",
+                state=FAILED,
                 error=f"unregistered task: {safe_repr(exc)}",
                 finished_at=time.time(),
                 extensions={"celerySignal": "task_unknown"},
@@ -366,7 +380,7 @@ class SluiceCelery:
                 self.connection_id,
                 task_id=task_id,
                 name=task.name,
-                state="active",
+                state=ACTIVE,
                 previous_state=None,
                 attempt=attempt_from_retries(getattr(req, "retries", 0)),
                 queue=delivery.get("routing_key"),
@@ -415,7 +429,7 @@ class SluiceCelery:
     def on_success(self, sender: Any = None, result: Any = None, **kw: Any) -> None:
         if sender is None or not self._mine(sender):
             return
-        self._finish(sender, "completed", "task_success", extensions={"result": safe_repr(result)})
+        self._finish(sender, COMPLETED, "task_success", extensions={"result": safe_repr(result)})
 
     def on_failure(
         self,
@@ -429,7 +443,7 @@ class SluiceCelery:
             return
         self._finish(
             sender,
-            "failed",
+            FAILED,
             "task_failure",
             error=_describe(exception),
             stacktrace=getattr(einfo, "traceback", None),
@@ -450,7 +464,7 @@ class SluiceCelery:
         key = (req.id, int(getattr(req, "retries", 0) or 0) + 1)
         self._finish(
             sender,
-            "retrying",
+            RETRYING,
             "task_retry",
             req=req,
             timestamp=self._retry_at.pop(key, None),
@@ -501,7 +515,7 @@ class SluiceCelery:
             "pid": os.getpid(),
         }
         self.sender.submit(
-            self._worker_event("worker_state_change", "online", previous="offline", active=0)
+            self._worker_event(WORKER_STATE_CHANGE, ONLINE, previous=OFFLINE, active=0)
         )
         self._hb_stop.clear()
         self._hb_thread = threading.Thread(
@@ -513,7 +527,7 @@ class SluiceCelery:
         self._hb_stop.set()
         if self._worker:
             self.sender.submit(
-                self._worker_event("worker_state_change", "offline", previous="online", active=0)
+                self._worker_event(WORKER_STATE_CHANGE, OFFLINE, previous=ONLINE, active=0)
             )
         self.sender.flush(timeout=self.shutdown_flush_seconds)
 
@@ -534,7 +548,7 @@ class SluiceCelery:
                 active = _active_count()
                 self.sender.submit(
                     self._worker_event(
-                        "worker_heartbeat", "busy" if active else "idle", active=active, random=True
+                        WORKER_HEARTBEAT, BUSY if active else IDLE, active=active, random=True
                     )
                 )
             except Exception:
@@ -563,7 +577,7 @@ class SluiceCelery:
             timestamp=now_iso(),
             event_id=random_id() if random else None,
             extensions={
-                "celerySignal": "heartbeat_timer" if kind == "worker_heartbeat" else None,
+                "celerySignal": "heartbeat_timer" if kind == WORKER_HEARTBEAT else None,
                 "freq": self.heartbeat_interval,
             },
         )
@@ -588,7 +602,7 @@ def _describe(exc: Any) -> str | None:
     if isinstance(exc, BaseException):
         text = str(exc)
         return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-    return safe_repr(exc, 10_000)
+    return safe_repr(exc, contract.MAX_ERROR)
 
 
 def _current_request_id() -> str | None:

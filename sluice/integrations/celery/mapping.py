@@ -22,42 +22,79 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from collections.abc import Iterable
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
+from ... import contract
 from ...timefmt import iso_from_ms, now_iso, parse_iso
 
-FRAMEWORK = "celery"
 
-# Contract limits (the ingest field limits, sluice/ingest.py).
-MAX_EXTERNAL_ID = 512
-MAX_NAME = 1024
-MAX_QUEUE = 255
-MAX_WORKER_ID = 512
-MAX_HOSTNAME = 255
-MAX_ERROR = 10_000
-MAX_STACKTRACE = 50_000
+def _from_contract(values: Iterable[str], name: str) -> str:
+    """`name`, checked against one of the contract's lists when this module is imported."""
+    if name not in values:
+        raise RuntimeError(f"sluice.contract no longer defines {name!r}")
+    return name
+
+
+def _producer_type(event_name: str) -> str:
+    """The producer event `type` that the server stores as `event_name`."""
+    for kind, (_field, stored_as) in contract.PRODUCER_TYPES.items():
+        if stored_as == event_name:
+            return kind
+    raise RuntimeError(f"sluice.contract has no producer type for {event_name!r}")
+
+
+FRAMEWORK: Final = _from_contract(contract.FRAMEWORKS, "celery")
+
+#: Producer event types (`job_state_change`, ...), as `contract.PRODUCER_TYPES` names them.
+JOB_STATE_CHANGE: Final = _producer_type(contract.JOB_STATE_CHANGE)
+WORKER_HEARTBEAT: Final = _producer_type(contract.WORKER_HEARTBEAT)
+WORKER_STATE_CHANGE: Final = _producer_type(contract.WORKER_STATE_CHANGE)
+QUEUE_SNAPSHOT: Final = _producer_type(contract.QUEUE_SNAPSHOT)
+#: The payload field of each (`job`, `worker`, `queue`).
+JOB_FIELD: Final = contract.PRODUCER_TYPES[JOB_STATE_CHANGE][0]
+WORKER_FIELD: Final = contract.PRODUCER_TYPES[WORKER_STATE_CHANGE][0]
+QUEUE_FIELD: Final = contract.PRODUCER_TYPES[QUEUE_SNAPSHOT][0]
+
+#: Job states (`contract.JOB_STATES`).
+QUEUED: Final = _from_contract(contract.JOB_STATES, "queued")
+SCHEDULED: Final = _from_contract(contract.JOB_STATES, "scheduled")
+ACTIVE: Final = _from_contract(contract.JOB_STATES, "active")
+COMPLETED: Final = _from_contract(contract.JOB_STATES, "completed")
+FAILED: Final = _from_contract(contract.JOB_STATES, "failed")
+RETRYING: Final = _from_contract(contract.JOB_STATES, "retrying")
+CANCELLED: Final = _from_contract(contract.JOB_STATES, "cancelled")
+TERMINAL: Final = frozenset({COMPLETED, FAILED, CANCELLED})
+WAITING: Final = frozenset({QUEUED, SCHEDULED})
+
+#: Worker states (`contract.WORKER_STATES`).
+ONLINE: Final = _from_contract(contract.WORKER_STATES, "online")
+BUSY: Final = _from_contract(contract.WORKER_STATES, "busy")
+IDLE: Final = _from_contract(contract.WORKER_STATES, "idle")
+OFFLINE: Final = _from_contract(contract.WORKER_STATES, "offline")
+
 #: The server limits `extensions` (8 KB by default); stay well under it.
-MAX_EXTENSIONS_BYTES = 4_000
+MAX_EXTENSIONS_BYTES: Final = 4_000
 #: Reprs of arguments and results inside `extensions`.
-MAX_REPR = 512
+MAX_REPR: Final = 512
 
-UNKNOWN_NAME = "unknown"
+#: A job's `name` when Celery did not say it (a task event seen without its task-sent).
+UNKNOWN_NAME: Final = "unknown"
 
-TASK_STATES = {
-    "task-sent": "queued",
-    "task-received": "queued",
-    "task-started": "active",
-    "task-succeeded": "completed",
-    "task-failed": "failed",
-    "task-retried": "retrying",
-    "task-revoked": "cancelled",
-    "task-rejected": "failed",
+#: Celery's task event types → job states.
+TASK_STATES: Final[dict[str, str]] = {
+    "task-sent": QUEUED,
+    "task-received": QUEUED,
+    "task-started": ACTIVE,
+    "task-succeeded": COMPLETED,
+    "task-failed": FAILED,
+    "task-retried": RETRYING,
+    "task-revoked": CANCELLED,
+    "task-rejected": FAILED,
     # Celery 5.5+: a running task cancelled by the worker (e.g. broker connection lost).
-    "task-cancelled": "cancelled",
+    "task-cancelled": CANCELLED,
 }
-TERMINAL = {"completed", "failed", "cancelled"}
-WAITING = {"queued", "scheduled"}
 
 
 # -- small helpers ----------------------------------------------------------
@@ -132,18 +169,18 @@ def bounded_extensions(ext: dict[str, Any], limit: int = MAX_EXTENSIONS_BYTES) -
 def producer_id(*parts: Any) -> str:
     """A stable producer event id (≤ 200 chars) from what the event means."""
     digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).hexdigest()[:40]
-    return f"celery-{digest}"
+    return f"{FRAMEWORK}-{digest}"
 
 
 def random_id() -> str:
-    return f"celery-{uuid.uuid4().hex}"
+    return f"{FRAMEWORK}-{uuid.uuid4().hex}"
 
 
 def host_of(nodename: str | None) -> str | None:
     """`celery@web-1` → `web-1` (the machine), for the worker's `hostname` field."""
     if not nodename:
         return None
-    return clip(nodename.split("@", 1)[1] if "@" in nodename else nodename, MAX_HOSTNAME)
+    return clip(nodename.split("@", 1)[1] if "@" in nodename else nodename, contract.MAX_HOSTNAME)
 
 
 def attempt_from_retries(retries: Any) -> int:
@@ -176,20 +213,20 @@ def job_event(
     extensions: dict[str, Any] | None = None,
     event_id: str | None = None,
 ) -> dict[str, Any]:
-    """A `job_state_change` ingest event; the id is stable for (task, attempt, state)."""
+    """A `job_state_change` producer event; the id is stable for (task, attempt, state)."""
     job: dict[str, Any] = {
-        "externalId": clip(task_id, MAX_EXTERNAL_ID),
-        "name": clip(name or UNKNOWN_NAME, MAX_NAME),
+        "externalId": clip(task_id, contract.MAX_EXTERNAL_ID),
+        "name": clip(name or UNKNOWN_NAME, contract.MAX_JOB_NAME),
         "state": state,
     }
     optional = {
         "previousState": previous_state,
-        "queue": clip(queue, MAX_QUEUE),
-        "workerId": clip(worker_id, MAX_WORKER_ID),
+        "queue": clip(queue, contract.MAX_QUEUE_NAME),
+        "workerId": clip(worker_id, contract.MAX_EXTERNAL_ID),  # a worker's externalId
         "attempt": attempt,
         "maxRetries": max_retries if isinstance(max_retries, int) and max_retries >= 0 else None,
-        "error": clip(error, MAX_ERROR),
-        "stacktrace": clip_tail(stacktrace, MAX_STACKTRACE),
+        "error": clip(error, contract.MAX_ERROR),
+        "stacktrace": clip_tail(stacktrace, contract.MAX_STACKTRACE),
         "createdAt": iso(created_at),
         "startedAt": iso(started_at),
         "finishedAt": iso(finished_at),
@@ -205,11 +242,11 @@ def job_event(
             job["extensions"] = ext
     return {
         "id": event_id or producer_id("job", task_id, attempt or 1, state),
-        "type": "job_state_change",
+        "type": JOB_STATE_CHANGE,
         "timestamp": iso(timestamp) or now_iso(),
         "framework": FRAMEWORK,
         "connectionId": connection_id,
-        "job": job,
+        JOB_FIELD: job,
     }
 
 
@@ -229,14 +266,19 @@ def worker_event(
     event_id: str | None = None,
 ) -> dict[str, Any]:
     """A `worker_heartbeat` or `worker_state_change` ingest event."""
-    worker: dict[str, Any] = {"externalId": clip(nodename, MAX_WORKER_ID), "state": state}
+    worker: dict[str, Any] = {
+        "externalId": clip(nodename, contract.MAX_EXTERNAL_ID),
+        "state": state,
+    }
     optional = {
         "hostname": host_of(nodename),
         "previousState": previous_state,
         "activeJobs": active if isinstance(active, int) and active >= 0 else None,
         "concurrency": concurrency if isinstance(concurrency, int) and concurrency >= 0 else None,
         "pid": pid if isinstance(pid, int) and pid >= 0 else None,
-        "queues": [clip(q, MAX_QUEUE) for q in queues if q][:100] if queues else None,
+        "queues": [clip(q, contract.MAX_QUEUE_NAME) for q in queues if q][: contract.MAX_QUEUES]
+        if queues
+        else None,
     }
     worker.update({k: v for k, v in optional.items() if v is not None})
     if extensions:
@@ -250,7 +292,7 @@ def worker_event(
         "timestamp": ts,
         "framework": FRAMEWORK,
         "connectionId": connection_id,
-        "worker": worker,
+        WORKER_FIELD: worker,
     }
 
 
@@ -264,16 +306,19 @@ def queue_event(
     extensions: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A `queue_snapshot` ingest event (each snapshot is new: random id)."""
-    queue: dict[str, Any] = {"name": clip(name, MAX_QUEUE), "depth": max(0, int(depth))}
+    queue: dict[str, Any] = {
+        "name": clip(name, contract.MAX_QUEUE_NAME),
+        "depth": max(0, int(depth)),
+    }
     if consumers is not None:
         queue["consumers"] = max(0, int(consumers))
     if extensions:
         queue["extensions"] = bounded_extensions(extensions)
     return {
         "id": random_id(),
-        "type": "queue_snapshot",
+        "type": QUEUE_SNAPSHOT,
         "timestamp": iso(timestamp) or now_iso(),
         "framework": FRAMEWORK,
         "connectionId": connection_id,
-        "queue": queue,
+        QUEUE_FIELD: queue,
     }

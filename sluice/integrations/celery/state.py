@@ -16,10 +16,19 @@ from collections import OrderedDict
 from typing import Any
 
 from .mapping import (
+    ACTIVE,
+    BUSY,
+    IDLE,
     MAX_REPR,
+    OFFLINE,
+    ONLINE,
+    QUEUED,
+    SCHEDULED,
     TASK_STATES,
     TERMINAL,
     WAITING,
+    WORKER_HEARTBEAT,
+    WORKER_STATE_CHANGE,
     attempt_from_retries,
     clip,
     job_event,
@@ -119,7 +128,7 @@ class CeleryEventMapper:
             return out
         if (
             kind in ("task-sent", "task-received")
-            and task.state in ("queued", "scheduled", "active")
+            and task.state in (QUEUED, SCHEDULED, ACTIVE)
             and attempt_from_retries(ev.get("retries")) > task.attempt
         ):
             task.pending = [ev]
@@ -154,7 +163,7 @@ class CeleryEventMapper:
         if kind in ("task-sent", "task-received"):
             attempt = attempt_from_retries(ev.get("retries"))
             if ev.get("eta"):
-                state = "scheduled"
+                state = SCHEDULED
             if attempt < task.attempt or (
                 attempt == task.attempt and task.state is not None and task.state not in WAITING
             ):
@@ -166,7 +175,7 @@ class CeleryEventMapper:
                 task.created = ts
         if ev.get("hostname") and kind != "task-sent":
             task.worker = ev["hostname"]
-        if state == "active":
+        if state == ACTIVE:
             task.started = ts
         if state == task.state and kind != "task-retried":
             return None  # no change (e.g. task-received after task-sent)
@@ -214,7 +223,7 @@ class CeleryEventMapper:
             error=error,
             stacktrace=stack,
             created_at=task.created,
-            started_at=task.started if state != "scheduled" and state not in WAITING else None,
+            started_at=task.started if state not in WAITING else None,
             finished_at=ts if state in TERMINAL else None,
             extensions=ext,
         )
@@ -238,37 +247,37 @@ class CeleryEventMapper:
         if kind == "worker-offline":
             previous = known["state"] if known else None
             self.workers[node] = {
-                "state": "offline",
+                "state": OFFLINE,
                 "last": time.monotonic(),
                 "freq": ev.get("freq"),
             }
-            if previous == "offline":
+            if previous == OFFLINE:
                 return []
             out.append(
                 worker_event(
                     self.connection_id,
-                    kind="worker_state_change",
-                    state="offline",
-                    previous_state=previous or "online",
+                    kind=WORKER_STATE_CHANGE,
+                    state=OFFLINE,
+                    previous_state=previous or ONLINE,
                     active=0,
                     **common,
                 )
             )
             return out
-        if known is None or known["state"] == "offline":
+        if known is None or known["state"] == OFFLINE:
             # worker-online, or the first heartbeat of a worker that was up before we were.
             out.append(
                 worker_event(
                     self.connection_id,
-                    kind="worker_state_change",
-                    state="online",
-                    previous_state="offline",
+                    kind=WORKER_STATE_CHANGE,
+                    state=ONLINE,
+                    previous_state=OFFLINE,
                     active=ev.get("active"),
                     **common,
                 )
             )
         self.workers[node] = {
-            "state": "online",
+            "state": ONLINE,
             "last": time.monotonic(),
             "freq": ev.get("freq") or 2.0,
         }
@@ -277,8 +286,8 @@ class CeleryEventMapper:
             out.append(
                 worker_event(
                     self.connection_id,
-                    kind="worker_heartbeat",
-                    state="busy" if active else "idle",
+                    kind=WORKER_HEARTBEAT,
+                    state=BUSY if active else IDLE,
                     active=active if isinstance(active, int) else None,
                     event_id=producer_id("hb", node, ev.get("timestamp"), ev.get("clock")),
                     **common,
@@ -291,18 +300,18 @@ class CeleryEventMapper:
         out: list[dict[str, Any]] = []
         now = time.monotonic()
         for node, info in self.workers.items():
-            if info["state"] == "offline":
+            if info["state"] == OFFLINE:
                 continue
             timeout = self.worker_timeout or max(3.0 * float(info.get("freq") or 2.0), 5.0)
             if now - info["last"] > timeout:
-                info["state"] = "offline"
+                info["state"] = OFFLINE
                 out.append(
                     worker_event(
                         self.connection_id,
-                        kind="worker_state_change",
+                        kind=WORKER_STATE_CHANGE,
                         nodename=node,
-                        state="offline",
-                        previous_state="online",
+                        state=OFFLINE,
+                        previous_state=ONLINE,
                         active=0,
                         extensions={"reason": f"no heartbeat for {timeout:g} s"},
                     )
