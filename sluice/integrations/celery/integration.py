@@ -31,28 +31,28 @@ import time
 from collections import OrderedDict
 from typing import Any
 
-from ... import contract
 from ...client.ingest import DEFAULT_BUFFER, IngestSender
 from .mapping import (
     ACTIVE,
-    BUSY,
     CANCELLED,
     COMPLETED,
     FAILED,
-    IDLE,
     OFFLINE,
     ONLINE,
-    QUEUED,
     RETRYING,
-    SCHEDULED,
     TERMINAL,
     WORKER_HEARTBEAT,
     WORKER_STATE_CHANGE,
     attempt_from_retries,
+    describe_exception,
+    heartbeat_state,
     job_event,
+    message_extensions,
     now_iso,
     random_id,
+    revoke_extensions,
     safe_repr,
+    waiting_state,
     worker_event,
 )
 
@@ -242,21 +242,24 @@ class SluiceCelery:
             self.connection_id,
             task_id=task_id,
             name=headers.get("task") or sender,
-            state=SCHEDULED if eta else QUEUED,
+            state=waiting_state(eta),
             attempt=attempt_from_retries(retries),
             queue=queue or kw.get("routing_key"),
             timestamp=published_at,
             created_at=published_at,
             extensions={
                 "celerySignal": "after_task_publish",
-                "args": headers.get("argsrepr") or (safe_repr(args) if args is not None else None),
-                "kwargs": headers.get("kwargsrepr"),
-                "eta": eta,
-                "expires": headers.get("expires"),
-                "routingKey": kw.get("routing_key"),
-                "exchange": kw.get("exchange") or None,
-                "rootId": headers.get("root_id") if headers.get("root_id") != task_id else None,
-                "parentId": headers.get("parent_id"),
+                **message_extensions(
+                    task_id,
+                    args=headers.get("argsrepr") or (safe_repr(args) if args is not None else None),
+                    kwargs=headers.get("kwargsrepr"),
+                    eta=eta,
+                    expires=headers.get("expires"),
+                    routing_key=kw.get("routing_key"),
+                    exchange=kw.get("exchange"),
+                    root_id=headers.get("root_id"),
+                    parent_id=headers.get("parent_id"),
+                ),
                 "origin": headers.get("origin"),
             },
         )
@@ -280,7 +283,7 @@ class SluiceCelery:
             self.connection_id,
             task_id=request.id,
             name=request.name,
-            state=SCHEDULED if eta else QUEUED,
+            state=waiting_state(eta),
             attempt=attempt_from_retries(info.get("retries")),
             queue=delivery.get("routing_key"),
             worker_id=getattr(request, "hostname", None),
@@ -321,9 +324,7 @@ class SluiceCelery:
                 finished_at=time.time(),
                 extensions={
                     "celerySignal": "task_revoked",
-                    "terminated": kw.get("terminated") or None,
-                    "signum": kw.get("signum"),
-                    "expired": kw.get("expired") or None,
+                    **revoke_extensions(kw.get("terminated"), kw.get("signum"), kw.get("expired")),
                 },
             )
         )
@@ -374,24 +375,33 @@ class SluiceCelery:
             return
         req = task.request
         self._started[(task_id, getattr(req, "retries", 0) or 0)] = time.monotonic()
+        self._submit_running(
+            task,
+            req,
+            task_id,
+            ACTIVE,
+            started_at=time.time(),
+            extensions={
+                "celerySignal": "task_prerun",
+                "pid": os.getpid(),
+                "hostname": req.hostname,
+            },
+        )
+
+    def _submit_running(self, task: Any, req: Any, task_id: str, state: str, **fields: Any) -> None:
+        """A job event of the task running here: its request tells the attempt, queue and worker."""
         delivery = getattr(req, "delivery_info", None) or {}
         self.sender.submit(
             job_event(
                 self.connection_id,
                 task_id=task_id,
                 name=task.name,
-                state=ACTIVE,
-                previous_state=None,
+                state=state,
                 attempt=attempt_from_retries(getattr(req, "retries", 0)),
                 queue=delivery.get("routing_key"),
                 worker_id=getattr(req, "hostname", None),
-                started_at=time.time(),
                 max_retries=getattr(task, "max_retries", None),
-                extensions={
-                    "celerySignal": "task_prerun",
-                    "pid": os.getpid(),
-                    "hostname": req.hostname,
-                },
+                **fields,
             )
         )
 
@@ -409,21 +419,14 @@ class SluiceCelery:
             "hostname": req.hostname,
         }
         ext.update(fields.pop("extensions", {}))
-        delivery = getattr(req, "delivery_info", None) or {}
-        self.sender.submit(
-            job_event(
-                self.connection_id,
-                task_id=task_id,
-                name=task.name,
-                state=state,
-                attempt=attempt_from_retries(getattr(req, "retries", 0)),
-                queue=delivery.get("routing_key"),
-                worker_id=getattr(req, "hostname", None),
-                finished_at=time.time() if state in TERMINAL else None,
-                max_retries=getattr(task, "max_retries", None),
-                extensions=ext,
-                **fields,
-            )
+        self._submit_running(
+            task,
+            req,
+            task_id,
+            state,
+            finished_at=time.time() if state in TERMINAL else None,
+            extensions=ext,
+            **fields,
         )
 
     def on_success(self, sender: Any = None, result: Any = None, **kw: Any) -> None:
@@ -445,7 +448,7 @@ class SluiceCelery:
             sender,
             FAILED,
             "task_failure",
-            error=_describe(exception),
+            error=describe_exception(exception),
             stacktrace=getattr(einfo, "traceback", None),
         )
 
@@ -468,7 +471,7 @@ class SluiceCelery:
             "task_retry",
             req=req,
             timestamp=self._retry_at.pop(key, None),
-            error=_describe(exc),
+            error=describe_exception(exc),
             stacktrace=getattr(einfo, "traceback", None),
             extensions={
                 "when": safe_repr(getattr(reason, "when", None))
@@ -548,7 +551,7 @@ class SluiceCelery:
                 active = _active_count()
                 self.sender.submit(
                     self._worker_event(
-                        WORKER_HEARTBEAT, BUSY if active else IDLE, active=active, random=True
+                        WORKER_HEARTBEAT, heartbeat_state(active), active=active, random=True
                     )
                 )
             except Exception:
@@ -594,15 +597,6 @@ def _guard(handler: Any) -> Any:
 
     guarded.__name__ = handler.__name__
     return guarded
-
-
-def _describe(exc: Any) -> str | None:
-    if exc is None:
-        return None
-    if isinstance(exc, BaseException):
-        text = str(exc)
-        return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-    return safe_repr(exc, contract.MAX_ERROR)
 
 
 def _current_request_id() -> str | None:

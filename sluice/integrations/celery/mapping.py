@@ -190,6 +190,63 @@ def attempt_from_retries(retries: Any) -> int:
         return 1
 
 
+# -- Celery facts → fields, the same for both producers ---------------------------
+
+
+def waiting_state(eta: Any) -> str:
+    """A task waiting for a worker: `scheduled` when it has an ETA (or countdown), else `queued`."""
+    return SCHEDULED if eta else QUEUED
+
+
+def heartbeat_state(active: Any) -> str:
+    """A worker's state in a heartbeat: `busy` while it runs tasks, else `idle`."""
+    return BUSY if active else IDLE
+
+
+def describe_exception(exc: Any) -> str | None:
+    """A job's `error` from an exception (`Type: message`) or whatever Celery gave instead."""
+    if exc is None:
+        return None
+    if isinstance(exc, BaseException):
+        text = str(exc)
+        return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return safe_repr(exc, contract.MAX_ERROR)
+
+
+def message_extensions(
+    task_id: str,
+    *,
+    args: Any,
+    kwargs: Any,
+    eta: Any,
+    expires: Any,
+    routing_key: Any,
+    exchange: Any,
+    root_id: Any,
+    parent_id: Any,
+) -> dict[str, Any]:
+    """What a task message says of itself (a publish, task-sent/received), for `extensions`.
+
+    The keys keep this order in every event that has them; empty values are
+    dropped later, by `bounded_extensions`.
+    """
+    return {
+        "args": args,
+        "kwargs": kwargs,
+        "eta": eta,
+        "expires": expires,
+        "routingKey": routing_key,
+        "exchange": exchange or None,
+        "rootId": root_id if root_id != task_id else None,
+        "parentId": parent_id,
+    }
+
+
+def revoke_extensions(terminated: Any, signum: Any, expired: Any) -> dict[str, Any]:
+    """How a task was revoked (task_revoked, task-revoked), for `extensions`."""
+    return {"terminated": terminated or None, "signum": signum, "expired": expired or None}
+
+
 # -- ingest event builders ----------------------------------------------------
 
 

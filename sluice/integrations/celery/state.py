@@ -17,8 +17,6 @@ from typing import Any
 
 from .mapping import (
     ACTIVE,
-    BUSY,
-    IDLE,
     MAX_REPR,
     OFFLINE,
     ONLINE,
@@ -31,8 +29,12 @@ from .mapping import (
     WORKER_STATE_CHANGE,
     attempt_from_retries,
     clip,
+    heartbeat_state,
     job_event,
+    message_extensions,
     producer_id,
+    revoke_extensions,
+    waiting_state,
     worker_event,
 )
 
@@ -162,8 +164,7 @@ class CeleryEventMapper:
         ts = ev.get("timestamp")
         if kind in ("task-sent", "task-received"):
             attempt = attempt_from_retries(ev.get("retries"))
-            if ev.get("eta"):
-                state = SCHEDULED
+            state = waiting_state(ev.get("eta"))
             if attempt < task.attempt or (
                 attempt == task.attempt and task.state is not None and task.state not in WAITING
             ):
@@ -179,23 +180,25 @@ class CeleryEventMapper:
             task.started = ts
         if state == task.state and kind != "task-retried":
             return None  # no change (e.g. task-received after task-sent)
+        message = kind in ("task-sent", "task-received")
         ext: dict[str, Any] = {
             "celeryEvent": kind,
-            "args": ev.get("args") if kind in ("task-sent", "task-received") else None,
-            "kwargs": ev.get("kwargs") if kind in ("task-sent", "task-received") else None,
-            "eta": ev.get("eta"),
-            "expires": ev.get("expires"),
-            "routingKey": ev.get("routing_key"),
-            "exchange": ev.get("exchange") or None,
-            "rootId": ev.get("root_id") if ev.get("root_id") != task_id else None,
-            "parentId": ev.get("parent_id"),
+            **message_extensions(
+                task_id,
+                args=ev.get("args") if message else None,
+                kwargs=ev.get("kwargs") if message else None,
+                eta=ev.get("eta"),
+                expires=ev.get("expires"),
+                routing_key=ev.get("routing_key"),
+                exchange=ev.get("exchange"),
+                root_id=ev.get("root_id"),
+                parent_id=ev.get("parent_id"),
+            ),
             "hostname": ev.get("hostname"),
             "pid": ev.get("pid"),
             "runtime": ev.get("runtime"),
             "result": ev.get("result"),
-            "terminated": ev.get("terminated") or None,
-            "signum": ev.get("signum"),
-            "expired": ev.get("expired") or None,
+            **revoke_extensions(ev.get("terminated"), ev.get("signum"), ev.get("expired")),
             "requeue": ev.get("requeue") if kind == "task-rejected" else None,
         }
         for key in ("args", "kwargs", "result"):
@@ -287,7 +290,7 @@ class CeleryEventMapper:
                 worker_event(
                     self.connection_id,
                     kind=WORKER_HEARTBEAT,
-                    state=BUSY if active else IDLE,
+                    state=heartbeat_state(active),
                     active=active if isinstance(active, int) else None,
                     event_id=producer_id("hb", node, ev.get("timestamp"), ev.get("clock")),
                     **common,
