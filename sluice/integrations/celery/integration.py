@@ -29,6 +29,7 @@ import socket
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 from ...client.ingest import DEFAULT_BUFFER, IngestSender
@@ -139,20 +140,20 @@ class SluiceCelery:
         self._queues: OrderedDict[str, tuple[str | None, float]] = OrderedDict()
         self._started: dict[tuple[str, int], float] = {}  # (task id, retries) → start
         # (task id, retries of the new message) → its publish event, sent after `retrying`
-        self._deferred: dict[tuple[str, int], dict] = {}
+        self._deferred: dict[tuple[str, int], dict[str, Any]] = {}
         # (task id, retries of the new message) → when task.retry() published it
         self._retry_at: dict[tuple[str, int], float] = {}
         self._worker: dict[str, Any] = {}
         self._hb_stop = threading.Event()
         self._hb_thread: threading.Thread | None = None
-        self._handlers: list[tuple[Any, Any]] = []
+        self._handlers: list[tuple[Any, Callable[..., None]]] = []
 
     # -- wiring --
 
     def connect(self) -> None:
         from celery import signals  # lazily
 
-        table = [
+        table: list[tuple[Any, Callable[..., None]]] = [
             (signals.before_task_publish, self.on_before_publish),
             (signals.after_task_publish, self.on_after_publish),
             (signals.task_received, self.on_received),
@@ -202,7 +203,11 @@ class SluiceCelery:
     # -- publisher side --
 
     def on_before_publish(
-        self, sender: Any = None, headers: dict | None = None, declare: Any = None, **kw: Any
+        self,
+        sender: Any = None,
+        headers: dict[str, Any] | None = None,
+        declare: Any = None,
+        **kw: Any,
     ) -> None:
         headers = headers or {}
         task_id = headers.get("id")
@@ -225,7 +230,7 @@ class SluiceCelery:
             self._queues.popitem(last=False)
 
     def on_after_publish(
-        self, sender: Any = None, headers: dict | None = None, body: Any = None, **kw: Any
+        self, sender: Any = None, headers: dict[str, Any] | None = None, body: Any = None, **kw: Any
     ) -> None:
         headers = headers or {}
         task_id = headers.get("id")
@@ -277,7 +282,7 @@ class SluiceCelery:
             return
         info = getattr(request, "request_dict", None) or {}
         delivery = getattr(request, "delivery_info", None) or {}
-        eta = getattr(request, "eta", None)
+        eta: Any = getattr(request, "eta", None)  # a datetime, a string or None
         retries = int(info.get("retries") or 0)
         event = job_event(
             self.connection_id,
@@ -565,7 +570,7 @@ class SluiceCelery:
         previous: str | None = None,
         active: int | None = None,
         random: bool = False,
-    ) -> dict:
+    ) -> dict[str, Any]:
         w = self._worker
         return worker_event(
             self.connection_id,
@@ -586,7 +591,7 @@ class SluiceCelery:
         )
 
 
-def _guard(handler: Any) -> Any:
+def _guard(handler: Callable[..., None]) -> Callable[..., None]:
     """Wrap a signal handler so that nothing it does can raise into Celery."""
 
     def guarded(*args: Any, **kwargs: Any) -> None:

@@ -151,7 +151,7 @@ def bounded_extensions(ext: dict[str, Any], limit: int = MAX_EXTENSIONS_BYTES) -
     """Drop empty values and shrink the largest entries until the JSON fits `limit` bytes."""
     out = {k: v for k, v in ext.items() if v is not None and v != "" and v != [] and v != {}}
 
-    def size(d: dict) -> int:
+    def size(d: dict[str, Any]) -> int:
         return len(json.dumps(d, separators=(",", ":"), default=str).encode())
 
     while out and size(out) > limit:
