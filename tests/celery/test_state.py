@@ -37,6 +37,30 @@ def states(out: list[dict]) -> list[str]:
     return [e["job"]["state"] for e in out if e["type"] == "job_state_change"]
 
 
+#: (state, attempt) of a task that fails twice, is retried each time, then completes.
+TWO_RETRIES_THEN_DONE = [
+    ("queued", 1), ("active", 1), ("retrying", 1),
+    ("queued", 2), ("active", 2), ("retrying", 2),
+    ("queued", 3), ("active", 3), ("completed", 3),
+]  # fmt: skip
+
+
+def attempts(out: list[dict]) -> list[tuple[str, int]]:
+    return [(e["job"]["state"], e["job"]["attempt"]) for e in out]
+
+
+def messages(task_id: str, name: str):
+    """sent(n), received(n): the task-sent and task-received of the message of retry n."""
+
+    def sent(n):
+        return Event("task-sent", uuid=task_id, name=name, retries=n, eta=None, queue="c")
+
+    def received(n):
+        return Event("task-received", uuid=task_id, name=name, retries=n, eta=None)
+
+    return sent, received
+
+
 def test_success_lifecycle_keeps_name_queue_worker_and_one_external_id():
     m = CeleryEventMapper(CONN)
     t0 = time.time()
@@ -119,13 +143,14 @@ def test_retries_carry_attempts_and_ids_differ_per_attempt():
             "task-received", uuid="t3", name="app.flaky", retries=0, eta=None, hostname="celery@w"
         )
     ]
+    sent, received = messages("t3", "app.flaky")
     for n in range(2):
         # The order a real worker sends them in: the retry message is published
         # (task-sent, task-received) before task-retried reports the failed attempt.
         evs += [
             Event("task-started", uuid="t3", hostname="celery@w"),
-            Event("task-sent", uuid="t3", name="app.flaky", retries=n + 1, eta=None, queue="c"),
-            Event("task-received", uuid="t3", name="app.flaky", retries=n + 1, eta=None),
+            sent(n + 1),
+            received(n + 1),
             Event("task-retried", uuid="t3", exception=f"RuntimeError('attempt {n + 1}')"),
         ]
     evs += [
@@ -134,17 +159,7 @@ def test_retries_carry_attempts_and_ids_differ_per_attempt():
     ]
     out = run(m, *evs)
     jobs = [e["job"] for e in out]
-    assert [(j["state"], j["attempt"]) for j in jobs] == [
-        ("queued", 1),
-        ("active", 1),
-        ("retrying", 1),
-        ("queued", 2),
-        ("active", 2),
-        ("retrying", 2),
-        ("queued", 3),
-        ("active", 3),
-        ("completed", 3),
-    ]
+    assert attempts(out) == TWO_RETRIES_THEN_DONE
     assert jobs[2]["error"] == "RuntimeError('attempt 1')"
     assert len({e["id"] for e in out}) == len(out)
 
@@ -152,12 +167,7 @@ def test_retries_carry_attempts_and_ids_differ_per_attempt():
 def test_retries_of_overlapping_attempts_stay_in_order():
     """Threads pool: attempt 2 runs and retries before attempt 1's task-retried is sent."""
     m = CeleryEventMapper(CONN)
-
-    def sent(n):
-        return Event("task-sent", uuid="t9", name="app.flaky", retries=n, eta=None, queue="c")
-
-    def received(n):
-        return Event("task-received", uuid="t9", name="app.flaky", retries=n, eta=None)
+    sent, received = messages("t9", "app.flaky")
 
     def retried(n):
         return Event("task-retried", uuid="t9", exception=f"RuntimeError('attempt {n}')")
@@ -170,11 +180,7 @@ def test_retries_of_overlapping_attempts_stay_in_order():
         sent(2), received(2), retried(1), started, retried(2),
         Event("task-succeeded", uuid="t9", runtime=0.1),
     )  # fmt: skip
-    assert [(e["job"]["state"], e["job"]["attempt"]) for e in out] == [
-        ("queued", 1), ("active", 1), ("retrying", 1),
-        ("queued", 2), ("active", 2), ("retrying", 2),
-        ("queued", 3), ("active", 3), ("completed", 3),
-    ]  # fmt: skip
+    assert attempts(out) == TWO_RETRIES_THEN_DONE
     assert [e["job"].get("error") for e in out if e["job"]["state"] == "retrying"] == [
         "RuntimeError('attempt 1')",
         "RuntimeError('attempt 2')",
@@ -184,24 +190,14 @@ def test_retries_of_overlapping_attempts_stay_in_order():
 def test_retry_message_seen_before_its_attempt_started():
     """RabbitMQ + threads: events straight from pool threads overtake the worker's buffered ones."""
     m = CeleryEventMapper(CONN)
-
-    def sent(n):
-        return Event("task-sent", uuid="t11", name="f", retries=n, eta=None, queue="c")
-
-    def received(n):
-        return Event("task-received", uuid="t11", name="f", retries=n, eta=None)
-
+    sent, received = messages("t11", "f")
     started, retried = Event("task-started", uuid="t11"), Event("task-retried", uuid="t11")
     out = run(
         m,
         sent(0), received(0), started, sent(1), received(1), sent(2), started, retried,
         retried, received(2), started, Event("task-succeeded", uuid="t11"),
     )  # fmt: skip
-    assert [(e["job"]["state"], e["job"]["attempt"]) for e in out] == [
-        ("queued", 1), ("active", 1), ("retrying", 1),
-        ("queued", 2), ("active", 2), ("retrying", 2),
-        ("queued", 3), ("active", 3), ("completed", 3),
-    ]  # fmt: skip
+    assert attempts(out) == TWO_RETRIES_THEN_DONE
 
 
 def test_held_events_are_released_if_task_retried_never_comes():

@@ -7,12 +7,14 @@ It listens to Celery's signals, in the processes that publish tasks (a sent
 task is `queued`, or `scheduled` with an ETA/countdown) and in the workers
 (received, started, succeeded, failed, retried, revoked, rejected; the
 worker coming online, its heartbeats, going offline). Signal handlers only
-build a small dict and append it to a bounded buffer; a background thread
+build a small dict (with `mapping`, the same functions the agent uses) and
+append it to a bounded buffer; a background thread
 (a greenlet under gevent) posts batches to `POST /api/ingest`. Nothing here
 raises into Celery or waits on the network inside a task.
 
 Celery is imported lazily (inside `install`): importing this module does not
-import Celery, and the server never depends on it.
+import Celery, and the server never depends on it. The logger stays
+`sluice.celery`, the name users know.
 
 Settings: the signals fire whatever Celery's event settings are, so the
 integration needs none of them and changes none (it logs what it hooked and

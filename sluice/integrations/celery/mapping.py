@@ -1,8 +1,10 @@
 """Celery → Sluice ingest events: the one place that knows the mapping.
 
-Both producers use it: the agent feeds it Celery's own event dicts (as sent
-by workers and publishers over the broker), the in-worker integration feeds
-it what Celery's signals carry. The mapping follows the contract's Celery
+Both producers use it: the agent's state (`state.CeleryEventMapper`) feeds it
+Celery's own event dicts (as sent by workers and publishers over the broker),
+the in-worker integration (`integration`) feeds it what Celery's signals
+carry. Event types, payload fields, states and field limits are the ones
+`sluice.contract` defines. The mapping follows the contract's Celery
 states (README, "Monitor your Celery"): task-sent/received → queued (scheduled with an ETA),
 task-started → active, task-succeeded → completed, task-failed → failed,
 task-retried → retrying, task-revoked → cancelled, task-rejected → failed;
@@ -14,7 +16,7 @@ state), not from when it was seen. A resent batch, a task-sent and a
 task-received for the same attempt, or the agent and the integration
 reporting the same transition all collapse to one stream event on the server.
 
-No Celery import here: the functions take plain dicts and values.
+Pure: no Celery import and no I/O here; the functions take plain dicts and values.
 """
 
 from __future__ import annotations
