@@ -199,9 +199,9 @@ def tail(
 
 
 # --- celery-agent (owned by the Celery bridge) ---------------------------------
-# The command lives in sluice/bridges/celery_agent.py, which imports only click
+# The command lives in sluice/integrations/celery/agent.py, which imports only click
 # and the standard library at import time: Celery itself is imported inside the
 # command, so `python -m sluice --help` works without Celery installed.
-from .bridges.celery_agent import celery_agent_command  # noqa: E402
+from .integrations.celery.agent import celery_agent_command  # noqa: E402
 
 main.add_command(celery_agent_command, "celery-agent")

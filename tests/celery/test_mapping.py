@@ -1,328 +1,20 @@
-"""The Celery → ingest mapping, fed with events built by Celery's own `Event()`.
+"""The one Celery → ingest mapping (`sluice.integrations.celery.mapping`): pure functions.
 
-Every ingest event produced here is also checked against the server's own
-validator (`sluice.ingest.validate_event`), so a mapping the server would
-reject fails here first.
+Both producers build their events here (the agent through its state, the
+integration from Celery's signals), so what is pinned here holds for both.
+Every event built here is also checked against the server's own validator.
 """
 
 from __future__ import annotations
 
-import json
-import time
+from sluice import contract
+from sluice.integrations.celery import mapping as ce
 
-import pytest
-
-pytest.importorskip(
-    "celery", reason="Celery is not installed: pip install -r requirements-celery.txt"
-)
-
-from celery.events import Event  # noqa: E402
-
-from sluice.bridges import celery_events as ce  # noqa: E402
-
-CONN = "7d3f2d8e-1111-4222-8333-444455556666"
-
-
-def validate(events: list[dict]) -> None:
-    from sluice.config import load_settings
-    from sluice.ingest import _Errors, validate_event
-
-    errors = _Errors()
-    for i, event in enumerate(events):
-        validate_event(errors, event, i, CONN, load_settings({}))
-    assert not errors.details, errors.details
-
-
-def run(mapper: ce.CeleryEventMapper, *events: dict) -> list[dict]:
-    out: list[dict] = []
-    for event in events:
-        out.extend(mapper.map(event))
-    validate(out)
-    return out
-
-
-def states(out: list[dict]) -> list[str]:
-    return [e["job"]["state"] for e in out if e["type"] == "job_state_change"]
-
-
-def test_success_lifecycle_keeps_name_queue_worker_and_one_external_id():
-    m = ce.CeleryEventMapper(CONN)
-    t0 = time.time()
-    out = run(
-        m,
-        Event(
-            "task-sent",
-            uuid="t1",
-            name="app.add",
-            args="(1, 2)",
-            kwargs="{}",
-            retries=0,
-            eta=None,
-            queue="emails",
-            exchange="",
-            routing_key="emails",
-            timestamp=t0,
-        ),
-        Event(
-            "task-received",
-            uuid="t1",
-            name="app.add",
-            args="(1, 2)",
-            kwargs="{}",
-            retries=0,
-            eta=None,
-            hostname="celery@web-1",
-            timestamp=t0 + 0.1,
-        ),
-        Event("task-started", uuid="t1", hostname="celery@web-1", pid=42, timestamp=t0 + 0.2),
-        Event(
-            "task-succeeded",
-            uuid="t1",
-            result="3",
-            runtime=0.01,
-            hostname="celery@web-1",
-            timestamp=t0 + 0.3,
-        ),
-    )
-    # task-received after task-sent is no change of state: one `queued`.
-    assert states(out) == ["queued", "active", "completed"]
-    assert {e["job"]["externalId"] for e in out} == {"t1"}
-    assert all(e["job"]["name"] == "app.add" for e in out)
-    assert [e["job"].get("previousState") for e in out] == [None, "queued", "active"]
-    done = out[-1]["job"]
-    assert done["queue"] == "emails" and done["workerId"] == "celery@web-1" and done["attempt"] == 1
-    assert done["extensions"]["runtime"] == 0.01 and done["extensions"]["result"] == "3"
-    assert done["finishedAt"].endswith("Z") and done["startedAt"] <= done["finishedAt"]
-    assert out[0]["framework"] == "celery" and out[0]["connectionId"] == CONN
-    assert len({e["id"] for e in out}) == 3
-
-
-def test_failure_carries_error_and_tail_of_a_huge_traceback():
-    m = ce.CeleryEventMapper(CONN)
-    tb = "Traceback (most recent call last):\n" + "  frame\n" * 20_000 + "ValueError: boom"
-    out = run(
-        m,
-        Event(
-            "task-received", uuid="t2", name="app.boom", retries=0, eta=None, hostname="celery@w"
-        ),
-        Event("task-started", uuid="t2", hostname="celery@w"),
-        Event(
-            "task-failed",
-            uuid="t2",
-            exception="ValueError('boom' * 5000)" + "x" * 20_000,
-            traceback=tb,
-            hostname="celery@w",
-        ),
-    )
-    failed = out[-1]["job"]
-    assert failed["state"] == "failed"
-    assert len(failed["error"]) <= 10_000 and failed["error"].startswith("ValueError('boom")
-    assert len(failed["stacktrace"]) <= 50_000 and failed["stacktrace"].endswith("ValueError: boom")
-
-
-def test_retries_carry_attempts_and_ids_differ_per_attempt():
-    m = ce.CeleryEventMapper(CONN)
-    evs = [
-        Event(
-            "task-received", uuid="t3", name="app.flaky", retries=0, eta=None, hostname="celery@w"
-        )
-    ]
-    for n in range(2):
-        # The order a real worker sends them in: the retry message is published
-        # (task-sent, task-received) before task-retried reports the failed attempt.
-        evs += [
-            Event("task-started", uuid="t3", hostname="celery@w"),
-            Event("task-sent", uuid="t3", name="app.flaky", retries=n + 1, eta=None, queue="c"),
-            Event("task-received", uuid="t3", name="app.flaky", retries=n + 1, eta=None),
-            Event("task-retried", uuid="t3", exception=f"RuntimeError('attempt {n + 1}')"),
-        ]
-    evs += [
-        Event("task-started", uuid="t3", hostname="celery@w"),
-        Event("task-succeeded", uuid="t3", runtime=0.1),
-    ]
-    out = run(m, *evs)
-    jobs = [e["job"] for e in out]
-    assert [(j["state"], j["attempt"]) for j in jobs] == [
-        ("queued", 1),
-        ("active", 1),
-        ("retrying", 1),
-        ("queued", 2),
-        ("active", 2),
-        ("retrying", 2),
-        ("queued", 3),
-        ("active", 3),
-        ("completed", 3),
-    ]
-    assert jobs[2]["error"] == "RuntimeError('attempt 1')"
-    assert len({e["id"] for e in out}) == len(out)
-
-
-def test_retries_of_overlapping_attempts_stay_in_order():
-    """Threads pool: attempt 2 runs and retries before attempt 1's task-retried is sent."""
-    m = ce.CeleryEventMapper(CONN)
-
-    def sent(n):
-        return Event("task-sent", uuid="t9", name="app.flaky", retries=n, eta=None, queue="c")
-
-    def received(n):
-        return Event("task-received", uuid="t9", name="app.flaky", retries=n, eta=None)
-
-    def retried(n):
-        return Event("task-retried", uuid="t9", exception=f"RuntimeError('attempt {n}')")
-
-    started = Event("task-started", uuid="t9", hostname="celery@w")
-    out = run(
-        m,
-        sent(0), received(0), started,
-        sent(1), received(1), started,
-        sent(2), received(2), retried(1), started, retried(2),
-        Event("task-succeeded", uuid="t9", runtime=0.1),
-    )  # fmt: skip
-    assert [(e["job"]["state"], e["job"]["attempt"]) for e in out] == [
-        ("queued", 1), ("active", 1), ("retrying", 1),
-        ("queued", 2), ("active", 2), ("retrying", 2),
-        ("queued", 3), ("active", 3), ("completed", 3),
-    ]  # fmt: skip
-    assert [e["job"].get("error") for e in out if e["job"]["state"] == "retrying"] == [
-        "RuntimeError('attempt 1')",
-        "RuntimeError('attempt 2')",
-    ]
-
-
-def test_retry_message_seen_before_its_attempt_started():
-    """RabbitMQ + threads: events straight from pool threads overtake the worker's buffered ones."""
-    m = ce.CeleryEventMapper(CONN)
-
-    def sent(n):
-        return Event("task-sent", uuid="t11", name="f", retries=n, eta=None, queue="c")
-
-    def received(n):
-        return Event("task-received", uuid="t11", name="f", retries=n, eta=None)
-
-    started, retried = Event("task-started", uuid="t11"), Event("task-retried", uuid="t11")
-    out = run(
-        m,
-        sent(0), received(0), started, sent(1), received(1), sent(2), started, retried,
-        retried, received(2), started, Event("task-succeeded", uuid="t11"),
-    )  # fmt: skip
-    assert [(e["job"]["state"], e["job"]["attempt"]) for e in out] == [
-        ("queued", 1), ("active", 1), ("retrying", 1),
-        ("queued", 2), ("active", 2), ("retrying", 2),
-        ("queued", 3), ("active", 3), ("completed", 3),
-    ]  # fmt: skip
-
-
-def test_held_events_are_released_if_task_retried_never_comes():
-    m = ce.CeleryEventMapper(CONN)
-    run(m, Event("task-received", uuid="t10", name="n", retries=0, eta=None))
-    run(m, Event("task-started", uuid="t10"))
-    assert run(m, Event("task-received", uuid="t10", name="n", retries=1, eta=None)) == []
-    assert m.release_held(hold_seconds=60) == []
-    released = m.release_held(hold_seconds=0)
-    validate(released)
-    assert [(e["job"]["state"], e["job"]["attempt"]) for e in released] == [("queued", 2)]
-
-
-def test_eta_is_scheduled_and_revoked_is_cancelled_and_rejected_is_failed():
-    m = ce.CeleryEventMapper(CONN)
-    eta = "2030-01-01T00:00:00+00:00"
-    out = run(
-        m,
-        Event("task-sent", uuid="t4", name="app.later", retries=0, eta=eta, queue="celery"),
-        Event(
-            "task-received", uuid="t4", name="app.later", retries=0, eta=eta, hostname="celery@w"
-        ),
-        Event(
-            "task-revoked",
-            uuid="t4",
-            terminated=False,
-            signum=None,
-            expired=False,
-            hostname="celery@w",
-        ),
-        Event("task-received", uuid="t5", name="app.x", retries=0, eta=None, hostname="celery@w"),
-        Event("task-rejected", uuid="t5", requeue=False, hostname="celery@w"),
-    )
-    assert [(e["job"]["externalId"], e["job"]["state"]) for e in out] == [
-        ("t4", "scheduled"),
-        ("t4", "cancelled"),
-        ("t5", "queued"),
-        ("t5", "failed"),
-    ]
-    assert out[0]["job"]["extensions"]["eta"] == eta
-
-
-def test_stale_queued_after_started_is_dropped_and_ids_are_stable():
-    a, b = ce.CeleryEventMapper(CONN), ce.CeleryEventMapper(CONN)
-    started = Event("task-started", uuid="t6", hostname="celery@w")
-    late = Event("task-sent", uuid="t6", name="app.y", retries=0, eta=None, queue="celery")
-    assert states(run(a, started, late)) == ["active"]
-    done = run(a, Event("task-succeeded", uuid="t6", runtime=0.1))[0]["job"]
-    assert done["queue"] == "celery" and done["name"] == "app.y"  # learnt from the late event
-    # The same meaning gives the same producer id in another process (agent restart, integration).
-    first = run(b, Event("task-received", uuid="t7", name="n", retries=0, eta=None))[0]
-    again = ce.CeleryEventMapper(CONN).map(
-        Event("task-sent", uuid="t7", name="n", retries=0, eta=None)
-    )[0]
-    assert first["id"] == again["id"]
-
-
-def test_worker_online_heartbeats_offline_and_silent_worker_expiry():
-    m = ce.CeleryEventMapper(CONN, worker_timeout=0.05)
-    sw = {"sw_ident": "py-celery", "sw_ver": "5.7.0", "sw_sys": "Linux", "freq": 1.0}
-    out = run(
-        m,
-        Event("worker-online", hostname="celery@web-1", pid=7, **sw),
-        Event(
-            "worker-heartbeat", hostname="celery@web-1", active=2, processed=5, pid=7, clock=1, **sw
-        ),
-        Event(
-            "worker-heartbeat", hostname="celery@web-1", active=0, processed=7, pid=7, clock=2, **sw
-        ),
-        Event("worker-offline", hostname="celery@web-1", pid=7, **sw),
-    )
-    assert [(e["type"], e["worker"]["state"]) for e in out] == [
-        ("worker_state_change", "online"),
-        ("worker_heartbeat", "busy"),
-        ("worker_heartbeat", "idle"),
-        ("worker_state_change", "offline"),
-    ]
-    assert out[1]["worker"]["activeJobs"] == 2 and out[1]["worker"]["hostname"] == "web-1"
-    assert out[1]["worker"]["externalId"] == "celery@web-1"
-    # A worker first seen by a heartbeat (it started before the agent) is announced online.
-    hb = run(m, Event("worker-heartbeat", hostname="celery@web-2", active=0, freq=1.0))
-    assert [(e["type"], e["worker"]["state"]) for e in hb] == [
-        ("worker_state_change", "online"),
-        ("worker_heartbeat", "idle"),
-    ]
-    time.sleep(0.1)  # past the (tiny) heartbeat window: that is what is under test
-    expired = m.expire_workers()
-    validate(expired)
-    assert [(e["worker"]["externalId"], e["worker"]["state"]) for e in expired] == [
-        ("celery@web-2", "offline")
-    ]
+from .checks import CONN, heavy_imports, validate
 
 
 def test_extensions_stay_bounded():
-    m = ce.CeleryEventMapper(CONN)
     huge = "x" * 100_000
-    out = run(
-        m,
-        Event(
-            "task-sent",
-            uuid="t8",
-            name="n",
-            args=huge,
-            kwargs=huge,
-            retries=0,
-            eta=None,
-            queue="q",
-            routing_key=huge,
-            exchange=huge,
-        ),
-    )
-    assert len(json.dumps(out[0]["job"]["extensions"]).encode()) <= ce.MAX_EXTENSIONS_BYTES
-    assert len(out[0]["job"]["queue"]) <= 255
     assert ce.bounded_extensions({"a": {"nested": huge}, "b": 1})["b"] == 1
     # The integration's builders clip user reprs too.
     ev = ce.job_event(CONN, task_id="t", name="n", state="queued", extensions={"args": huge})
@@ -333,3 +25,124 @@ def test_iso_forms():
     assert ce.iso(0) == "1970-01-01T00:00:00.000Z"
     assert ce.iso("2026-02-27T10:30:00.123456+01:00") == "2026-02-27T09:30:00.123Z"
     assert ce.iso("not a date") is None
+
+
+def test_names_and_states_are_the_contracts():
+    assert (ce.JOB_STATE_CHANGE, ce.WORKER_HEARTBEAT, ce.WORKER_STATE_CHANGE) == (
+        "job_state_change",
+        "worker_heartbeat",
+        "worker_state_change",
+    )
+    assert ce.QUEUE_SNAPSHOT == "queue_snapshot" and ce.FRAMEWORK == "celery"
+    assert (ce.JOB_FIELD, ce.WORKER_FIELD, ce.QUEUE_FIELD) == ("job", "worker", "queue")
+    assert set(ce.TASK_STATES.values()) | ce.TERMINAL | ce.WAITING <= set(contract.JOB_STATES)
+    assert {ce.ONLINE, ce.BUSY, ce.IDLE, ce.OFFLINE} == set(contract.WORKER_STATES)
+
+
+def test_builders_make_events_the_server_accepts_within_its_limits():
+    long = "z" * 100_000
+    job = ce.job_event(
+        CONN,
+        task_id=long,
+        name=None,
+        state=ce.FAILED,
+        queue=long,
+        worker_id=long,
+        error=long,
+        stacktrace=long + "the end",
+        max_retries=-1,
+        timestamp=0,
+    )
+    worker = ce.worker_event(
+        CONN,
+        kind=ce.WORKER_HEARTBEAT,
+        nodename="celery@" + long,
+        state=ce.heartbeat_state(0),
+        active=-1,
+        queues=["a", "", long] + [f"q{i}" for i in range(300)],
+    )
+    queue = ce.queue_event(CONN, name=long, depth=-3, consumers=2)
+    validate([job, worker, queue])
+    j = job["job"]
+    assert job["type"] == "job_state_change" and job["timestamp"] == "1970-01-01T00:00:00.000Z"
+    assert len(j["externalId"]) == contract.MAX_EXTERNAL_ID and j["name"] == ce.UNKNOWN_NAME
+    assert len(j["queue"]) == contract.MAX_QUEUE_NAME
+    assert len(j["workerId"]) == contract.MAX_EXTERNAL_ID
+    assert len(j["error"]) == contract.MAX_ERROR
+    assert len(j["stacktrace"]) == contract.MAX_STACKTRACE and j["stacktrace"].endswith("the end")
+    assert "maxRetries" not in j
+    w = worker["worker"]
+    assert w["state"] == "idle" and "activeJobs" not in w
+    assert len(w["queues"]) == contract.MAX_QUEUES and w["queues"][0] == "a"
+    assert len(w["hostname"]) == contract.MAX_HOSTNAME
+    assert queue["queue"] == {"name": queue["queue"]["name"], "depth": 0, "consumers": 2}
+    assert len(queue["queue"]["name"]) == contract.MAX_QUEUE_NAME
+
+
+def test_producer_ids_follow_the_meaning_not_the_moment():
+    a = ce.job_event(CONN, task_id="t", name="n", state="active", attempt=2, timestamp=1)
+    b = ce.job_event(CONN, task_id="t", name="other", state="active", attempt=2, timestamp=9)
+    c = ce.job_event(CONN, task_id="t", name="n", state="active", attempt=3, timestamp=1)
+    assert a["id"] == b["id"] != c["id"]
+    assert a["id"].startswith("celery-") and len(a["id"]) <= contract.MAX_PRODUCER_ID
+    q1, q2 = (ce.queue_event(CONN, name="q", depth=1) for _ in range(2))
+    assert q1["id"] != q2["id"]  # every snapshot is new
+
+
+def test_celery_facts_map_the_same_for_both_producers():
+    assert ce.waiting_state(None) == "queued" and ce.waiting_state("") == "queued"
+    assert ce.waiting_state("2030-01-01T00:00:00+00:00") == "scheduled"
+    assert ce.heartbeat_state(0) == "idle" and ce.heartbeat_state(None) == "idle"
+    assert ce.heartbeat_state(3) == "busy"
+    assert ce.describe_exception(None) is None
+    assert ce.describe_exception(ValueError("boom")) == "ValueError: boom"
+    assert ce.describe_exception(KeyError()) == "KeyError"
+    assert ce.describe_exception("x" * 20_000) == ce.clip("x" * 20_000, contract.MAX_ERROR)
+    assert ce.attempt_from_retries(None) == 1 and ce.attempt_from_retries("2") == 3
+    assert ce.attempt_from_retries("nope") == 1
+    ext = ce.message_extensions(
+        "t1",
+        args="(1,)",
+        kwargs=None,
+        eta=None,
+        expires=None,
+        routing_key="rk",
+        exchange="",
+        root_id="t1",
+        parent_id="p",
+    )
+    # Key order is part of the output: every event lists them in this order.
+    assert list(ext) == [
+        "args", "kwargs", "eta", "expires", "routingKey", "exchange", "rootId", "parentId",
+    ]  # fmt: skip
+    assert ext["exchange"] is None and ext["rootId"] is None  # empty exchange; a root of itself
+    assert (
+        ce.message_extensions(
+            "t2",
+            args=None,
+            kwargs=None,
+            eta=None,
+            expires=None,
+            routing_key=None,
+            exchange="ex",
+            root_id="t1",
+            parent_id=None,
+        )["rootId"]
+        == "t1"
+    )
+    assert ce.revoke_extensions(False, None, False) == {
+        "terminated": None,
+        "signum": None,
+        "expired": None,
+    }
+    assert ce.revoke_extensions(True, 15, True) == {
+        "terminated": True,
+        "signum": 15,
+        "expired": True,
+    }
+    assert ce.host_of("celery@web-1") == "web-1" and ce.host_of("web-2") == "web-2"
+    assert ce.host_of(None) is None
+
+
+def test_importing_the_mapping_imports_no_framework():
+    assert heavy_imports("sluice.integrations.celery.mapping") == set()

@@ -1,5 +1,6 @@
-"""sluice.celery.install inside a real (in-process) Celery worker on kombu's memory
-transport: the signal handlers' guarantees, without subprocesses.
+"""The integration (`sluice.celery.install`, `sluice.integrations.celery.integration`)
+inside a real (in-process) Celery worker on kombu's memory transport: the
+signal handlers' guarantees, without subprocesses.
 
 The capture server is a real HTTP server standing in for /api/ingest.
 """
@@ -19,6 +20,9 @@ from celery import Celery  # noqa: E402
 from celery.contrib.testing.worker import start_worker  # noqa: E402
 
 import sluice.celery  # noqa: E402
+import sluice.integrations.celery  # noqa: E402
+
+from .checks import heavy_imports  # noqa: E402
 
 CONN = "0e1f2a3b-4c5d-4e6f-8a9b-0c1d2e3f4a5b"
 
@@ -150,3 +154,10 @@ def test_install_reads_the_environment_and_is_idempotent(capture, monkeypatch):
         assert first.sender.url == capture.url and first.connection_id == CONN
     finally:
         first.uninstall()
+
+
+def test_sluice_celery_is_the_integrations_install_and_imports_nothing_heavy():
+    assert sluice.celery.install is sluice.integrations.celery.install
+    assert sluice.celery.SluiceCelery is sluice.integrations.celery.SluiceCelery
+    # Celery workers import it: Celery comes with `install`, the server's packages never.
+    assert heavy_imports("sluice.celery") == set()

@@ -4,7 +4,7 @@ Like Flower, it listens to Celery's own event stream on the broker
 (`EventReceiver`), so the workers need no code change; it also polls the
 depth of the queues (Redis: LLEN of each queue's keys incl. its priority
 variants; RabbitMQ: a passive queue_declare, which also gives the number of
-consumers). Everything is normalised by `celery_events` and sent in batches
+consumers). Everything is normalised by `state` and `mapping` and sent in batches
 to `POST /api/ingest` by an `IngestSender` (bounded buffer, retries, producer
 ids), so a Sluice outage loses nothing up to the buffer and duplicates
 nothing.
@@ -23,8 +23,9 @@ from typing import Any
 
 import click
 
-from ..client.ingest import DEFAULT_BUFFER, IngestSender
-from .celery_events import CeleryEventMapper, queue_event
+from ...client.ingest import DEFAULT_BUFFER, IngestSender
+from .mapping import queue_event
+from .state import CeleryEventMapper
 
 log = logging.getLogger("sluice.celery_agent")
 
@@ -386,7 +387,6 @@ def celery_agent_command(log_level: str, **kwargs: Any) -> None:
     raise SystemExit(run_agent(**kwargs))
 
 
-if (
-    __name__ == "__main__"
-):  # python -m sluice.bridges.celery_agent (the CLI proper is `python -m sluice`)
+# python -m sluice.integrations.celery.agent (the CLI proper is `python -m sluice`)
+if __name__ == "__main__":
     celery_agent_command()  # pragma: no cover

@@ -1,5 +1,0 @@
-"""Producers that feed Sluice's ingest API from job frameworks (Celery for now).
-
-Nothing here is imported by the server: the bridges import their framework
-lazily, so the server never depends on Celery.
-"""

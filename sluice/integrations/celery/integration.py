@@ -1,0 +1,625 @@
+"""Two lines in a Celery app, and its tasks and workers show up live in Sluice.
+
+    import sluice.celery
+    sluice.celery.install(app)   # url/api_key/connection_id or SLUICE_URL, SLUICE_API_KEY, SLUICE_CONNECTION_ID
+
+It listens to Celery's signals, in the processes that publish tasks (a sent
+task is `queued`, or `scheduled` with an ETA/countdown) and in the workers
+(received, started, succeeded, failed, retried, revoked, rejected; the
+worker coming online, its heartbeats, going offline). Signal handlers only
+build a small dict (with `mapping`, the same functions the agent uses) and
+append it to a bounded buffer; a background thread
+(a greenlet under gevent) posts batches to `POST /api/ingest`. Nothing here
+raises into Celery or waits on the network inside a task.
+
+Celery is imported lazily (inside `install`): importing this module does not
+import Celery, and the server never depends on it. The logger stays
+`sluice.celery`, the name users know.
+
+Settings: the signals fire whatever Celery's event settings are, so the
+integration needs none of them and changes none (it logs what it hooked and
+the current values). Prefork children start their own sender after the fork
+(`worker_process_init`, plus an at-fork hook), threads and gevent pools share
+the process's one sender.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from ...client.ingest import DEFAULT_BUFFER, IngestSender
+from .mapping import (
+    ACTIVE,
+    CANCELLED,
+    COMPLETED,
+    FAILED,
+    OFFLINE,
+    ONLINE,
+    RETRYING,
+    TERMINAL,
+    WORKER_HEARTBEAT,
+    WORKER_STATE_CHANGE,
+    attempt_from_retries,
+    describe_exception,
+    heartbeat_state,
+    job_event,
+    message_extensions,
+    now_iso,
+    random_id,
+    revoke_extensions,
+    safe_repr,
+    waiting_state,
+    worker_event,
+)
+
+log = logging.getLogger("sluice.celery")
+
+__all__ = ["install", "SluiceCelery"]
+
+_installed: dict[int, SluiceCelery] = {}
+
+
+def install(
+    celery_app: Any,
+    url: str | None = None,
+    api_key: str | None = None,
+    connection_id: str | None = None,
+    *,
+    buffer_size: int | None = None,
+    heartbeat_interval: float | None = None,
+) -> SluiceCelery | None:
+    """Forward this Celery app's task and worker events to Sluice (idempotent per app).
+
+    Missing settings are taken from SLUICE_URL, SLUICE_API_KEY and
+    SLUICE_CONNECTION_ID. Without them it logs an error and does nothing:
+    a monitoring misconfiguration must not stop a worker from starting.
+    """
+    url = url or os.environ.get("SLUICE_URL")
+    api_key = api_key or os.environ.get("SLUICE_API_KEY")
+    connection_id = connection_id or os.environ.get("SLUICE_CONNECTION_ID")
+    missing = [
+        n
+        for n, v in (("url", url), ("api_key", api_key), ("connection_id", connection_id))
+        if not v
+    ]
+    if missing:
+        log.error(
+            "sluice: not installed: missing %s (pass them to sluice.celery.install or set "
+            "SLUICE_URL, SLUICE_API_KEY, SLUICE_CONNECTION_ID)",
+            ", ".join(missing),
+        )
+        return None
+    existing = _installed.get(id(celery_app))
+    if existing is not None:
+        return existing
+    if buffer_size is None:
+        buffer_size = int(os.environ.get("SLUICE_BUFFER_SIZE") or DEFAULT_BUFFER)
+    if heartbeat_interval is None:
+        heartbeat_interval = float(os.environ.get("SLUICE_HEARTBEAT_INTERVAL") or 10.0)
+    integration = SluiceCelery(
+        celery_app,
+        url=url,  # type: ignore[arg-type]
+        api_key=api_key,  # type: ignore[arg-type]
+        connection_id=connection_id,  # type: ignore[arg-type]
+        buffer_size=buffer_size,
+        heartbeat_interval=heartbeat_interval,
+    )
+    integration.connect()
+    _installed[id(celery_app)] = integration
+    return integration
+
+
+class SluiceCelery:
+    """The signal handlers of one Celery app and the sender they feed."""
+
+    def __init__(
+        self,
+        celery_app: Any,
+        *,
+        url: str,
+        api_key: str,
+        connection_id: str,
+        buffer_size: int = DEFAULT_BUFFER,
+        heartbeat_interval: float = 10.0,
+    ) -> None:
+        self.app = celery_app
+        self.connection_id = connection_id
+        self.sender = IngestSender(
+            url, api_key, max_buffer=buffer_size, name="sluice-celery-sender"
+        )
+        self.heartbeat_interval = max(0.1, heartbeat_interval)
+        #: How long worker shutdown (and `uninstall`) waits for buffered events to go out.
+        self.shutdown_flush_seconds = 5.0
+        self._uid = f"sluice-{id(self)}"
+        # task id → (queue, time) from before_task_publish, used by after_task_publish
+        self._queues: OrderedDict[str, tuple[str | None, float]] = OrderedDict()
+        self._started: dict[tuple[str, int], float] = {}  # (task id, retries) → start
+        # (task id, retries of the new message) → its publish event, sent after `retrying`
+        self._deferred: dict[tuple[str, int], dict[str, Any]] = {}
+        # (task id, retries of the new message) → when task.retry() published it
+        self._retry_at: dict[tuple[str, int], float] = {}
+        self._worker: dict[str, Any] = {}
+        self._hb_stop = threading.Event()
+        self._hb_thread: threading.Thread | None = None
+        self._handlers: list[tuple[Any, Callable[..., None]]] = []
+
+    # -- wiring --
+
+    def connect(self) -> None:
+        from celery import signals  # lazily
+
+        table: list[tuple[Any, Callable[..., None]]] = [
+            (signals.before_task_publish, self.on_before_publish),
+            (signals.after_task_publish, self.on_after_publish),
+            (signals.task_received, self.on_received),
+            (signals.task_prerun, self.on_prerun),
+            (signals.task_postrun, self.on_postrun),
+            (signals.task_success, self.on_success),
+            (signals.task_failure, self.on_failure),
+            (signals.task_retry, self.on_retry),
+            (signals.task_revoked, self.on_revoked),
+            (signals.task_rejected, self.on_rejected),
+            (signals.task_unknown, self.on_unknown),
+            (signals.worker_ready, self.on_worker_ready),
+            (signals.worker_shutdown, self.on_worker_shutdown),
+            (signals.worker_process_init, self.on_process_init),
+            (signals.worker_process_shutdown, self.on_process_shutdown),
+        ]
+        for signal, handler in table:
+            guarded = _guard(handler)
+            signal.connect(guarded, weak=False, dispatch_uid=f"{self._uid}-{handler.__name__}")
+            self._handlers.append((signal, handler))
+        conf = self.app.conf
+        log.info(
+            "sluice: Celery integration installed → %s (connection %s); uses signals, so it needs no event "
+            "settings (worker_send_task_events=%s, task_send_sent_event=%s left as they are)",
+            self.sender.url,
+            self.connection_id,
+            conf.worker_send_task_events,
+            conf.task_send_sent_event,
+        )
+
+    def uninstall(self) -> None:
+        """Disconnect the handlers and flush (for tests and embedding)."""
+        for signal, handler in self._handlers:
+            signal.disconnect(dispatch_uid=f"{self._uid}-{handler.__name__}")
+        self._handlers.clear()
+        self._hb_stop.set()
+        self.sender.close(timeout=self.shutdown_flush_seconds)
+        _installed.pop(id(self.app), None)
+
+    def _mine(self, task: Any) -> bool:
+        return (
+            getattr(task, "app", None) is None
+            or task.app is self.app
+            or task.app.main == self.app.main
+        )
+
+    # -- publisher side --
+
+    def on_before_publish(
+        self,
+        sender: Any = None,
+        headers: dict[str, Any] | None = None,
+        declare: Any = None,
+        **kw: Any,
+    ) -> None:
+        headers = headers or {}
+        task_id = headers.get("id")
+        if not task_id:
+            return
+        queue = None
+        for q in declare or ():
+            queue = getattr(q, "name", None)
+            if queue:
+                break
+        queue = queue or kw.get("routing_key")
+        if headers.get("retries") and _current_request_id() == task_id:
+            # task.retry() decided to retry now: that is when the attempt became `retrying`.
+            # Keyed by the retry's number: under the threads pool, the next attempt can
+            # already run (and retry) before this thread reports its own retry.
+            self._retry_at[(task_id, headers["retries"])] = time.time()
+        # The time before publishing: a worker may start the task before the publish returns.
+        self._queues[task_id] = (queue, time.time())
+        while len(self._queues) > 1000:
+            self._queues.popitem(last=False)
+
+    def on_after_publish(
+        self, sender: Any = None, headers: dict[str, Any] | None = None, body: Any = None, **kw: Any
+    ) -> None:
+        headers = headers or {}
+        task_id = headers.get("id")
+        if not task_id:  # task protocol 1
+            task_id = body.get("id") if isinstance(body, dict) else None
+            headers = body if isinstance(body, dict) else {}
+        if not task_id:
+            return
+        retries = headers.get("retries") or 0
+        eta = headers.get("eta")
+        queue, published_at = self._queues.pop(task_id, (None, time.time()))
+        args = body[0] if isinstance(body, tuple) and body else None
+        event = job_event(
+            self.connection_id,
+            task_id=task_id,
+            name=headers.get("task") or sender,
+            state=waiting_state(eta),
+            attempt=attempt_from_retries(retries),
+            queue=queue or kw.get("routing_key"),
+            timestamp=published_at,
+            created_at=published_at,
+            extensions={
+                "celerySignal": "after_task_publish",
+                **message_extensions(
+                    task_id,
+                    args=headers.get("argsrepr") or (safe_repr(args) if args is not None else None),
+                    kwargs=headers.get("kwargsrepr"),
+                    eta=eta,
+                    expires=headers.get("expires"),
+                    routing_key=kw.get("routing_key"),
+                    exchange=kw.get("exchange"),
+                    root_id=headers.get("root_id"),
+                    parent_id=headers.get("parent_id"),
+                ),
+                "origin": headers.get("origin"),
+            },
+        )
+        current = _current_request_id()
+        if retries and current == task_id:
+            # task.retry() publishes before Celery reports the retry: send it after `retrying`.
+            self._deferred[(task_id, retries)] = event
+            return
+        self.sender.submit(event)
+
+    # -- worker main process --
+
+    def on_received(self, sender: Any = None, request: Any = None, **kw: Any) -> None:
+        if request is None:
+            return
+        info = getattr(request, "request_dict", None) or {}
+        delivery = getattr(request, "delivery_info", None) or {}
+        eta: Any = getattr(request, "eta", None)  # a datetime, a string or None
+        retries = int(info.get("retries") or 0)
+        event = job_event(
+            self.connection_id,
+            task_id=request.id,
+            name=request.name,
+            state=waiting_state(eta),
+            attempt=attempt_from_retries(info.get("retries")),
+            queue=delivery.get("routing_key"),
+            worker_id=getattr(request, "hostname", None),
+            extensions={
+                "celerySignal": "task_received",
+                "args": getattr(request, "argsrepr", None),
+                "kwargs": getattr(request, "kwargsrepr", None),
+                "eta": eta.isoformat() if hasattr(eta, "isoformat") else eta,
+                "hostname": getattr(request, "hostname", None),
+                "routingKey": delivery.get("routing_key"),
+                "exchange": delivery.get("exchange") or None,
+            },
+        )
+        key = (request.id, retries)
+        if retries and key in self._retry_at:
+            # This process published the retry and has not reported `retrying` yet
+            # (threads/gevent pools): send the new attempt's `queued` after it.
+            self._deferred.setdefault(key, event)
+            return
+        self.sender.submit(event)
+
+    def on_revoked(self, sender: Any = None, request: Any = None, **kw: Any) -> None:
+        if request is None:
+            return
+        task_id = getattr(request, "id", None)
+        if not task_id:
+            return
+        delivery = getattr(request, "delivery_info", None) or {}
+        self.sender.submit(
+            job_event(
+                self.connection_id,
+                task_id=task_id,
+                name=getattr(request, "task", None) or getattr(sender, "name", None),
+                state=CANCELLED,
+                attempt=attempt_from_retries(getattr(request, "retries", 0)),
+                queue=delivery.get("routing_key"),
+                worker_id=getattr(request, "hostname", None),
+                finished_at=time.time(),
+                extensions={
+                    "celerySignal": "task_revoked",
+                    **revoke_extensions(kw.get("terminated"), kw.get("signum"), kw.get("expired")),
+                },
+            )
+        )
+
+    def on_rejected(
+        self, sender: Any = None, message: Any = None, exc: Any = None, **kw: Any
+    ) -> None:
+        headers = getattr(message, "headers", None) or {}
+        task_id = headers.get("id")
+        if not task_id:
+            return
+        self.sender.submit(
+            job_event(
+                self.connection_id,
+                task_id=task_id,
+                name=headers.get("task"),
+                state=FAILED,
+                attempt=attempt_from_retries(headers.get("retries")),
+                error=f"rejected: {safe_repr(exc)}",
+                finished_at=time.time(),
+                extensions={"celerySignal": "task_rejected"},
+            )
+        )
+
+    def on_unknown(
+        self, sender: Any = None, name: Any = None, id: Any = None, exc: Any = None, **kw: Any
+    ) -> None:
+        if not id:
+            return
+        self.sender.submit(
+            job_event(
+                self.connection_id,
+                task_id=id,
+                name=name,
+                state=FAILED,
+                error=f"unregistered task: {safe_repr(exc)}",
+                finished_at=time.time(),
+                extensions={"celerySignal": "task_unknown"},
+            )
+        )
+
+    # -- where the task runs (pool child, thread or greenlet) --
+
+    def on_prerun(
+        self, sender: Any = None, task_id: str | None = None, task: Any = None, **kw: Any
+    ) -> None:
+        if not task_id or task is None or not self._mine(task):
+            return
+        req = task.request
+        self._started[(task_id, getattr(req, "retries", 0) or 0)] = time.monotonic()
+        self._submit_running(
+            task,
+            req,
+            task_id,
+            ACTIVE,
+            started_at=time.time(),
+            extensions={
+                "celerySignal": "task_prerun",
+                "pid": os.getpid(),
+                "hostname": req.hostname,
+            },
+        )
+
+    def _submit_running(self, task: Any, req: Any, task_id: str, state: str, **fields: Any) -> None:
+        """A job event of the task running here: its request tells the attempt, queue and worker."""
+        delivery = getattr(req, "delivery_info", None) or {}
+        self.sender.submit(
+            job_event(
+                self.connection_id,
+                task_id=task_id,
+                name=task.name,
+                state=state,
+                attempt=attempt_from_retries(getattr(req, "retries", 0)),
+                queue=delivery.get("routing_key"),
+                worker_id=getattr(req, "hostname", None),
+                max_retries=getattr(task, "max_retries", None),
+                **fields,
+            )
+        )
+
+    def _finish(
+        self, task: Any, state: str, signal_name: str, req: Any = None, **fields: Any
+    ) -> None:
+        req = req if req is not None and getattr(req, "id", None) else task.request
+        task_id = req.id
+        started = self._started.pop((task_id, getattr(req, "retries", 0) or 0), None)
+        runtime = round(time.monotonic() - started, 6) if started is not None else None
+        ext = {
+            "celerySignal": signal_name,
+            "runtime": runtime,
+            "pid": os.getpid(),
+            "hostname": req.hostname,
+        }
+        ext.update(fields.pop("extensions", {}))
+        self._submit_running(
+            task,
+            req,
+            task_id,
+            state,
+            finished_at=time.time() if state in TERMINAL else None,
+            extensions=ext,
+            **fields,
+        )
+
+    def on_success(self, sender: Any = None, result: Any = None, **kw: Any) -> None:
+        if sender is None or not self._mine(sender):
+            return
+        self._finish(sender, COMPLETED, "task_success", extensions={"result": safe_repr(result)})
+
+    def on_failure(
+        self,
+        sender: Any = None,
+        task_id: str | None = None,
+        exception: Any = None,
+        einfo: Any = None,
+        **kw: Any,
+    ) -> None:
+        if sender is None or not self._mine(sender):
+            return
+        self._finish(
+            sender,
+            FAILED,
+            "task_failure",
+            error=describe_exception(exception),
+            stacktrace=getattr(einfo, "traceback", None),
+        )
+
+    def on_retry(
+        self,
+        sender: Any = None,
+        request: Any = None,
+        reason: Any = None,
+        einfo: Any = None,
+        **kw: Any,
+    ) -> None:
+        if sender is None or not self._mine(sender):
+            return
+        exc = getattr(reason, "exc", None) or reason
+        req = request if getattr(request, "id", None) else sender.request
+        key = (req.id, int(getattr(req, "retries", 0) or 0) + 1)
+        self._finish(
+            sender,
+            RETRYING,
+            "task_retry",
+            req=req,
+            timestamp=self._retry_at.pop(key, None),
+            error=describe_exception(exc),
+            stacktrace=getattr(einfo, "traceback", None),
+            extensions={
+                "when": safe_repr(getattr(reason, "when", None))
+                if getattr(reason, "when", None)
+                else None
+            },
+        )
+        deferred = self._deferred.pop(key, None)
+        if deferred is not None:
+            self.sender.submit(deferred)
+
+    def on_postrun(
+        self, sender: Any = None, task_id: str | None = None, task: Any = None, **kw: Any
+    ) -> None:
+        if not task_id:
+            return
+        retries = int(getattr(getattr(task, "request", None), "retries", 0) or 0)
+        self._started.pop((task_id, retries), None)
+        key = (task_id, retries + 1)
+        self._retry_at.pop(key, None)
+        deferred = self._deferred.pop(key, None)
+        if deferred is not None:  # a retry published but never reported: send it anyway
+            self.sender.submit(deferred)
+
+    # -- the worker itself (main process) --
+
+    def on_worker_ready(self, sender: Any = None, **kw: Any) -> None:
+        consumer = sender
+        hostname = getattr(consumer, "hostname", None) or f"celery@{socket.gethostname()}"
+        concurrency = None
+        try:
+            concurrency = int(consumer.controller.concurrency)
+        except Exception:
+            pass
+        queues: list[str] = []
+        try:
+            queues = [q.name for q in consumer.task_consumer.queues]
+        except Exception:
+            pass
+        self._worker = {
+            "nodename": hostname,
+            "concurrency": concurrency,
+            "queues": queues,
+            "pid": os.getpid(),
+        }
+        self.sender.submit(
+            self._worker_event(WORKER_STATE_CHANGE, ONLINE, previous=OFFLINE, active=0)
+        )
+        self._hb_stop.clear()
+        self._hb_thread = threading.Thread(
+            target=self._heartbeat_loop, name="sluice-celery-heartbeat", daemon=True
+        )
+        self._hb_thread.start()
+
+    def on_worker_shutdown(self, sender: Any = None, **kw: Any) -> None:
+        self._hb_stop.set()
+        if self._worker:
+            self.sender.submit(
+                self._worker_event(WORKER_STATE_CHANGE, OFFLINE, previous=ONLINE, active=0)
+            )
+        self.sender.flush(timeout=self.shutdown_flush_seconds)
+
+    def on_process_init(self, **kw: Any) -> None:
+        # The at-fork hook already gave this child a fresh sender state; drop the
+        # parent's per-task bookkeeping too. The sender thread starts on first use.
+        self._started.clear()
+        self._deferred.clear()
+        self._retry_at.clear()
+        self._hb_thread = None
+
+    def on_process_shutdown(self, **kw: Any) -> None:
+        self.sender.flush(timeout=2.0)  # bounded: a child must exit promptly
+
+    def _heartbeat_loop(self) -> None:
+        while not self._hb_stop.wait(self.heartbeat_interval):
+            try:
+                active = _active_count()
+                self.sender.submit(
+                    self._worker_event(
+                        WORKER_HEARTBEAT, heartbeat_state(active), active=active, random=True
+                    )
+                )
+            except Exception:
+                log.debug("sluice: heartbeat failed", exc_info=True)
+
+    def _worker_event(
+        self,
+        kind: str,
+        state: str,
+        *,
+        previous: str | None = None,
+        active: int | None = None,
+        random: bool = False,
+    ) -> dict[str, Any]:
+        w = self._worker
+        return worker_event(
+            self.connection_id,
+            kind=kind,
+            nodename=w.get("nodename", "celery@unknown"),
+            state=state,
+            previous_state=previous,
+            active=active,
+            concurrency=w.get("concurrency"),
+            pid=w.get("pid"),
+            queues=w.get("queues"),
+            timestamp=now_iso(),
+            event_id=random_id() if random else None,
+            extensions={
+                "celerySignal": "heartbeat_timer" if kind == WORKER_HEARTBEAT else None,
+                "freq": self.heartbeat_interval,
+            },
+        )
+
+
+def _guard(handler: Callable[..., None]) -> Callable[..., None]:
+    """Wrap a signal handler so that nothing it does can raise into Celery."""
+
+    def guarded(*args: Any, **kwargs: Any) -> None:
+        try:
+            handler(*args, **kwargs)
+        except Exception:
+            log.debug("sluice: %s failed", handler.__name__, exc_info=True)
+
+    guarded.__name__ = handler.__name__
+    return guarded
+
+
+def _current_request_id() -> str | None:
+    try:
+        from celery import current_task
+
+        task = current_task._get_current_object() if current_task else None
+        return task.request.id if task is not None else None
+    except Exception:
+        return None
+
+
+def _active_count() -> int:
+    try:
+        from celery.worker import state
+
+        return len(state.active_requests)
+    except Exception:
+        return 0
