@@ -13,12 +13,9 @@ CONN = "7d3f2d8e-1111-4222-8333-444455556666"
 def validate(events: list[dict], connection_id: str = CONN) -> None:
     """Fail unless `POST /api/ingest` would accept every one of `events`."""
     from sluice.config import load_settings
-    from sluice.ingest import _Errors, validate_event
+    from sluice.schema import validate_batch
 
-    errors = _Errors()
-    for i, event in enumerate(events):
-        validate_event(errors, event, i, connection_id, load_settings({}))
-    assert not errors.details, errors.details
+    validate_batch(events, connection_id, load_settings({}).max_extensions_bytes)
 
 
 #: What a module imported by Celery workers, publishers or the CLI must not pull in.

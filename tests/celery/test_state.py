@@ -2,7 +2,7 @@
 fed with events built by Celery's own `Event()`.
 
 Every ingest event produced here is also checked against the server's own
-validator (`sluice.ingest.validate_event`), so a mapping the server would
+validator (`sluice.schema.validate_batch`), so a mapping the server would
 reject fails here first.
 """
 
