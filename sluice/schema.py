@@ -13,6 +13,7 @@ import hashlib
 import math
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
@@ -139,68 +140,110 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _problem(spec: Field, value: Any, max_extensions_bytes: int) -> str | None:
-    """What is wrong with a present value of `spec`, or None."""
-    kind = spec.kind
-    if kind == STRING:
-        if not isinstance(value, str):
-            return "must be a string"
-        if spec.required and not value:
-            return "must not be empty"
-        if len(value) > spec.max_len:
-            return f"at most {spec.max_len} characters"
-    elif kind == INTEGER:
-        if not _is_int(value) or not spec.minimum <= value <= c.MAX_INTEGER:
-            return f"must be an integer >= {spec.minimum}"
-    elif kind == CHOICE:
-        if not isinstance(value, str) or value not in spec.choices:
-            return "one of " + ", ".join(spec.choices)
-    elif kind == FRACTION:
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not math.isfinite(value)
-            or not 0.0 <= value <= 1.0
-        ):
-            return "must be a number from 0.0 to 1.0"
-    elif kind == TIME:
-        if parse_iso(value) is None:
-            return "must be an ISO 8601 timestamp"
-    elif kind == NAMES:
-        if (
-            not isinstance(value, list)
-            or len(value) > c.MAX_QUEUES
-            or not all(isinstance(q, str) and 0 < len(q) <= spec.max_len for q in value)
-        ):
-            return f"a list of at most {c.MAX_QUEUES} queue names"
-    elif kind == OBJECT:
-        if not isinstance(value, dict):
-            return "must be a JSON object"
-        if len(dumps(value).encode()) > max_extensions_bytes:
-            return f"at most {max_extensions_bytes} bytes of JSON"
+def _string(spec: Field, value: Any, _limit: int) -> str | None:
+    if not isinstance(value, str):
+        return "must be a string"
+    if spec.required and not value:
+        return "must not be empty"
+    if len(value) > spec.max_len:
+        return f"at most {spec.max_len} characters"
     return None
+
+
+def _integer(spec: Field, value: Any, _limit: int) -> str | None:
+    if not _is_int(value) or not spec.minimum <= value <= c.MAX_INTEGER:
+        return f"must be an integer >= {spec.minimum}"
+    return None
+
+
+def _choice(spec: Field, value: Any, _limit: int) -> str | None:
+    if not isinstance(value, str) or value not in spec.choices:
+        return "one of " + ", ".join(spec.choices)
+    return None
+
+
+def _fraction(spec: Field, value: Any, _limit: int) -> str | None:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not 0.0 <= value <= 1.0
+    ):
+        return "must be a number from 0.0 to 1.0"
+    return None
+
+
+def _time(spec: Field, value: Any, _limit: int) -> str | None:
+    return "must be an ISO 8601 timestamp" if parse_iso(value) is None else None
+
+
+def _names(spec: Field, value: Any, _limit: int) -> str | None:
+    if (
+        not isinstance(value, list)
+        or len(value) > c.MAX_QUEUES
+        or not all(isinstance(q, str) and 0 < len(q) <= spec.max_len for q in value)
+    ):
+        return f"a list of at most {c.MAX_QUEUES} queue names"
+    return None
+
+
+def _object(spec: Field, value: Any, max_extensions_bytes: int) -> str | None:
+    if not isinstance(value, dict):
+        return "must be a JSON object"
+    if len(dumps(value).encode()) > max_extensions_bytes:
+        return f"at most {max_extensions_bytes} bytes of JSON"
+    return None
+
+
+#: Field kind -> what is wrong with a present value of it (None: nothing).
+CHECKS: Final[dict[str, Callable[[Field, Any, int], str | None]]] = {
+    STRING: _string,
+    INTEGER: _integer,
+    CHOICE: _choice,
+    FRACTION: _fraction,
+    TIME: _time,
+    NAMES: _names,
+    OBJECT: _object,
+}
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """A payload table prepared once: what is allowed, what to check, what to write."""
+
+    allowed: frozenset[str]
+    checks: tuple[tuple[Field, Callable[[Field, Any, int], str | None]], ...]
+    fields: tuple[Field, ...]
+
+    @classmethod
+    def of(cls, fields: tuple[Field, ...]) -> _Plan:
+        payload = tuple(f for f in fields if f.kind != EVENT_TIME)
+        return cls(
+            frozenset(f.name for f in payload), tuple((f, CHECKS[f.kind]) for f in payload), fields
+        )
+
+
+_PLANS: Final = {name: _Plan.of(fields) for name, fields in PAYLOAD_FIELDS.items()}
 
 
 def _check_fields(
     errors: FieldErrors,
     payload: dict[str, Any],
-    fields: tuple[Field, ...],
+    plan: _Plan,
     where: str,
     max_extensions_bytes: int,
 ) -> None:
-    allowed = {f.name for f in fields if f.kind != EVENT_TIME}
+    allowed = plan.allowed
     if not allowed.issuperset(payload):
         for key in sorted(set(payload) - allowed)[:5]:
             errors.add(f"{where}.{key}", "unknown field")
-    for spec in fields:
-        if spec.kind == EVENT_TIME:
-            continue
+    for spec, check in plan.checks:
         value = payload.get(spec.name)
         if value is None:
             if spec.required:
                 errors.add(f"{where}.{spec.name}", "required")
             continue
-        problem = _problem(spec, value, max_extensions_bytes)
+        problem = check(spec, value, max_extensions_bytes)
         if problem is not None:
             errors.add(f"{where}.{spec.name}", problem)
 
@@ -247,9 +290,7 @@ def validate_event(
     if not isinstance(payload, dict):
         errors.add(f"{where}.{payload_key}", "required object")
         return
-    _check_fields(
-        errors, payload, PAYLOAD_FIELDS[name], f"{where}.{payload_key}", max_extensions_bytes
-    )
+    _check_fields(errors, payload, _PLANS[name], f"{where}.{payload_key}", max_extensions_bytes)
 
 
 def validate_batch(events: list[Any], connection_id: str, max_extensions_bytes: int) -> None:
@@ -283,7 +324,7 @@ def normalise(event: dict[str, Any], connection_id: str) -> tuple[str, str]:
     data: dict[str, Any] = {}
     if payload_key in IDENTIFIED:
         data["id"] = stable_id(connection_id, payload_key, payload["externalId"])
-    for spec in PAYLOAD_FIELDS[name]:
+    for spec in _PLANS[name].fields:
         if spec.kind == EVENT_TIME:
             data["timestamp"] = parse_iso(event["timestamp"])
             continue

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -22,6 +23,13 @@ def parse_iso(value: object) -> str | None:
     """Normalise an ISO 8601 timestamp to the wire format; None if it is not one."""
     if not isinstance(value, str) or not 10 <= len(value) <= 40:
         return None
+    return _parse_iso(value)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_iso(value: str) -> str | None:
+    """Cached: ingest checks each timestamp, then normalises it (two calls, one parse),
+    and a batch's events share timestamps. Bounded: at most 4,096 short strings."""
     text = value.strip()
     if text.endswith(("Z", "z")):
         text = text[:-1] + "+00:00"
