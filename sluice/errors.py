@@ -66,3 +66,23 @@ class TooMany(SluiceError):
 
 class Unavailable(SluiceError):
     """The service cannot do it now (restarting, store down); retry after `retry_after`."""
+
+
+class StoreUnavailable(Unavailable):
+    """The event store (Redis) could not do what was asked: unreachable, timed out,
+    read-only, full. `sluice.store` raises it where callers outside the store must
+    tell a store failure from their own (the fan-out)."""
+
+    def __init__(
+        self, reason: str = "", message: str = "The event store is unavailable; retry shortly"
+    ) -> None:
+        super().__init__(message, retry_after=2)
+        #: What the store said, for the log (never sent to clients).
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return self.reason or self.message
+
+
+class StoreRefused(StoreUnavailable):
+    """The store refused one command because of one key (a wrong type, a bad id)."""

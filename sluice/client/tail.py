@@ -13,7 +13,13 @@ from dataclasses import dataclass
 import click
 import requests
 
-from ..contract import JOB_STATE_CHANGE, QUEUE_SNAPSHOT, WORKER_HEARTBEAT, WORKER_STATE_CHANGE
+from ..contract import (
+    HEARTBEAT,
+    JOB_STATE_CHANGE,
+    QUEUE_SNAPSHOT,
+    WORKER_HEARTBEAT,
+    WORKER_STATE_CHANGE,
+)
 
 _LINE_END = re.compile("\r\n|\r|\n")
 
@@ -119,7 +125,7 @@ def follow(
                         continue
                     if item.id:
                         last_event_id = item.id
-                    if item.event == "heartbeat" and not heartbeats:
+                    if item.event == HEARTBEAT and not heartbeats:
                         continue
                     _print(item, as_json)
                     printed += 1

@@ -34,8 +34,7 @@ from gevent.lock import BoundedSemaphore
 
 from .. import contract
 from ..config import Settings
-from ..errors import TooMany, Unavailable
-from ..store.client import StoreError, StoreRefused
+from ..errors import StoreRefused, StoreUnavailable, TooMany, Unavailable
 from .listener import Batch, EntryId, Listener, parse_id
 from .sse import cached_heartbeat, event_frame, http_chunk
 
@@ -342,7 +341,7 @@ class Hub:
         """Interrupt the blocked XREAD so it picks up a newly watched stream."""
         try:
             self.events.wake(self._wake_key)
-        except StoreError as exc:  # the reader retries on its own schedule
+        except StoreUnavailable as exc:  # the reader retries on its own schedule
             log.warning("could not wake the stream reader: %s", exc)
 
     def _read_forever(self) -> None:
@@ -351,7 +350,7 @@ class Hub:
             try:
                 self._read_once()
                 backoff = 0.1
-            except StoreError as exc:
+            except StoreUnavailable as exc:
                 log.warning("stream reader: redis error %s; retrying in %.1fs", exc, backoff)
                 gevent.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from ..store.client import StoreError
+from ..errors import StoreUnavailable
 from .hub import Hub, Subscription
 from .sinks import Sink
 from .sse import cached_heartbeat, reset_frame, retry_frame
@@ -71,7 +71,7 @@ def stream_body(
         # The server ends this stream (shutdown, lifetime cap, deleted connection):
         # close the connection too, so the client reconnects at once.
         listener.hang_up()
-    except StoreError:
+    except StoreUnavailable:
         # History could not be read: end the response; the client resumes.
         listener.hang_up()
     finally:

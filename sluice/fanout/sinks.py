@@ -113,7 +113,9 @@ class YieldSink:
         listener.last_write = listener.clock()
 
     def finish_partial(self) -> Iterable[bytes]:
-        return NOTHING  # never attached: the reader never writes directly
+        # Never attached, so the reader never writes directly and leaves nothing.
+        self.listener.partial = None
+        return NOTHING
 
     def attach(self) -> None:
         pass

@@ -18,10 +18,15 @@ def os_socket(sock: Any) -> socket.socket:
     return raw
 
 
+def client_socket(environ: dict[str, Any]) -> Any:
+    """The client's socket gunicorn hands the app (None under other servers)."""
+    return environ.get("gunicorn.socket")
+
+
 def direct_socket(environ: dict[str, Any]) -> tuple[socket.socket, bool] | None:
     """The client's plain socket and whether gunicorn frames the body as chunked,
     when the stream may write to it itself (gunicorn, no TLS); else None."""
-    sock = environ.get("gunicorn.socket")
+    sock = client_socket(environ)
     if sock is None or not str(environ.get("SERVER_SOFTWARE", "")).startswith("gunicorn"):
         return None
     if getattr(sock, "_sslobj", None) is not None or not hasattr(sock, "_sock"):

@@ -1,8 +1,9 @@
 """The Redis client: connections, one-line problems, and the store's error type.
 
-Only `sluice.store` imports redis-py; the layers above see `StoreError` (what
-every Redis failure is) and the functions of `users`, `connections` and
-`events`.
+Only `sluice.store` imports redis-py. The web layer maps `StoreError` (what
+every redis-py failure is, also from the rate limiter's storage) to a 503; the
+fan-out reads through `events.RedisEventLog`, which raises the domain's
+`StoreUnavailable` / `StoreRefused` instead.
 """
 
 from __future__ import annotations
@@ -16,8 +17,6 @@ import redis
 StoreError = redis.RedisError
 #: The store refused a write because it is full (`maxmemory` with `noeviction`).
 StoreFull = redis.exceptions.OutOfMemoryError
-#: Redis refused one command (a wrong type at a key, a bad argument).
-StoreRefused = redis.ResponseError
 #: Redis could not be asked at all (unreachable, timed out).
 StoreUnreachable = (redis.ConnectionError, redis.TimeoutError)
 #: The client type the store's functions take.

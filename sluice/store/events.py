@@ -9,10 +9,15 @@ a frame is built by concatenation on the way out.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, cast
+
+import redis
 
 from ..config import Settings
 from ..contract import CLOSED_EVENT, ENTRY_DATA, ENTRY_EVENT
+from ..errors import StoreRefused, StoreUnavailable
 from ..strictjson import dumps
 from .client import Redis, connect_blocking
 from .keys import Keys
@@ -163,9 +168,21 @@ def close_stream(pipe: Any, connection_id: str) -> None:
     pipe.delete(Keys.seen(connection_id), Keys.stream_meta(connection_id))
 
 
+@contextmanager
+def _as_domain_errors() -> Iterator[None]:
+    """redis-py's errors as the domain's, for the fan-out (which knows no Redis)."""
+    try:
+        yield
+    except redis.ResponseError as exc:
+        raise StoreRefused(str(exc)) from exc
+    except redis.RedisError as exc:
+        raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+
 class RedisEventLog:
     """What the fan-out reads, on Redis: stream bounds, history pages, the shared
-    blocking read, and a wake-up stream per process to interrupt it."""
+    blocking read, and a wake-up stream per process to interrupt it. Raises
+    `StoreRefused` (one key refused) or `StoreUnavailable`, never redis-py's errors."""
 
     def __init__(self, client: Redis, redis_url: str, block_seconds: float) -> None:
         self.redis = client
@@ -186,13 +203,16 @@ class RedisEventLog:
         pipe = self.redis.pipeline(transaction=False)
         pipe.xrange(key, count=1)
         pipe.xrevrange(key, count=1)
-        first, last = pipe.execute()
+        with _as_domain_errors():
+            first, last = pipe.execute()
         return (first[0][0] if first else None), (last[0][0] if last else None)
 
     def range(self, key: bytes, after: bytes, until: bytes | None, count: int) -> list[Entry]:
         """Up to `count` entries after `after` (exclusive) up to `until` (inclusive)."""
         end = until if until is not None else b"+"
-        return cast(list[Entry], self.redis.xrange(key, min=b"(" + after, max=end, count=count))
+        with _as_domain_errors():
+            entries = self.redis.xrange(key, min=b"(" + after, max=end, count=count)
+        return cast(list[Entry], entries)
 
     def read(
         self, cursors: dict[bytes, bytes], count: int, block_ms: int
@@ -202,7 +222,8 @@ class RedisEventLog:
         if self._blocking is None:
             self._blocking = connect_blocking(self._redis_url, self._block_seconds)
         streams: dict[Any, Any] = dict(cursors)
-        reply = self._blocking.xread(streams, count=count, block=block_ms)
+        with _as_domain_errors():
+            reply = self._blocking.xread(streams, count=count, block=block_ms)
         return cast(list[tuple[bytes, list[Entry]]], reply or [])
 
     def refused(self, cursors: dict[bytes, bytes]) -> list[bytes]:
@@ -211,7 +232,8 @@ class RedisEventLog:
         pipe = self.redis.pipeline(transaction=False)
         for key in keys:
             pipe.xread({key: cursors[key]}, count=1)
-        results = pipe.execute(raise_on_error=False)
+        with _as_domain_errors():
+            results = pipe.execute(raise_on_error=False)
         return [k for k, result in zip(keys, results, strict=True) if isinstance(result, Exception)]
 
     def wake(self, key: bytes) -> None:
@@ -219,4 +241,5 @@ class RedisEventLog:
         pipe = self.redis.pipeline(transaction=False)
         pipe.xadd(key, {b"w": b"1"}, maxlen=1, approximate=False)
         pipe.expire(key, 3600)
-        pipe.execute()
+        with _as_domain_errors():
+            pipe.execute()

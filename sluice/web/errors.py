@@ -21,6 +21,7 @@ from ..errors import (
     Invalid,
     NotFound,
     SluiceError,
+    StoreUnavailable,
     TooLarge,
     TooMany,
     TooSlow,
@@ -77,6 +78,8 @@ def error_response(
 
 
 def _from_domain_error(exc: SluiceError) -> Response:
+    if isinstance(exc, StoreUnavailable):
+        log.error("redis unavailable: %s", exc.reason[:200])
     headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
     return error_response(status_of(exc), exc.message, exc.details, headers)
 

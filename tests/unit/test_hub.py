@@ -14,11 +14,10 @@ from gevent.event import Event
 
 from sluice import contract
 from sluice.config import load_settings
-from sluice.errors import SluiceError, TooMany, Unavailable
+from sluice.errors import SluiceError, StoreRefused, TooMany, Unavailable
 from sluice.fanout.hub import Draining, Hub, Resume, TooManyStreams, resume
 from sluice.fanout.listener import parse_id
 from sluice.fanout.sse import event_frame, http_chunk
-from sluice.store.client import StoreRefused
 from sluice.web.errors import status_of
 
 JOB = contract.JOB_STATE_CHANGE.encode()

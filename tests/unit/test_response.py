@@ -7,11 +7,11 @@ import time
 
 import gevent
 import pytest
-import redis
 from gevent import socket as gsocket
 from gevent.queue import Queue
 
 from sluice import contract
+from sluice.errors import StoreUnavailable
 from sluice.fanout.hub import Subscription
 from sluice.fanout.listener import Batch, Listener
 from sluice.fanout.response import stream_body
@@ -157,7 +157,7 @@ def test_an_injected_clock_past_the_deadline_ends_it_at_once():
 
 def test_a_store_error_in_history_ends_the_stream():
     hub, listener, sub, options = make(
-        FakeHub(error=redis.ConnectionError("down")), catchup=(b"0-0", b"9-0")
+        FakeHub(error=StoreUnavailable("ConnectionError: down")), catchup=(b"0-0", b"9-0")
     )
     body = Body(stream_body(hub, sub, YieldSink(listener), **options))
     assert body.rest() == [retry_frame(2000)]

@@ -15,6 +15,7 @@ from flask_login import current_user
 from ...errors import NotFound, Unauthorized
 from ...fanout.response import stream_body
 from ...fanout.sinks import sink_for
+from ...fanout.sockets import client_socket
 from ...schema import parse_event_id, parse_types, parse_uuid
 from ...store import connections
 from ..extensions import state
@@ -61,7 +62,7 @@ def _open_stream() -> Response:
 
     hub = app_state.hub
     subscription = hub.subscribe(
-        connection_id, last_event_id, types, request.environ.get("gunicorn.socket")
+        connection_id, last_event_id, types, client_socket(request.environ)
     )
     settings = app_state.settings
     body = stream_body(
