@@ -147,3 +147,18 @@ def test_sink_for_picks_the_socket_under_gunicorn(pair):
 )
 def test_sink_for_yields_elsewhere(environ):
     assert isinstance(sink_for(listener(), environ), YieldSink)
+
+
+def test_a_client_stuck_on_a_yielded_heartbeat_is_cut_off_past_its_buffer():
+    """Every yielded write (heartbeats too) marks the listener as writing, so frames
+    piling up behind a client that stopped reading are bounded by its buffer."""
+    from sluice.fanout.sse import heartbeat_frame
+
+    lst = Listener(b"k", None, 100)
+    write = YieldSink(lst).write(heartbeat_frame())
+    next(write)  # the server is sending the heartbeat; the client does not read
+    frame = (b"1-0", b"job:state_change", b"x" * 60)
+    lst.deliver([frame])
+    assert not lst.closed and lst.pending_bytes == 60
+    lst.deliver([(b"2-0", frame[1], frame[2])])
+    assert lst.closed and lst.close_reason == "overflow" and lst.pending_bytes == 0
