@@ -5,7 +5,6 @@ from __future__ import annotations
 import socket
 
 import pytest
-from gevent import socket as gsocket
 
 from sluice import contract
 from sluice.fanout.listener import Batch, Listener, parse_id
@@ -18,14 +17,6 @@ QUEUE = contract.QUEUE_SNAPSHOT.encode()
 def frame(n: int, event: bytes = JOB) -> tuple[bytes, bytes, bytes]:
     entry_id = b"%d-0" % n
     return entry_id, event, event_frame(entry_id, event, b'{"n":%d}' % n)
-
-
-@pytest.fixture
-def pair():
-    a, b = gsocket.socketpair()
-    yield a, b
-    a.close()
-    b.close()
 
 
 def available(sock) -> bytes:

@@ -6,8 +6,6 @@ import re
 import time
 
 import gevent
-import pytest
-from gevent import socket as gsocket
 from gevent.queue import Queue
 
 from sluice import contract
@@ -170,14 +168,6 @@ def test_closing_the_iterator_unsubscribes():
     assert next(iterator) == retry_frame(2000)
     iterator.close()  # what gunicorn does when the client leaves
     assert hub.unsubscribed == [listener]
-
-
-@pytest.fixture
-def pair():
-    a, b = gsocket.socketpair()
-    yield a, b
-    a.close()
-    b.close()
 
 
 def recv_exactly(sock, n: int, timeout: float = 2.0) -> bytes:

@@ -7,21 +7,12 @@ import time
 
 import gevent
 import pytest
-from gevent import socket as gsocket
 
 from sluice.fanout.listener import Listener
 from sluice.fanout.sinks import SocketSink, YieldSink, sink_for
 from sluice.fanout.sse import http_chunk
 
 BODY = b"id: 1-0\nevent: job:state_change\ndata: {}\n\n"
-
-
-@pytest.fixture
-def pair():
-    a, b = gsocket.socketpair()
-    yield a, b
-    a.close()
-    b.close()
 
 
 def listener() -> Listener:

@@ -6,17 +6,8 @@ import socket
 
 import gevent
 import pytest
-from gevent import socket as gsocket
 
 from sluice.fanout.sockets import direct_socket, os_socket, shut_down
-
-
-@pytest.fixture
-def pair():
-    a, b = gsocket.socketpair()
-    yield a, b
-    a.close()
-    b.close()
 
 
 def gunicorn_environ(sock, protocol="HTTP/1.1"):
