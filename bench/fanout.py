@@ -625,6 +625,210 @@ class Runner:
         finally:
             pool.close()
 
+    def scenario_g(self) -> dict[str, Any]:
+        """Many tenants: N connections × 1 viewer, `g_rate` events/s spread at random."""
+        a = self.args
+        if not isinstance(self.t, Sluice):
+            self.log("(g) skipped: Sluice only (the peers have no connections or ingest API)")
+            return {"skipped": "Sluice only"}
+        t0 = time.monotonic()
+        self.t.setup(max(a.g_connections))
+        setup_s = round(time.monotonic() - t0, 2)
+        self.log(
+            f"(g) {len(self.t.conns):,} connections of {len(self.t.users)} users in {setup_s}s"
+        )
+        phases: dict[str, Any] = {}
+        for i, n in enumerate(a.g_connections):
+            if i:  # a fresh server per tenant count: nothing left over from the last one
+                self.t.stop()
+                self.t.start()
+            try:
+                phases[str(n)] = res = self.tenants_phase(n)
+            except Exception as exc:  # noqa: BLE001 - report the sizes that worked
+                self.log(f"(g) {n:,} connections failed: {exc!r}")
+                phases[str(n)] = {"connections": n, "error": repr(exc)}
+                continue
+            self.log(
+                f"(g) {n:,} connections: published {res['publish_rate']}/s, "
+                f"fraction {res['delivered_fraction']}, p50 {res['p50_ms']} p99 "
+                f"{res['p99_ms']} ms, worker {res['worker_us_per_event']} us/event, "
+                f"redis {res['redis_us_per_event']} us/event, redis_cc "
+                f"{res['redis_connected_clients']}"
+            )
+        out: dict[str, Any] = {
+            "connections": a.g_connections,
+            "rate": a.g_rate,
+            "workers": self.t.workers,
+            "heartbeat_s": self.t.heartbeat,
+            "publishers": a.g_publishers,
+            "setup_s": setup_s,
+            "phases": phases,
+        }
+        ok = [p for p in phases.values() if "error" not in p]
+        if len(ok) > 1:
+            lo = min(ok, key=lambda p: p["connections"])
+            hi = max(ok, key=lambda p: p["connections"])
+
+            def ratio(k: str) -> float | None:
+                return round(hi[k] / lo[k], 2) if hi.get(k) and lo.get(k) else None
+
+            out["check"] = {
+                "from": lo["connections"],
+                "to": hi["connections"],
+                "worker_per_event_ratio": ratio("worker_us_per_event"),
+                "redis_per_event_ratio": ratio("redis_us_per_event"),
+                "redis_cmd_per_event_ratio": ratio("redis_cmd_us_per_event"),
+                "p99_ms": hi["p99_ms"],
+            }
+            c = out["check"]
+            c["met"] = bool(
+                c["worker_per_event_ratio"] is not None
+                and c["worker_per_event_ratio"] <= 1.5
+                and c["redis_per_event_ratio"] is not None
+                and c["redis_per_event_ratio"] <= 1.5
+                and hi["p99_ms"] is not None
+                and hi["p99_ms"] <= 50
+            )
+        return out
+
+    def tenants_phase(self, n: int) -> dict[str, Any]:
+        """One (g) phase: n connections with one viewer each, the rate spread over them.
+
+        Events go through the real POST /api/ingest from `g_publishers` processes
+        (one API key per connection, so one request per connection and tick: a
+        tick is short enough that nearly every POST carries one event at every n).
+        """
+        a = self.args
+        k = max(1, min(a.g_publishers, n))
+        procs = max(a.procs, math.ceil(n / 8000))
+        rp = psutil.Process(self.rds.pid)
+        pool = Pool(procs)
+        pubs: list[Publisher] = []
+        try:
+            st = self.connect(
+                pool,
+                self.specs(n, groups=n),
+                rate=a.connect_rate,
+                timeout=max(60.0, 3 * n / a.connect_rate),
+            )
+            # connect() stops waiting once every request is out; the server may
+            # still be answering them (each new stream re-issues its shared XREAD)
+            t_c, live, prev, t_prog = time.monotonic(), st.get("live", 0), -1, time.monotonic()
+            while live < n and time.monotonic() - t_prog < 15 and time.monotonic() - t_c < 300:
+                time.sleep(0.5)
+                live = pool.status()["live"]
+                if live != prev:
+                    prev, t_prog = live, time.monotonic()
+            st["live"] = live
+            st["connect_s"] = round(st["connect_s"] + time.monotonic() - t_c, 2)
+            if st.get("live", 0) < n:
+                raise RuntimeError(
+                    f"{st.get('live')} of {n} streams live after {st['connect_s']}s, "
+                    f"errors {st['errors']}"
+                )
+            cfg = dict(self.t.publisher_cfg(n), http_pool=a.g_http_pool)
+            pubs = [Publisher(dict(cfg, run=f"g{os.getpid()}-{n}-{i}")) for i in range(k)]
+            time.sleep(1.0)
+            # idle baseline: what n open streams cost with no events
+            s_idle = server_sample(self.t)
+            r_idle = sum(rp.cpu_times()[:2])
+            time.sleep(a.g_idle_s)
+            pool.snapshot(reset=True)
+            s0 = server_sample(self.t)
+            r0 = sum(rp.cpu_times()[:2])
+            cs0 = self.r.info("commandstats")
+            idle_s = s0.t - s_idle.t
+            groups = list(range(n))
+            for i, pub in enumerate(pubs):
+                mine = groups[i::k]
+                seq0 = {g: self.seq.get(g, 1) for g in mine}
+                pub.pipe.send(
+                    ("run_spread", mine, a.g_rate / k, a.g_seconds, a.g_tick, seq0, n + i)
+                )
+            cc = redis_clients(self.r)
+            t_end = time.monotonic() + a.g_seconds * 10 + 60
+            for pub in pubs:
+                while not pub.pipe.poll(0.5):
+                    cc = max(cc, redis_clients(self.r))
+                    if time.monotonic() > t_end:
+                        raise RuntimeError("publisher did not answer")
+            outs = [pub.pipe.recv()[1] for pub in pubs]
+            published = [0] * n
+            for o in outs:
+                for g, c in o["published"].items():
+                    published[g] = c
+                    self.seq[g] = self.seq.get(g, 1) + c
+            last = {g: self.seq[g] for g in groups if published[g]}
+            t_pub_end = time.monotonic()
+            while time.monotonic() - t_pub_end < a.g_drain_s:
+                snaps = pool.snapshot(reset=False)
+                behind = any(
+                    c[1] == READER and c[0] in last and (c[9] or 0) < last[c[0]]
+                    for s in snaps
+                    for c in s["clients"]
+                )
+                if not behind:
+                    break
+                time.sleep(0.2)
+            s1 = server_sample(self.t)
+            r1 = sum(rp.cpu_times()[:2])
+            cs1 = self.r.info("commandstats")
+            phase = Phase(pool.snapshot(reset=True))
+            elapsed = max(o["elapsed"] for o in outs)
+            res = self.summarise(
+                phase,
+                {
+                    "published": published,
+                    "elapsed": elapsed,
+                    "errors": sum(o["errors"] for o in outs),
+                },
+                s0,
+                s1,
+                s1.t - s0.t,
+                cc,
+                a.g_seconds,
+            )
+            events = res["published"]
+            window = s1.t - s0.t
+            cpu = s1.cpu - s0.cpu
+            rcpu = r1 - r0
+            cmd_us = sum(v["usec"] for v in cs1.values()) - sum(v["usec"] for v in cs0.values())
+            xr1 = cs1.get("cmdstat_xread", {"calls": 0, "usec": 0})
+            xr0 = cs0.get("cmdstat_xread", {"calls": 0, "usec": 0})
+            xr_calls = xr1["calls"] - xr0["calls"]
+            posts = sum(o["posts"] for o in outs)
+            res.update(
+                {
+                    "connections": n,
+                    "viewers": n,
+                    "window_s": round(window, 2),
+                    "connect_s": st["connect_s"],
+                    "publishers": k,
+                    "publish_rate": round(events / max(elapsed, 1e-9)),
+                    "publish_rate_target": a.g_rate,
+                    "posts": posts,
+                    "events_per_post": round(events / posts, 2) if posts else None,
+                    "publisher_cpu_s": round(sum(o["cpu_s"] for o in outs), 2),
+                    "connections_with_events": sum(1 for c in published if c),
+                    "worker_us_per_event": round(cpu * 1e6 / events, 1) if events else None,
+                    "worker_idle_cpu_pct": round(100 * (s0.cpu - s_idle.cpu) / idle_s, 1),
+                    "redis_cpu_pct": round(100 * rcpu / window, 1),
+                    "redis_us_per_event": round(rcpu * 1e6 / events, 1) if events else None,
+                    "redis_idle_cpu_pct": round(100 * (r0 - r_idle) / idle_s, 1),
+                    "redis_cmd_us_per_event": round(cmd_us / events, 1) if events else None,
+                    "xread_calls": xr_calls,
+                    "xread_us_per_call": round((xr1["usec"] - xr0["usec"]) / xr_calls, 1)
+                    if xr_calls
+                    else None,
+                }
+            )
+            return res
+        finally:
+            for pub in pubs:
+                pub.close()
+            pool.close()
+            time.sleep(0.5)
+
     def scenario_ingest(self) -> dict[str, Any]:
         """Events/s into one worker through POST /api/ingest, batches of 100."""
         a = self.args
@@ -729,6 +933,59 @@ def flat(res: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+TENANT_COLS = [
+    ("conns", "connections"),
+    ("pub/s", "publish_rate"),
+    ("ev/post", "events_per_post"),
+    ("deliv/s", "deliveries_per_s"),
+    ("fraction", "delivered_fraction"),
+    ("gaps", "gaps"),
+    ("p50ms", "p50_ms"),
+    ("p99ms", "p99_ms"),
+    ("wkr_cpu%", "server_cpu_pct"),
+    ("wkr_us/ev", "worker_us_per_event"),
+    ("wkr_idle%", "worker_idle_cpu_pct"),
+    ("rds_cpu%", "redis_cpu_pct"),
+    ("rds_us/ev", "redis_us_per_event"),
+    ("cmd_us/ev", "redis_cmd_us_per_event"),
+    ("xread/s", "xread_per_s"),
+    ("xread_us", "xread_us_per_call"),
+    ("redis_cc", "redis_connected_clients"),
+    ("gen_busy%", "gen_busy"),
+    ("others%", "others_cpu_pct"),
+]
+
+
+def tenants_report(tg: dict[str, Any]) -> str:
+    """(g): one row per target and tenant count, then the issue's check."""
+    rows = []
+    notes = []
+    title = "(g) many tenants: N connections x 1 viewer, 2 workers"
+    for name, r in tg.items():
+        g = r.get("g") or {}
+        if "phases" not in g:
+            continue
+        title = (
+            f"(g) many tenants: N connections x 1 viewer, {fmt(g['rate'])} events/s spread "
+            f"at random, {g['workers']} workers, heartbeat {g['heartbeat_s']} s"
+        )
+        for n, ph in g["phases"].items():
+            row = flat(ph)
+            if ph.get("xread_calls") is not None and ph.get("server_cpu_s") is not None:
+                row["xread_per_s"] = round(ph["xread_calls"] / max(ph["window_s"], 1e-9))
+            rows.append((f"{name} {int(n):,}", row))
+        notes.append(f"{name}: setup of {max(g['connections']):,} connections {g['setup_s']} s")
+        c = g.get("check")
+        if c:
+            notes.append(
+                f"{name}: {c['to']:,} vs {c['from']:,} connections: worker/event x"
+                f"{c['worker_per_event_ratio']}, redis/event x{c['redis_per_event_ratio']} "
+                f"(commandstats x{c['redis_cmd_per_event_ratio']}), p99 {c['p99_ms']} ms; "
+                f"target <= 1.5x, <= 1.5x, <= 50 ms: {'met' if c['met'] else 'NOT met'}"
+            )
+    return table(title, rows, TENANT_COLS) + "\n" + "\n".join(notes)
+
+
 def report(results: dict[str, Any]) -> str:
     tg = results["targets"]
     parts = []
@@ -792,6 +1049,8 @@ def report(results: dict[str, Any]) -> str:
                 ],
             )
         )
+    if any("phases" in (r.get("g") or {}) for r in tg.values()):
+        parts.append(tenants_report(tg))
     if any("ingest" in r for r in tg.values()):
         parts.append(
             table(
@@ -827,7 +1086,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--scenarios",
         default="c,a,b,e,f,ingest,d",
-        help="any of a,b,c,d,e,f,ingest (run in the order given)",
+        help="any of a,b,c,d,e,f,g,ingest (run in the order given; d and g after the rest)",
     )
     p.add_argument(
         "--full", action="store_true", help="the issue's sizes: 10 s phases, (d) at 40,000 streams"
@@ -837,6 +1096,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--capacity", type=int, help="(d) idle streams, 2 workers")
     p.add_argument("--capacity-peers", action="store_true", help="run (d) for the peers too")
     p.add_argument("--procs", type=int, default=2, help="load-generator processes")
+    p.add_argument(
+        "--g-connections",
+        default="10,1000,10000",
+        help="(g) tenant counts, one phase each (N connections x 1 viewer, 2 workers)",
+    )
+    p.add_argument("--g-rate", type=float, default=500, help="(g) events/s over all connections")
+    p.add_argument("--g-seconds", type=float, help="(g) publish time per phase (default 6, 10)")
+    p.add_argument(
+        "--g-publishers", type=int, default=4, help="(g) publisher processes (sequential POSTs)"
+    )
+    p.add_argument(
+        "--g-tick",
+        type=float,
+        default=0.002,
+        help="(g) publisher tick, s: short, so a POST carries ~1 event at every N",
+    )
+    p.add_argument(
+        "--g-heartbeat",
+        type=float,
+        default=15.0,
+        help="(g) Sluice's heartbeat (its default: heartbeats are per stream, not per event)",
+    )
     p.add_argument(
         "--connect-rate", type=float, default=1000, help="new streams per second while connecting"
     )
@@ -853,6 +1134,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a.e_connections, a.e_viewers, a.e_rates = 50, 20, [2, 10, 40]
     a.f_stallers, a.f_rate, a.f_resume_s = 10, 1000, 20.0
     a.f_pad, a.f_stall_bytes = 0, 5_500_000
+    a.g_connections = [int(x) for x in str(a.g_connections).split(",") if x.strip()]
+    a.g_seconds = a.g_seconds or (10.0 if a.full else 6.0)
+    a.g_http_pool, a.g_idle_s, a.g_drain_s = 2, 2.0, 5.0
     a.ingest_posters = int(os.environ.get("BENCH_INGEST_POSTERS", 3))
     a.ingest_s = float(os.environ.get("BENCH_INGEST_SECONDS", 3.0))
     return a
@@ -901,11 +1185,16 @@ def main(argv: list[str] | None = None) -> int:
             results["feeds"][name] = cls.feed
             res: dict[str, Any] = {}
             results["targets"][name] = res
-            flow = [s for s in scenarios if s != "d"]
+            flow = [s for s in scenarios if s not in ("d", "g")]
             if flow:
                 res.update(run_target(cls, rds, args, flow, workers=1))
             if "d" in scenarios and (name.startswith("sluice") or args.capacity_peers):
                 res.update(run_target(cls, rds, args, ["d"], workers=2))
+            if "g" in scenarios:
+                if issubclass(cls, Sluice):
+                    res.update(run_target(cls, rds, args, ["g"], workers=2))
+                else:
+                    print(f"== {name}: (g) skipped, Sluice only (needs connections + ingest API)")
             redis.Redis.from_url(rds.url).flushdb()  # keep Redis small between targets
     finally:
         rds.stop()
@@ -928,7 +1217,8 @@ def run_target(
     growth starts from a clean worker)."""
     out: dict[str, Any] = {}
     for s in scenarios:
-        target = cls(rds.url, args.heartbeat, workers=workers)
+        hb = args.g_heartbeat if s == "g" else args.heartbeat
+        target = cls(rds.url, hb, workers=workers)
         if s == "ingest" and not isinstance(target, Sluice):
             continue
         print(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import random
 import resource
 import socket
 import time
@@ -71,6 +72,11 @@ class Publisher:
         self.base = cfg.get("base")  # (host, port) for ingest
         self.api_keys: list[str] = cfg.get("api_keys", [])
         self.conn_ids: list[str] = cfg.get("conn_ids", [])
+        # keep-alive HTTP connections: one per group by default; with
+        # `http_pool` k, groups share k of them (the key is per request), so
+        # (g)'s 10,000 connections do not need 10,000 sockets
+        self.http_pool: int | None = cfg.get("http_pool")
+        self.posts = 0
         self.errors = 0
         self.pad = ""
 
@@ -108,10 +114,12 @@ class Publisher:
             self._post(group, body)
 
     def _post(self, group: int, body: bytes) -> None:
+        slot = group % self.http_pool if self.http_pool else group
+        self.posts += 1
         for _attempt in range(3):
-            conn = self.http.get(group)
+            conn = self.http.get(slot)
             if conn is None:
-                conn = self.http[group] = http.client.HTTPConnection(*self.base, timeout=30)
+                conn = self.http[slot] = http.client.HTTPConnection(*self.base, timeout=30)
                 conn.connect()
                 # http.client sends headers and body in two writes: without
                 # NODELAY, Nagle + delayed ACK add ~40 ms to every POST
@@ -133,7 +141,7 @@ class Publisher:
                 return
             except (OSError, http.client.HTTPException):
                 conn.close()
-                self.http.pop(group, None)
+                self.http.pop(slot, None)
         self.errors += 1
 
     def run(
@@ -171,6 +179,63 @@ class Publisher:
         cpu = ru.ru_utime - ru0.ru_utime + ru.ru_stime - ru0.ru_stime
         return {"published": sent, "elapsed": elapsed, "errors": self.errors, "cpu_s": cpu}
 
+    def run_spread(
+        self,
+        groups: list[int],
+        rate: float,
+        duration: float,
+        tick: float,
+        seq0: dict[int, int],
+        seed: int = 0,
+    ) -> dict:
+        """Publish `rate` events/s in total, each to a group drawn at random from
+        `groups`; a tick's events are batched per group (one POST per group and
+        tick: with many groups, mostly one event per POST).
+
+        Time-based like `run`: a slow tick makes the next one bigger, so the
+        achieved rate (published ÷ elapsed) shows whether the publisher kept up.
+        """
+        rng = random.Random(seed)
+        t_start = time.monotonic()
+        ru0 = resource.getrusage(resource.RUSAGE_SELF)
+        posts0, errors0 = self.posts, self.errors
+        nxt = dict(seq0)
+        published: dict[int, int] = {}
+        total = int(rate * duration)
+        sent = k = 0
+        late_ticks = 0
+        while sent < total and time.monotonic() - t_start < duration * 10 + 30:
+            due = min(total, int(rate * (time.monotonic() - t_start))) - sent
+            if due > 0:
+                batch: dict[int, int] = {}
+                for g in rng.choices(groups, k=due):
+                    batch[g] = batch.get(g, 0) + 1
+                for g, n in batch.items():
+                    self.emit(g, range(nxt[g], nxt[g] + n))
+                    nxt[g] += n
+                    published[g] = published.get(g, 0) + n
+                sent += due
+            k += 1
+            delay = t_start + k * tick - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            else:
+                late_ticks += 1
+                k = int((time.monotonic() - t_start) / tick)  # do not burst to catch up ticks
+        elapsed = time.monotonic() - t_start
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        cpu = ru.ru_utime - ru0.ru_utime + ru.ru_stime - ru0.ru_stime
+        return {
+            "published": published,
+            "sent": sent,
+            "elapsed": elapsed,
+            "posts": self.posts - posts0,
+            "errors": self.errors - errors0,
+            "late_ticks": late_ticks,
+            "ticks": k,
+            "cpu_s": cpu,
+        }
+
 
 def main(conn: Connection, cfg: dict[str, Any]) -> None:
     """Process entry point: serve ("run", …) / ("emit", …) / ("quit",) commands."""
@@ -184,6 +249,8 @@ def main(conn: Connection, cfg: dict[str, Any]) -> None:
         msg = conn.recv()
         if msg[0] == "run":
             conn.send(("ok", pub.run(*msg[1:])))
+        elif msg[0] == "run_spread":
+            conn.send(("ok", pub.run_spread(*msg[1:])))
         elif msg[0] == "emit":
             for g, s in msg[1]:
                 pub.emit(g, range(s, s + 1))
