@@ -1434,12 +1434,16 @@ class Canary:
         assert self.stream.status == 200
 
     def roundtrip(self, timeout: float) -> bool:
+        from sluice.store.keys import Keys
+
         self.seq += 1
         marker = {"canary": self.seq}
-        self.r.xadd(
-            _stream_key(self.account.connection_id),
-            {"t": "queue:snapshot", "d": json.dumps(marker)},
-        )
+        # What the append script does: the entry, then its notification.
+        key = _stream_key(self.account.connection_id)
+        pipe = self.r.pipeline(transaction=False)
+        pipe.xadd(key, {"t": "queue:snapshot", "d": json.dumps(marker)})
+        pipe.spublish(Keys.notify(self.account.connection_id), key)
+        pipe.execute()
         deadline = time.monotonic() + timeout
         try:
             while time.monotonic() < deadline:

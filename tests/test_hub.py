@@ -20,8 +20,8 @@ def entry_ids(redis_client, connection_id: str) -> list[str]:
 
 
 def test_new_connection_joins_while_the_read_is_blocked(start_server, account, other_account):
-    """The shared XREAD is blocked (for up to 60 s) on A's stream; B's first listener
-    wakes it, so B's events arrive long before the block would have ended on its own."""
+    """The reader waits (up to the 60 s sweep) for A's notifications; B's first
+    listener subscribes to B's, so B's events arrive long before the sweep."""
     server = start_server(SLUICE_READ_BLOCK_MS="60000", SLUICE_HEARTBEAT_SECONDS="1")
     with open_stream(server.url, account.connection_id, api_key=account.api_key) as a_stream:
         a_stream.read_bytes(1)
@@ -69,7 +69,8 @@ def test_many_connections_one_reader(start_server, redis_url, redis_client):
     stats = requests.get(srv.url + "/api/debug/stats").json()
     assert stats["hub"]["streams"] == 15 and stats["hub"]["listeners"] == 45
     named = sum(1 for c in redis_client.client_list() if c.get("name") == f"sluice-{stats['pid']}")
-    assert named <= 6  # pool connections + one blocking reader, not one per viewer
+    # Pool connections and one pub/sub connection: not one per viewer or per tenant.
+    assert named <= 6
     for group in streams.values():
         for stream in group:
             stream.close()
@@ -149,3 +150,34 @@ def test_catch_up_joins_the_live_feed_without_gap_or_duplicate(server, account, 
     ids = entry_ids(redis_client, cid)
     first = ids.index(start_id) + 1
     assert [e.id for e in got] == ids[first : first + 200]
+
+
+def test_a_dropped_subscription_is_taken_up_again_and_loses_nothing(
+    start_server, account, redis_client
+):
+    """Redis drops the hub's pub/sub connection (CLIENT KILL TYPE pubsub: what a
+    restart or a failover does to it): events appended meanwhile and after arrive,
+    in order, long before the 60 s sweep would read them."""
+    import requests
+
+    srv = start_server(SLUICE_READ_BLOCK_MS="60000", SLUICE_DEBUG_STATS="1")
+    cid = account.connection_id
+    with open_stream(srv.url, cid, api_key=account.api_key) as stream:
+        stream.read_bytes(1)
+        first = jobs(cid, 2)
+        assert ingest(srv.url, account.api_key, cid, first).status_code == 202
+        assert len(stream.data_events(2, timeout=5)) == 2
+        pid = requests.get(srv.url + "/api/debug/stats").json()["pid"]
+        subscribers = [
+            c["id"]
+            for c in redis_client.client_list()
+            if c.get("name") == f"sluice-{pid}" and int(c.get("ssub", 0)) > 0
+        ]
+        assert len(subscribers) == 1  # one pub/sub connection per process
+        assert redis_client.client_kill_filter(_id=subscribers[0]) == 1
+        later = jobs(cid, 3)
+        assert ingest(srv.url, account.api_key, cid, later).status_code == 202
+        got = stream.data_events(3, timeout=10)
+        assert [e.json()["externalId"] for e in got] == [e["job"]["externalId"] for e in later]
+        ids = [e.id for e in got]
+        assert ids == sorted(ids, key=lambda i: tuple(map(int, i.split("-"))))

@@ -1,8 +1,15 @@
 """The shared reader and the fan-out, one hub per worker process.
 
-One greenlet per process blocks on a single ``XREAD`` over every stream that
-has listeners in this process; Redis connections grow with processes, not with
-viewers. Each batch of entries becomes SSE frames once, joined and
+Producers' appends also publish a notification naming the stream (sharded
+pub/sub). One greenlet per process listens for the notifications of every
+stream that has listeners here; another reads only the streams that were
+notified, from their cursors, in one ``XREAD`` per round, so the work per
+event does not grow with the number of watched streams. The stream stays the
+only source of truth: a subscription just confirmed (at a new stream, after
+any reconnect) counts as a notification, and every watched stream is read
+again every ``read_block_ms`` whatever was notified, so a lost notification
+delays an event, never loses it. Redis connections grow with processes, not
+with viewers or tenants. Each batch of entries becomes SSE frames once, joined and
 chunk-framed once (`Batch`), and every idle listener gets those same bytes
 with one non-blocking send from the reader itself: no wake-up, no greenlet
 switch, no copy per listener. Only a listener that is busy (catching up, or
@@ -30,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import gevent
+from gevent.event import Event
 from gevent.lock import BoundedSemaphore
 
 from .. import contract
@@ -49,10 +57,11 @@ FANOUT_YIELD_EVERY = 256
 
 
 class _Stream:
-    __slots__ = ("cursor", "listeners")
+    __slots__ = ("cursor", "listeners", "connection_id")
 
-    def __init__(self, cursor: bytes) -> None:
+    def __init__(self, cursor: bytes, connection_id: str) -> None:
         self.cursor = cursor
+        self.connection_id = connection_id
         self.listeners: set[Listener] = set()
 
 
@@ -98,19 +107,27 @@ class EventLog(Protocol):
 
     def stream_key(self, connection_id: str) -> bytes: ...
 
-    def new_wake_key(self) -> bytes: ...
-
     def bounds(self, key: bytes) -> tuple[bytes | None, bytes | None]: ...
 
     def range(self, key: bytes, after: bytes, until: bytes | None, count: int) -> list[Entry]: ...
 
-    def read(
-        self, cursors: dict[bytes, bytes], count: int, block_ms: int
-    ) -> list[tuple[bytes, list[Entry]]]: ...
+    def read(self, cursors: dict[bytes, bytes], count: int) -> list[tuple[bytes, list[Entry]]]:
+        """Entries after each cursor, without waiting."""
+        ...
 
     def refused(self, cursors: dict[bytes, bytes]) -> list[bytes]: ...
 
-    def wake(self, key: bytes) -> None: ...
+    def listen(self, connection_id: str) -> None:
+        """Ask for notifications of the connection's stream (never raises)."""
+        ...
+
+    def unlisten(self, connection_id: str) -> None: ...
+
+    def notifications(self, timeout: float) -> list[bytes]:
+        """Stream keys notified (or whose subscription was confirmed) since the last
+        call, waiting up to `timeout` s; `StoreUnavailable` when the subscription
+        was lost (the next call subscribes again)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -179,16 +196,18 @@ class Hub:
         self.clock = clock
         self._streams: dict[bytes, _Stream] = {}
         self._reader: gevent.Greenlet | None = None
+        self._listener: gevent.Greenlet | None = None
         self._ticker: gevent.Greenlet | None = None
+        # Streams to read in the reader's next round, and its wake-up.
+        self._dirty: set[bytes] = set()
+        self._ready = Event()
+        self.reads = 0  # XREAD rounds, for stats
         # Stream opens doing their Redis work (auth, ownership, subscribe) at once.
         # A burst of reconnects (a deploy, a network blip) would otherwise have
         # every greenlet holding a pooled Redis connection at the same moment:
         # the pool would refuse (503) or grow to the burst's size and keep those
         # connections (~50 KB of worker RSS each). Queued opens wait their turn.
         self.opening = BoundedSemaphore(settings.stream_open_concurrency)
-        self._wake_key = events.new_wake_key()
-        # A concrete id, not "$": a wake that lands before the first read still counts.
-        self._wake_cursor = b"0-0"
         self.draining = False
         self.listener_count = 0
 
@@ -221,14 +240,17 @@ class Hub:
         decision = resume(last_event_id, first, last, stream.cursor if stream else None)
         listener = Listener(key, types, self.settings.listener_buffer_bytes, sock, self.clock)
         listener.skip_until = decision.skip_until
-        needs_wake = stream is None
+        new = stream is None
         if stream is None:
-            stream = self._streams[key] = _Stream(decision.position)
+            stream = self._streams[key] = _Stream(decision.position, connection_id)
         stream.listeners.add(listener)
         self.listener_count += 1
         self._ensure_reader()
-        if needs_wake:
-            self._wake_reader()
+        if new:
+            # Read it at once (what came since `bounds`), and again when the
+            # subscription is confirmed (what came before it took effect).
+            self._mark(key)
+            self.events.listen(connection_id)
         return Subscription(
             listener, decision.reset_reason, decision.catchup_from, decision.catchup_to
         )
@@ -241,6 +263,7 @@ class Hub:
         self.listener_count -= 1
         if not stream.listeners:
             del self._streams[listener.stream_key]
+            self.events.unlisten(stream.connection_id)
 
     def history(
         self, listener: Listener, after: bytes, until: bytes | None
@@ -280,6 +303,7 @@ class Hub:
             "streams": len(self._streams),
             "listeners": self.listener_count,
             "readerAlive": bool(self._reader and not self._reader.dead),
+            "reads": self.reads,
             "draining": self.draining,
         }
 
@@ -288,6 +312,8 @@ class Hub:
     def _ensure_reader(self) -> None:
         if self._reader is None or self._reader.dead:
             self._reader = gevent.spawn(self._read_forever)
+        if self._listener is None or self._listener.dead:
+            self._listener = gevent.spawn(self._listen_forever)
         if self._ticker is None or self._ticker.dead:
             self._ticker = gevent.spawn(self._heartbeat_forever)
 
@@ -337,48 +363,81 @@ class Hub:
                     now = self.clock()
         return sent
 
-    def _wake_reader(self) -> None:
-        """Interrupt the blocked XREAD so it picks up a newly watched stream."""
-        try:
-            self.events.wake(self._wake_key)
-        except StoreUnavailable as exc:  # the reader retries on its own schedule
-            log.warning("could not wake the stream reader: %s", exc)
+    def _mark(self, key: bytes) -> None:
+        """Have the reader read this stream in its next round."""
+        self._dirty.add(key)
+        self._ready.set()
 
-    def _read_forever(self) -> None:
+    def _listen_forever(self) -> None:
+        """Notifications -> streams to read. After a lost subscription the store
+        subscribes again, and every confirmed subscription marks its stream."""
         backoff = 0.1
         while True:
             try:
-                self._read_once()
+                keys = self.events.notifications(timeout=1.0)
+                backoff = 0.1
+            except StoreUnavailable as exc:
+                log.warning("notifications: %s; subscribing again in %.1fs", exc, backoff)
+                gevent.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            except Exception:
+                log.exception("notifications failed; continuing")
+                gevent.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            if keys:
+                self._dirty.update(keys)
+                self._ready.set()
+
+    def _read_forever(self) -> None:
+        backoff = 0.1
+        sweep = self.settings.read_block_ms / 1000
+        next_sweep = self.clock() + sweep
+        while True:
+            self._ready.wait(max(0.0, next_sweep - self.clock()))
+            self._ready.clear()
+            keys, self._dirty = self._dirty, set()
+            if self.clock() >= next_sweep:
+                # The safety net: every watched stream, notified or not.
+                keys.update(self._streams)
+                next_sweep = self.clock() + sweep
+            if not keys:
+                continue
+            try:
+                self._read_once(keys)
                 backoff = 0.1
             except StoreUnavailable as exc:
                 log.warning("stream reader: redis error %s; retrying in %.1fs", exc, backoff)
+                self._dirty.update(keys)  # read them again once Redis is back
                 gevent.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
             except Exception:
                 log.exception("stream reader failed; restarting")
+                self._dirty.update(keys)
                 gevent.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
+            if self._dirty:
+                self._ready.set()
 
-    def _read_once(self) -> None:
-        watched = dict(self._streams)
+    def _read_once(self, keys: set[bytes]) -> None:
+        """One XREAD of the given streams from their cursors, and the fan-out."""
+        watched = {k: self._streams[k] for k in keys if k in self._streams}
+        if not watched:
+            return
         wanted: dict[bytes, bytes] = {k: s.cursor for k, s in watched.items()}
-        wanted[self._wake_key] = self._wake_cursor
-        # How long one XREAD blocks: new streams wake it earlier, so this only
-        # bounds how often an idle reader goes round its loop.
+        self.reads += 1
         try:
-            reply = self.events.read(wanted, READ_COUNT, self.settings.read_block_ms)
+            reply = self.events.read(wanted, READ_COUNT)
         except StoreRefused as exc:
             # Redis refused the whole read because of one key (a wrong type at
             # a stream's key, a bad cursor, a key that moved): find it, end its
-            # streams alone, and go on at once for everyone else.
+            # streams alone, and read the others again at once.
             self._isolate(wanted, watched, exc)
             return
         for key, entries in reply:
-            if key == self._wake_key:
-                self._wake_cursor = entries[-1][0]
-                continue
             stream = self._streams.get(key)
-            # A stream dropped and re-added while we were blocked has a new
+            # A stream dropped and re-added while we were reading has a new
             # cursor: this reply is relative to the old one, so skip it and
             # let the next read start from the right place.
             if stream is not None and stream is watched.get(key) and entries:
@@ -387,34 +446,34 @@ class Hub:
                 except Exception:  # one stream's entries must not stop the others
                     log.exception("stream reader: could not deliver %r; ending its streams", key)
                     self._drop(key, stream)
+                    continue
+                if len(entries) >= READ_COUNT:
+                    self._dirty.add(key)  # more waiting: next round
 
     def _isolate(
         self, wanted: dict[bytes, bytes], watched: dict[bytes, _Stream], error: Exception
     ) -> None:
-        """Read each key alone (no blocking) to find the ones Redis refuses, and
-        drop them. If every key fails, the fault is not one stream's: re-raise
-        (the reader backs off)."""
+        """Read each key alone to find the ones Redis refuses, and drop them; the
+        others are read again in the next round. If every key fails, the fault is
+        not one stream's: re-raise (the reader backs off)."""
         bad = self.events.refused(wanted)
         if not bad or len(bad) == len(wanted):
             raise error
         for key in bad:
-            if key == self._wake_key:
-                log.warning("stream reader: wake key unusable (%s); using a new one", error)
-                self._wake_key = self.events.new_wake_key()
-                self._wake_cursor = b"0-0"
-                continue
             log.warning("stream reader: Redis refuses %r (%s); ending its streams", key, error)
             stream = watched.get(key)
             # Only the stream that was read: one subscribed meanwhile (the
             # pipeline yields) starts from a fresh, checked cursor.
             if stream is not None and self._streams.get(key) is stream:
                 self._drop(key, stream)
+        self._dirty.update(k for k in wanted if k not in bad)
 
     def _drop(self, key: bytes, stream: _Stream) -> None:
         """Stop watching one stream: its clients are hung up and reconnect
         (and get a clear error if the fault persists)."""
         if self._streams.get(key) is stream:
             del self._streams[key]
+            self.events.unlisten(stream.connection_id)
         for listener in list(stream.listeners):
             stream.listeners.discard(listener)
             self.listener_count -= 1

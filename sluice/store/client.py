@@ -48,15 +48,6 @@ def connect(url: str, max_connections: int = 50, **kwargs: object) -> redis.Redi
     return redis.Redis(connection_pool=pool)
 
 
-def connect_blocking(url: str, block_seconds: float) -> redis.Redis:
-    """A client for XREAD BLOCK.
-
-    redis-py's default socket timeout (5 s in 8.x) would cut a longer BLOCK
-    short, so the socket timeout must exceed the block time.
-    """
-    return connect(url, socket_timeout=block_seconds + 10.0, max_connections=4)
-
-
 def mask_url(url: str) -> str:
     """`url` with its password (in the user part or a ``password=`` query) as ``***``."""
     try:

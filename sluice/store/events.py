@@ -8,7 +8,6 @@ a frame is built by concatenation on the way out.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, cast
@@ -19,7 +18,7 @@ from ..config import Settings
 from ..contract import CLOSED_EVENT, ENTRY_DATA, ENTRY_EVENT
 from ..errors import StoreRefused, StoreUnavailable
 from ..strictjson import dumps
-from .client import Redis, connect_blocking
+from .client import Redis
 from .keys import Keys
 
 #: One stored entry as Redis returns it: (entry id, {field: value}).
@@ -30,10 +29,13 @@ _APPEND_LUA = """#!lua
 -- whole script before it runs when it is out of memory.
 -- KEYS: the stream, the de-duplication window (zset: producer id -> ms), the
 -- stream's meta hash (bytes held). ARGV: ttl ms, max entries, max bytes, max
--- ids in the window, then (producer id, event, data) triples.
+-- ids in the window, the notification channel, then (producer id, event, data)
+-- triples. A batch that appended anything publishes the stream's key on the
+-- channel (sharded pub/sub: the channel shares the stream's slot).
 local stream, seen, meta = KEYS[1], KEYS[2], KEYS[3]
 local ttl, maxlen = tonumber(ARGV[1]), tonumber(ARGV[2])
 local maxbytes, window = tonumber(ARGV[3]), tonumber(ARGV[4])
+local channel = ARGV[5]
 local function size(id, event, data)  -- what an entry holds
   return #id + #(event or "") + #(data or "")
 end
@@ -58,7 +60,7 @@ if redis.call("EXISTS", stream) == 1 then
   end
 end
 local accepted, duplicates, first, remembered = 0, 0, nil, false
-for i = 5, #ARGV, 3 do
+for i = 6, #ARGV, 3 do
   local producer_id = ARGV[i]
   local fresh = true
   if producer_id ~= "" then
@@ -106,6 +108,7 @@ if accepted > 0 then
   -- A deleted connection's stream expires: its count goes with it.
   local pttl = redis.call("PTTL", stream)
   if pttl > 0 then redis.call("PEXPIRE", meta, pttl) end
+  redis.call("SPUBLISH", channel, stream)
 end
 if remembered then
   redis.call("ZREMRANGEBYSCORE", seen, "-inf", now - ttl)
@@ -150,6 +153,7 @@ def append_events(
         settings.stream_maxlen,
         settings.stream_max_bytes,
         settings.dedupe_max,
+        Keys.notify(connection_id),
     ]
     for producer_id, name, data in events:
         args.extend((producer_id or "", name, data))
@@ -164,6 +168,7 @@ def close_stream(pipe: Any, connection_id: str) -> None:
     stream of it sees (on every server), then the history expires."""
     stream = Keys.stream(connection_id)
     pipe.xadd(stream, entry_fields(CLOSED_EVENT, dumps({"reason": "connection_deleted"})))
+    pipe.spublish(Keys.notify(connection_id), stream)
     pipe.expire(stream, CLOSED_STREAM_TTL)
     pipe.delete(Keys.seen(connection_id), Keys.stream_meta(connection_id))
 
@@ -180,23 +185,23 @@ def _as_domain_errors() -> Iterator[None]:
 
 
 class RedisEventLog:
-    """What the fan-out reads, on Redis: stream bounds, history pages, the shared
-    blocking read, and a wake-up stream per process to interrupt it. Raises
-    `StoreRefused` (one key refused) or `StoreUnavailable`, never redis-py's errors."""
+    """What the fan-out reads, on Redis: stream bounds, history pages, reads of the
+    streams that changed, and the notifications that say which changed (one
+    sharded pub/sub connection per process, subscribed to the channel of every
+    watched stream). Raises `StoreRefused` (one key refused) or
+    `StoreUnavailable`, never redis-py's errors."""
 
-    def __init__(self, client: Redis, redis_url: str, block_seconds: float) -> None:
+    #: Messages taken in one `notifications` call at most (the rest wait for the next).
+    MAX_MESSAGES = 10_000
+
+    def __init__(self, client: Redis) -> None:
         self.redis = client
-        self._redis_url = redis_url
-        self._block_seconds = block_seconds
-        self._blocking: Redis | None = None
+        self._pubsub: Any = None
+        self._channels: dict[bytes, bytes] = {}  # notification channel -> stream key
 
     @staticmethod
     def stream_key(connection_id: str) -> bytes:
         return Keys.stream(connection_id).encode()
-
-    @staticmethod
-    def new_wake_key() -> bytes:
-        return Keys.hub_wake(str(uuid.uuid4())).encode()
 
     def bounds(self, key: bytes) -> tuple[bytes | None, bytes | None]:
         """(first, last) entry ids of a stream; (None, None) when it is empty."""
@@ -214,20 +219,16 @@ class RedisEventLog:
             entries = self.redis.xrange(key, min=b"(" + after, max=end, count=count)
         return cast(list[Entry], entries)
 
-    def read(
-        self, cursors: dict[bytes, bytes], count: int, block_ms: int
-    ) -> list[tuple[bytes, list[Entry]]]:
-        """Entries after each cursor, blocking up to `block_ms` for the first one.
-        Raises `StoreRefused` when Redis refuses the read because of some key."""
-        if self._blocking is None:
-            self._blocking = connect_blocking(self._redis_url, self._block_seconds)
+    def read(self, cursors: dict[bytes, bytes], count: int) -> list[tuple[bytes, list[Entry]]]:
+        """Entries after each cursor (one XREAD, not blocking). Raises `StoreRefused`
+        when Redis refuses the read because of some key."""
         streams: dict[Any, Any] = dict(cursors)
         with _as_domain_errors():
-            reply = self._blocking.xread(streams, count=count, block=block_ms)
+            reply = self.redis.xread(streams, count=count)
         return cast(list[tuple[bytes, list[Entry]]], reply or [])
 
     def refused(self, cursors: dict[bytes, bytes]) -> list[bytes]:
-        """The keys Redis refuses to read, each tried alone without blocking."""
+        """The keys Redis refuses to read, each tried alone."""
         keys = list(cursors)
         pipe = self.redis.pipeline(transaction=False)
         for key in keys:
@@ -236,10 +237,62 @@ class RedisEventLog:
             results = pipe.execute(raise_on_error=False)
         return [k for k, result in zip(keys, results, strict=True) if isinstance(result, Exception)]
 
-    def wake(self, key: bytes) -> None:
-        """Append to a wake-up stream (one entry kept, expiring when unused)."""
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.xadd(key, {b"w": b"1"}, maxlen=1, approximate=False)
-        pipe.expire(key, 3600)
-        with _as_domain_errors():
-            pipe.execute()
+    # -- notifications ------------------------------------------------------------
+
+    def listen(self, connection_id: str) -> None:
+        """Be notified when the connection's stream gets entries. Never raises: when
+        the subscription cannot be sent now, it is sent with all the others when
+        `notifications` reconnects."""
+        channel = Keys.notify(connection_id).encode()
+        self._channels[channel] = self.stream_key(connection_id)
+        self._send("ssubscribe", channel)
+
+    def unlisten(self, connection_id: str) -> None:
+        channel = Keys.notify(connection_id).encode()
+        if self._channels.pop(channel, None) is not None:
+            self._send("sunsubscribe", channel)
+
+    def _send(self, command: str, channel: bytes) -> None:
+        pubsub = self._pubsub
+        if pubsub is None:
+            return
+        try:
+            getattr(pubsub, command)(channel)
+        except redis.RedisError:
+            self._reset()  # `notifications` reconnects and subscribes to all
+
+    def notifications(self, timeout: float) -> list[bytes]:
+        """The keys of the streams notified since the last call, waiting up to
+        `timeout` s for the first. A stream whose subscription was just confirmed
+        counts as notified (what it got before is read then). After the
+        connection was lost (`StoreUnavailable`), the next call reconnects, and
+        every listened stream is reported once its subscription is confirmed."""
+        try:
+            if self._pubsub is None:
+                self._pubsub = self.redis.pubsub()
+                if self._channels:
+                    self._pubsub.ssubscribe(*self._channels)
+            keys: list[bytes] = []
+            message = self._pubsub.get_message(timeout=timeout)
+            taken = 0
+            while message is not None:
+                if message["type"] in ("smessage", "ssubscribe"):
+                    key = self._channels.get(message["channel"])
+                    if key is not None:
+                        keys.append(key)
+                taken += 1
+                if taken >= self.MAX_MESSAGES:
+                    break
+                message = self._pubsub.get_message(timeout=0)
+            return keys
+        except redis.RedisError as exc:
+            self._reset()
+            raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+    def _reset(self) -> None:
+        pubsub, self._pubsub = self._pubsub, None
+        if pubsub is not None:
+            try:
+                pubsub.reset()
+            except Exception:  # already broken: its connection goes anyway
+                pass

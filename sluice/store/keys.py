@@ -59,9 +59,10 @@ class Keys:
         return f"{PREFIX}:dev-secret-key"
 
     @staticmethod
-    def hub_wake(hub_id: str) -> str:
-        """A process's wake-up stream: an entry interrupts its blocked XREAD."""
-        return f"{PREFIX}:hub:{hub_id}:wake"
+    def notify(connection_id: str) -> str:
+        """The sharded pub/sub channel that says "the stream has new entries"
+        (same hash tag, so the same slot as the stream on a cluster)."""
+        return f"{PREFIX}:{{{connection_id}}}:notify"
 
     # Rate-limit counters (flask-limiter adds its own prefix and window).
 

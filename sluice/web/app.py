@@ -53,7 +53,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
         JSON_SORT_KEYS=False,
     )
 
-    events = RedisEventLog(client, redis_url, settings.read_block_ms / 1000)
+    events = RedisEventLog(client)
     app.extensions["sluice"] = SluiceState(
         settings=settings, redis=client, hub=Hub(settings, events)
     )

@@ -14,7 +14,7 @@ from gevent.event import Event
 
 from sluice import contract
 from sluice.config import load_settings
-from sluice.errors import SluiceError, StoreRefused, TooMany, Unavailable
+from sluice.errors import SluiceError, StoreRefused, StoreUnavailable, TooMany, Unavailable
 from sluice.fanout.hub import Draining, Hub, Resume, TooManyStreams, resume
 from sluice.fanout.listener import parse_id
 from sluice.fanout.sse import event_frame, http_chunk
@@ -97,32 +97,38 @@ def test_resume_against_the_hub_cursor(last_event_id, first, last, hub_cursor, e
 
 
 class MemoryLog:
-    """`EventLog` over python dicts: `read` blocks on a gevent Event until entries
-    are appended (or the block time passes); keys in `refusing` make it raise
-    `StoreRefused` as Redis does for a wrong type."""
+    """`EventLog` over python dicts, with notifications as the store sends them:
+    `append` notifies the listened streams, `listen` confirms at once (which
+    counts as a notification), and `notifications` waits on a gevent Event.
+    Keys in `refusing` make `read` raise `StoreRefused` as Redis does for a wrong
+    type; `silent` drops notifications (a lost message)."""
 
     def __init__(self) -> None:
         self.streams: dict[bytes, list[tuple[bytes, dict[bytes, bytes]]]] = {}
         self.refusing: set[bytes] = set()
-        self.appended = Event()
+        self.listening: set[bytes] = set()
+        self.silent = False
         self.reads = 0
         self._ms = itertools.count(1000)
-        self._wake_keys = itertools.count(1)
+        self._notified: list[bytes] = []
+        self._arrived = Event()
 
     # Writing (the test's side).
     def append(self, key: bytes, event: bytes, data: bytes = b"{}") -> bytes:
         entry_id = b"%d-0" % next(self._ms)
         fields = {contract.ENTRY_EVENT.encode(): event, contract.ENTRY_DATA.encode(): data}
         self.streams.setdefault(key, []).append((entry_id, fields))
-        self.appended.set()
+        if key in self.listening and not self.silent:
+            self._notify(key)
         return entry_id
+
+    def _notify(self, key: bytes) -> None:
+        self._notified.append(key)
+        self._arrived.set()
 
     # The protocol.
     def stream_key(self, connection_id: str) -> bytes:
         return b"events:" + connection_id.encode()
-
-    def new_wake_key(self) -> bytes:
-        return b"wake:%d" % next(self._wake_keys)
 
     def bounds(self, key: bytes) -> tuple[bytes | None, bytes | None]:
         entries = self.streams.get(key)
@@ -138,28 +144,35 @@ class MemoryLog:
             if parse_id(e[0]) > low and (high is None or parse_id(e[0]) <= high)
         ][:count]
 
-    def read(self, cursors, count, block_ms):
+    def read(self, cursors, count):
         self.reads += 1
-        while True:
-            if self.refusing & set(cursors):
-                raise StoreRefused("WRONGTYPE Operation against a key holding the wrong kind")
-            reply = []
-            for key, cursor in cursors.items():
-                after = parse_id(cursor)
-                new = [e for e in self.streams.get(key, []) if parse_id(e[0]) > after][:count]
-                if new:
-                    reply.append((key, new))
-            if reply:
-                return reply
-            self.appended.clear()
-            if not self.appended.wait(block_ms / 1000):
-                return []
+        if self.refusing & set(cursors):
+            raise StoreRefused("WRONGTYPE Operation against a key holding the wrong kind")
+        reply = []
+        for key, cursor in cursors.items():
+            after = parse_id(cursor)
+            new = [e for e in self.streams.get(key, []) if parse_id(e[0]) > after][:count]
+            if new:
+                reply.append((key, new))
+        return reply
 
     def refused(self, cursors):
         return [key for key in cursors if key in self.refusing]
 
-    def wake(self, key: bytes) -> None:
-        self.append(key, b"wake")
+    def listen(self, connection_id: str) -> None:
+        key = self.stream_key(connection_id)
+        self.listening.add(key)
+        self._notify(key)  # the subscription's confirmation
+
+    def unlisten(self, connection_id: str) -> None:
+        self.listening.discard(self.stream_key(connection_id))
+
+    def notifications(self, timeout: float) -> list[bytes]:
+        if not self._notified:
+            self._arrived.clear()
+            self._arrived.wait(timeout)
+        keys, self._notified = self._notified, []
+        return keys
 
 
 def fields_of(entry):
@@ -202,7 +215,7 @@ def make_hub(log, clock):
 
     yield make
     for hub in hubs:
-        gevent.killall([g for g in (hub._reader, hub._ticker) if g is not None])
+        gevent.killall([g for g in (hub._reader, hub._listener, hub._ticker) if g is not None])
 
 
 @pytest.fixture
@@ -426,9 +439,9 @@ def test_a_refused_key_ends_only_its_own_streams(hub, log, pairs):
 def test_when_every_key_is_refused_nothing_is_dropped(make_hub, log, pairs):
     hub = make_hub()
     sub, _client = live(hub, log, pairs)
-    log.refusing.update({log.stream_key("c1"), b"wake:1"})
+    log.refusing.add(log.stream_key("c1"))
     with pytest.raises(StoreRefused):
-        hub._read_once()
+        hub._read_once({log.stream_key("c1")})
     assert not sub.listener.closed
     assert hub.stats()["listeners"] == 1
 
@@ -441,8 +454,10 @@ def test_unsubscribe_forgets_the_stream(hub, log):
         "streams": 0,
         "listeners": 0,
         "readerAlive": True,
+        "reads": hub.reads,
         "draining": False,
     }
+    assert log.listening == set()  # no notifications asked for a stream nobody watches
 
 
 # -- refusing new streams --------------------------------------------------------------
@@ -560,3 +575,92 @@ def test_a_listener_catching_up_is_not_cut_off(make_hub, log):
         sub.listener.wake.wait()
     assert not sub.listener.closed
     assert sub.listener.pending_bytes > 1024
+
+
+# -- notifications: the work per event, and what if one is lost -------------------------------
+
+
+class CountingLog(MemoryLog):
+    """Records which streams each read named."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.read_keys: list[set[bytes]] = []
+
+    def read(self, cursors, count):
+        self.read_keys.append(set(cursors))
+        return super().read(cursors, count)
+
+
+def test_an_event_reads_only_the_stream_it_was_appended_to(make_hub, pairs):
+    """Per-event work does not grow with the watched streams: 200 are watched, an
+    event on one is one read naming that one stream."""
+    log = CountingLog()
+    hub = Hub(load_settings(environ={}, overrides={"read_block_ms": 60_000}), log)
+    try:
+        subs = {f"c{i}": live(hub, log, pairs, connection=f"c{i}") for i in range(200)}
+        gevent.sleep(0.05)  # the confirmations' reads
+        log.read_keys.clear()
+        key = log.stream_key("c7")
+        entry = log.append(key, JOB, b'{"n":1}')
+        want = http_chunk(frame_of(log, key, entry))
+        assert recv_exactly(subs["c7"][1], len(want)) == want
+        assert log.read_keys == [{key}]
+    finally:
+        gevent.killall([g for g in (hub._reader, hub._listener, hub._ticker) if g])
+
+
+def test_a_lost_notification_delays_an_event_until_the_sweep_never_loses_it(make_hub, log, pairs):
+    hub = make_hub(read_block_ms=200)
+    sub, client = live(hub, log, pairs)
+    gevent.sleep(0.05)
+    key = log.stream_key("c1")
+    log.silent = True  # the notifications of these appends are lost
+    ids = [log.append(key, JOB, b'{"n":%d}' % i) for i in range(3)]
+    want = http_chunk(b"".join(frame_of(log, key, i) for i in ids))
+    assert recv_exactly(client, len(want), timeout=2) == want  # in order, once
+
+
+class FlakyLog(MemoryLog):
+    """Loses its subscription once: the next call subscribes again and confirms
+    every listened stream, as the store does after a reconnect."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fail = Event()
+
+    def notifications(self, timeout: float) -> list[bytes]:
+        if self.fail.is_set():
+            self.fail.clear()
+            self.silent = False
+            self._notified = list(self.listening)  # re-subscribed: all confirmed
+            raise StoreUnavailable("ConnectionError: connection lost")
+        return super().notifications(timeout)
+
+
+def test_after_a_lost_subscription_every_watched_stream_is_read_again(pairs):
+    log = FlakyLog()
+    hub = Hub(load_settings(environ={}, overrides={"read_block_ms": 60_000}), log)
+    try:
+        sub_a, client_a = live(hub, log, pairs, connection="a")
+        sub_b, client_b = live(hub, log, pairs, connection="b")
+        gevent.sleep(0.05)
+        # While the subscription is down, appends notify nobody.
+        log.silent = True
+        a = log.append(log.stream_key("a"), JOB, b'{"a":1}')
+        b = log.append(log.stream_key("b"), JOB, b'{"b":1}')
+        log.fail.set()
+        log._arrived.set()  # the subscriber notices the loss
+        want_a = http_chunk(frame_of(log, log.stream_key("a"), a))
+        want_b = http_chunk(frame_of(log, log.stream_key("b"), b))
+        assert recv_exactly(client_a, len(want_a), timeout=2) == want_a
+        assert recv_exactly(client_b, len(want_b), timeout=2) == want_b
+    finally:
+        gevent.killall([g for g in (hub._reader, hub._listener, hub._ticker) if g])
+
+
+def test_a_stream_nobody_watches_is_no_longer_listened_to(hub, log, pairs):
+    sub, _client = live(hub, log, pairs)
+    assert log.listening == {log.stream_key("c1")}
+    hub.unsubscribe(sub.listener)
+    assert log.listening == set()
