@@ -115,7 +115,7 @@ class Settings:
         "SLUICE_READ_BLOCK_MS",
         5_000,
         minimum=1,
-        doc="Block time of the shared `XREAD` (new streams wake it at once).",
+        doc="How often every watched stream is read without a notification (the safety net).",
     )
     max_streams_per_connection: int = setting(
         "SLUICE_MAX_STREAMS_PER_CONNECTION",
