@@ -1018,7 +1018,7 @@ def report(results: dict[str, Any]) -> str:
     if any("c" in r for r in tg.values()):
         parts.append(table("(c) idle streams", rows(lambda r: r["c"]), IDLE_COLS))
     if any("d" in r for r in tg.values()):
-        parts.append(table("(d) capacity (2 workers)", rows(lambda r: r["d"]), IDLE_COLS))
+        parts.append(table("(d) capacity", rows(lambda r: r["d"]), IDLE_COLS))
     if any("e" in r for r in tg.values()):
         parts.append(
             table("(e) 50 connections x 20 viewers, mixed rates", rows(lambda r: r["e"]), FLOW_COLS)
@@ -1093,7 +1093,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--quick", action="store_true", help="short phases, small (c)/(d)")
     p.add_argument("--phase-seconds", type=float, dest="phase_s")
-    p.add_argument("--capacity", type=int, help="(d) idle streams, 2 workers")
+    p.add_argument("--capacity", type=int, help="(d) idle streams")
+    p.add_argument(
+        "--capacity-workers",
+        type=int,
+        help="(d) server workers (default: 2, or one per 18,000 streams: each worker "
+        "holds one descriptor per stream under a 20,000 per-process limit)",
+    )
     p.add_argument("--capacity-peers", action="store_true", help="run (d) for the peers too")
     p.add_argument("--procs", type=int, default=2, help="load-generator processes")
     p.add_argument(
@@ -1126,6 +1132,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a = p.parse_args(argv)
     a.phase_s = a.phase_s or (10.0 if a.full else 2.0 if a.quick else 3.0)
     a.capacity = a.capacity or (40000 if a.full else 2000 if a.quick else 4000)
+    a.capacity_workers = a.capacity_workers or max(2, math.ceil(a.capacity / 18000))
     a.drain_s = 5.0 if a.full else 1.5  # wait for slow targets to catch up, at most
     a.a_clients = 500
     a.a_rates = [200, 1000, 4000]
@@ -1189,7 +1196,7 @@ def main(argv: list[str] | None = None) -> int:
             if flow:
                 res.update(run_target(cls, rds, args, flow, workers=1))
             if "d" in scenarios and (name.startswith("sluice") or args.capacity_peers):
-                res.update(run_target(cls, rds, args, ["d"], workers=2))
+                res.update(run_target(cls, rds, args, ["d"], workers=args.capacity_workers))
             if "g" in scenarios:
                 if issubclass(cls, Sluice):
                     res.update(run_target(cls, rds, args, ["g"], workers=2))
