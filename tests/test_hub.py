@@ -181,3 +181,41 @@ def test_a_dropped_subscription_is_taken_up_again_and_loses_nothing(
         assert [e.json()["externalId"] for e in got] == [e["job"]["externalId"] for e in later]
         ids = [e.id for e in got]
         assert ids == sorted(ids, key=lambda i: tuple(map(int, i.split("-"))))
+
+
+def test_streams_opened_at_once_on_a_fresh_worker_are_all_notified(
+    start_server, redis_url, redis_client
+):
+    """Many first subscriptions at the same moment (a deploy's reconnect burst):
+    every stream is notified on the process's one pub/sub connection, with the
+    sweep a minute away."""
+    import requests
+
+    srv = start_server(SLUICE_READ_BLOCK_MS="60000", SLUICE_DEBUG_STATS="1")
+    accounts = [make_account(redis_url) for _ in range(20)]
+    results: dict[str, list] = {}
+    streaming = threading.Semaphore(0)
+
+    def follow(a) -> None:
+        with open_stream(srv.url, a.connection_id, api_key=a.api_key) as stream:
+            stream.read_bytes(1)
+            streaming.release()
+            results[a.connection_id] = stream.data_events(1, timeout=10)
+
+    threads = [threading.Thread(target=follow, args=(a,)) for a in accounts]
+    for t in threads:
+        t.start()
+    for _ in accounts:
+        assert streaming.acquire(timeout=15)
+    for a in accounts:
+        assert ingest(srv.url, a.api_key, a.connection_id, jobs(a.connection_id, 1)).ok
+    for t in threads:
+        t.join(15)
+    assert sorted(results) == sorted(a.connection_id for a in accounts)
+    pid = requests.get(srv.url + "/api/debug/stats").json()["pid"]
+    subscribers = [
+        c
+        for c in redis_client.client_list()
+        if c.get("name") == f"sluice-{pid}" and int(c.get("ssub", 0)) > 0
+    ]
+    assert len(subscribers) <= 1  # never a second, orphaned pub/sub connection

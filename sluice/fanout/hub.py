@@ -52,6 +52,9 @@ CLOSED_EVENT = contract.CLOSED_EVENT.encode()
 ENTRY_EVENT = contract.ENTRY_EVENT.encode()
 ENTRY_DATA = contract.ENTRY_DATA.encode()
 READ_COUNT = 1_000
+#: Seconds the listener waits for notifications before it sends the subscriptions
+#: asked for meanwhile (it is the only user of the pub/sub connection).
+NOTIFY_WAIT = 0.05
 #: Fan-out yields to other greenlets after this many listeners, for fairness.
 FANOUT_YIELD_EVERY = 256
 
@@ -374,7 +377,7 @@ class Hub:
         backoff = 0.1
         while True:
             try:
-                keys = self.events.notifications(timeout=1.0)
+                keys = self.events.notifications(timeout=NOTIFY_WAIT)
                 backoff = 0.1
             except StoreUnavailable as exc:
                 log.warning("notifications: %s; subscribing again in %.1fs", exc, backoff)
@@ -454,10 +457,11 @@ class Hub:
         self, wanted: dict[bytes, bytes], watched: dict[bytes, _Stream], error: Exception
     ) -> None:
         """Read each key alone to find the ones Redis refuses, and drop them; the
-        others are read again in the next round. If every key fails, the fault is
-        not one stream's: re-raise (the reader backs off)."""
+        others are read again in the next round. If several keys were read and
+        every one fails, the fault is not one stream's: re-raise (the reader
+        backs off). A lone key Redis refuses is that stream's fault."""
         bad = self.events.refused(wanted)
-        if not bad or len(bad) == len(wanted):
+        if not bad or (len(bad) == len(wanted) > 1):
             raise error
         for key in bad:
             log.warning("stream reader: Redis refuses %r (%s); ending its streams", key, error)

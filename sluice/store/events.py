@@ -191,13 +191,16 @@ class RedisEventLog:
     watched stream). Raises `StoreRefused` (one key refused) or
     `StoreUnavailable`, never redis-py's errors."""
 
-    #: Messages taken in one `notifications` call at most (the rest wait for the next).
-    MAX_MESSAGES = 10_000
+    #: Messages taken in one `notifications` call at most (the rest wait for the
+    #: next): the drain does not yield, so it stays short.
+    MAX_MESSAGES = 1_000
 
     def __init__(self, client: Redis) -> None:
         self.redis = client
         self._pubsub: Any = None
         self._channels: dict[bytes, bytes] = {}  # notification channel -> stream key
+        # Subscriptions to send (True) or end (False), last word wins.
+        self._changes: dict[bytes, bool] = {}
 
     @staticmethod
     def stream_key(connection_id: str) -> bytes:
@@ -240,51 +243,54 @@ class RedisEventLog:
     # -- notifications ------------------------------------------------------------
 
     def listen(self, connection_id: str) -> None:
-        """Be notified when the connection's stream gets entries. Never raises: when
-        the subscription cannot be sent now, it is sent with all the others when
-        `notifications` reconnects."""
+        """Be notified when the connection's stream gets entries. Only recorded
+        here: the subscription is sent by `notifications`, the one user of the
+        pub/sub connection (redis-py's PubSub is not safe across greenlets)."""
         channel = Keys.notify(connection_id).encode()
         self._channels[channel] = self.stream_key(connection_id)
-        self._send("ssubscribe", channel)
+        self._changes[channel] = True
 
     def unlisten(self, connection_id: str) -> None:
         channel = Keys.notify(connection_id).encode()
         if self._channels.pop(channel, None) is not None:
-            self._send("sunsubscribe", channel)
-
-    def _send(self, command: str, channel: bytes) -> None:
-        pubsub = self._pubsub
-        if pubsub is None:
-            return
-        try:
-            getattr(pubsub, command)(channel)
-        except redis.RedisError:
-            self._reset()  # `notifications` reconnects and subscribes to all
+            self._changes[channel] = False
 
     def notifications(self, timeout: float) -> list[bytes]:
         """The keys of the streams notified since the last call, waiting up to
-        `timeout` s for the first. A stream whose subscription was just confirmed
-        counts as notified (what it got before is read then). After the
-        connection was lost (`StoreUnavailable`), the next call reconnects, and
-        every listened stream is reported once its subscription is confirmed."""
+        `timeout` s for the first. Sends the subscriptions asked for since the
+        last call first; a stream whose subscription is confirmed counts as
+        notified (what it got before is read then). After the connection was
+        lost (`StoreUnavailable`), the next call reconnects and subscribes to
+        every listened stream again, and each is reported once confirmed."""
         try:
-            if self._pubsub is None:
-                self._pubsub = self.redis.pubsub()
-                if self._channels:
-                    self._pubsub.ssubscribe(*self._channels)
-            keys: list[bytes] = []
-            message = self._pubsub.get_message(timeout=timeout)
+            pubsub = self._pubsub
+            if pubsub is None:
+                pubsub = self._pubsub = self.redis.pubsub()
+                self._changes = dict.fromkeys(self._channels, True)
+            if self._changes:
+                changes, self._changes = self._changes, {}
+                subscribe = [c for c, on in changes.items() if on and c in self._channels]
+                unsubscribe = [c for c, on in changes.items() if not on]
+                if unsubscribe and pubsub.subscribed:
+                    pubsub.sunsubscribe(*unsubscribe)
+                if subscribe:
+                    pubsub.ssubscribe(*subscribe)
+            keys: set[bytes] = set()
+            message = pubsub.get_message(timeout=timeout)
             taken = 0
             while message is not None:
                 if message["type"] in ("smessage", "ssubscribe"):
                     key = self._channels.get(message["channel"])
                     if key is not None:
-                        keys.append(key)
+                        keys.add(key)
                 taken += 1
                 if taken >= self.MAX_MESSAGES:
                     break
-                message = self._pubsub.get_message(timeout=0)
-            return keys
+                try:
+                    message = pubsub.get_message(timeout=0)
+                except redis.TimeoutError:
+                    break  # a message only partly arrived: the next call reads it
+            return list(keys)
         except redis.RedisError as exc:
             self._reset()
             raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc

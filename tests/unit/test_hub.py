@@ -436,14 +436,29 @@ def test_a_refused_key_ends_only_its_own_streams(hub, log, pairs):
     assert recv_exactly(good_client, len(want)) == want
 
 
-def test_when_every_key_is_refused_nothing_is_dropped(make_hub, log, pairs):
+def test_when_every_key_of_a_read_is_refused_nothing_is_dropped(make_hub, log, pairs):
+    """Several streams, all refused: Redis's fault, not theirs (the reader backs off)."""
     hub = make_hub()
-    sub, _client = live(hub, log, pairs)
-    log.refusing.add(log.stream_key("c1"))
+    sub1, _client1 = live(hub, log, pairs, connection="c1")
+    sub2, _client2 = live(hub, log, pairs, connection="c2")
+    keys = {log.stream_key("c1"), log.stream_key("c2")}
+    log.refusing.update(keys)
     with pytest.raises(StoreRefused):
-        hub._read_once({log.stream_key("c1")})
-    assert not sub.listener.closed
-    assert hub.stats()["listeners"] == 1
+        hub._read_once(keys)
+    assert not sub1.listener.closed and not sub2.listener.closed
+    assert hub.stats()["listeners"] == 2
+
+
+def test_a_lone_refused_stream_is_ended_without_stalling_the_reader(make_hub, log, pairs):
+    """A round often reads one notified stream: when Redis refuses it, that stream
+    ends (its clients reconnect and get a clear error) and nothing is raised."""
+    hub = make_hub()
+    sub, client = live(hub, log, pairs)
+    log.refusing.add(log.stream_key("c1"))
+    hub._read_once({log.stream_key("c1")})
+    assert sub.listener.closed and sub.listener.close_reason == "stream_error"
+    assert recv_eof(client) == b""
+    assert hub.stats()["listeners"] == 0
 
 
 def test_unsubscribe_forgets_the_stream(hub, log):
