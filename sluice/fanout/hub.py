@@ -86,6 +86,34 @@ class Subscription:
         self.catchup_to = catchup_to
 
 
+class _Backoff:
+    """Around one round of a forever-loop: a failure is logged and waited out
+    (0.1 s, doubling to 5 s) instead of ending the loop; a success resets it."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.delay = 0.1
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any
+    ) -> bool:
+        if kind is None:
+            self.delay = 0.1
+            return False
+        if not issubclass(kind, Exception):
+            return False  # GreenletExit, KeyboardInterrupt: let it end the loop
+        if isinstance(exc, StoreUnavailable):
+            log.warning("%s: %s; again in %.1fs", self.what, exc, self.delay)
+        else:
+            log.error("%s failed; again in %.1fs", self.what, self.delay, exc_info=exc)
+        gevent.sleep(self.delay)
+        self.delay = min(self.delay * 2, 5.0)
+        return True
+
+
 class Draining(Unavailable):
     """The process is shutting down and takes no new streams."""
 
@@ -212,7 +240,6 @@ class Hub:
         # connections (~50 KB of worker RSS each). Queued opens wait their turn.
         self.opening = BoundedSemaphore(settings.stream_open_concurrency)
         self.draining = False
-        self.listener_count = 0
 
     # -- joining and leaving -------------------------------------------------
 
@@ -247,7 +274,6 @@ class Hub:
         if stream is None:
             stream = self._streams[key] = _Stream(decision.position, connection_id)
         stream.listeners.add(listener)
-        self.listener_count += 1
         self._ensure_reader()
         if new:
             # Read it at once (what came since `bounds`), and again when the
@@ -263,7 +289,6 @@ class Hub:
         if stream is None or listener not in stream.listeners:
             return
         stream.listeners.discard(listener)
-        self.listener_count -= 1
         if not stream.listeners:
             del self._streams[listener.stream_key]
             self.events.unlisten(stream.connection_id)
@@ -304,7 +329,7 @@ class Hub:
     def stats(self) -> dict[str, Any]:
         return {
             "streams": len(self._streams),
-            "listeners": self.listener_count,
+            "listeners": sum(len(s.listeners) for s in self._streams.values()),
             "readerAlive": bool(self._reader and not self._reader.dead),
             "reads": self.reads,
             "draining": self.draining,
@@ -374,27 +399,16 @@ class Hub:
     def _listen_forever(self) -> None:
         """Notifications -> streams to read. After a lost subscription the store
         subscribes again, and every confirmed subscription marks its stream."""
-        backoff = 0.1
+        backoff = _Backoff("notifications")
         while True:
-            try:
+            with backoff:
                 keys = self.events.notifications(timeout=NOTIFY_WAIT)
-                backoff = 0.1
-            except StoreUnavailable as exc:
-                log.warning("notifications: %s; subscribing again in %.1fs", exc, backoff)
-                gevent.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-                continue
-            except Exception:
-                log.exception("notifications failed; continuing")
-                gevent.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-                continue
-            if keys:
-                self._dirty.update(keys)
-                self._ready.set()
+                if keys:
+                    self._dirty.update(keys)
+                    self._ready.set()
 
     def _read_forever(self) -> None:
-        backoff = 0.1
+        backoff = _Backoff("stream reader")
         sweep = self.settings.read_block_ms / 1000
         next_sweep = self.clock() + sweep
         while True:
@@ -407,19 +421,12 @@ class Hub:
                 next_sweep = self.clock() + sweep
             if not keys:
                 continue
-            try:
-                self._read_once(keys)
-                backoff = 0.1
-            except StoreUnavailable as exc:
-                log.warning("stream reader: redis error %s; retrying in %.1fs", exc, backoff)
-                self._dirty.update(keys)  # read them again once Redis is back
-                gevent.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-            except Exception:
-                log.exception("stream reader failed; restarting")
-                self._dirty.update(keys)
-                gevent.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+            with backoff:
+                try:
+                    self._read_once(keys)
+                except Exception:
+                    self._dirty.update(keys)  # read them again once Redis is back
+                    raise
             if self._dirty:
                 self._ready.set()
 
@@ -480,7 +487,6 @@ class Hub:
             self.events.unlisten(stream.connection_id)
         for listener in list(stream.listeners):
             stream.listeners.discard(listener)
-            self.listener_count -= 1
             listener.close("stream_error")
             listener.hang_up()
 
