@@ -8,6 +8,7 @@ a frame is built by concatenation on the way out.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, cast
@@ -132,15 +133,15 @@ def entry_fields(event: str, data_json: str) -> dict[str, str]:
     return {ENTRY_EVENT: event, ENTRY_DATA: data_json}
 
 
-_scripts: dict[int, Any] = {}
+#: The append script per client, made once (EVALSHA, loading the script when
+#: Redis does not know it), not re-hashed on every request; gone with its client.
+_scripts: weakref.WeakKeyDictionary[Redis, Any] = weakref.WeakKeyDictionary()
 
 
 def _append_script(r: Redis) -> Any:
-    """The append script bound to this client, made once (EVALSHA, loading the
-    script when Redis does not know it); not re-hashed on every request."""
-    script = _scripts.get(id(r))
-    if script is None or script.registered_client is not r:
-        script = _scripts[id(r)] = r.register_script(APPEND_SCRIPT)
+    script = _scripts.get(r)
+    if script is None:
+        script = _scripts[r] = r.register_script(APPEND_SCRIPT)
     return script
 
 
