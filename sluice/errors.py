@@ -68,15 +68,18 @@ class Unavailable(SluiceError):
     """The service cannot do it now (restarting, store down); retry after `retry_after`."""
 
 
+#: Seconds a client should wait after the store failed, and what it is told.
+STORE_RETRY_AFTER = 2
+STORE_UNAVAILABLE = "The event store is unavailable; retry shortly"
+
+
 class StoreUnavailable(Unavailable):
     """The event store (Redis) could not do what was asked: unreachable, timed out,
     read-only, full. `sluice.store` raises it where callers outside the store must
     tell a store failure from their own (the fan-out)."""
 
-    def __init__(
-        self, reason: str = "", message: str = "The event store is unavailable; retry shortly"
-    ) -> None:
-        super().__init__(message, retry_after=2)
+    def __init__(self, reason: str = "", message: str = STORE_UNAVAILABLE) -> None:
+        super().__init__(message, retry_after=STORE_RETRY_AFTER)
         #: What the store said, for the log (never sent to clients).
         self.reason = reason
 

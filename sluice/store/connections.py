@@ -81,10 +81,7 @@ def list_connections(r: Redis, owner_id: str) -> list[dict[str, str]]:
 
 def find_by_name(r: Redis, owner_id: str, name: str) -> str | None:
     """The id of the owner's connection called `name`, if any."""
-    for connection_id in r.zrange(Keys.user_connections(owner_id), 0, -1):
-        if r.hget(Keys.connection(text(connection_id)), "name") == name.encode():
-            return text(connection_id)
-    return None
+    return next((c["id"] for c in list_connections(r, owner_id) if c["name"] == name), None)
 
 
 def rotate_api_key(r: Redis, connection_id: str) -> str:

@@ -43,13 +43,20 @@ def normalise_email(email: str) -> str:
     return email.strip().lower()
 
 
+def _password_problem(password: Any) -> str | None:
+    if not isinstance(password, str) or not (MIN_PASSWORD <= len(password) <= MAX_PASSWORD):
+        return f"must be a string of {MIN_PASSWORD} to {MAX_PASSWORD} characters"
+    return None
+
+
 def validate_credentials(email: Any, password: Any) -> tuple[str, str]:
     """(normalised email, password), or `Invalid` naming what is wrong."""
     details: dict[str, str] = {}
     if not isinstance(email, str) or not EMAIL_RE.match(email.strip()):
         details["email"] = "must be an email address"
-    if not isinstance(password, str) or not (MIN_PASSWORD <= len(password) <= MAX_PASSWORD):
-        details["password"] = f"must be a string of {MIN_PASSWORD} to {MAX_PASSWORD} characters"
+    problem = _password_problem(password)
+    if problem is not None:
+        details["password"] = problem
     if details:
         raise Invalid("Invalid credentials format", details)
     assert isinstance(email, str) and isinstance(password, str)
@@ -78,7 +85,9 @@ def create_user(r: Redis, email: Any, password: Any) -> dict[str, str]:
 
 
 def set_password(r: Redis, user_id: str, password: str) -> None:
-    _email, password = validate_credentials("x@y", password)
+    problem = _password_problem(password)
+    if problem is not None:
+        raise Invalid("Invalid password", {"password": problem})
     r.hset(Keys.user(user_id), "password", _hasher.hash(password))
 
 
@@ -104,20 +113,23 @@ def check_password(r: Redis, email: str, password: str) -> UserRecord | None:
 # -- sessions ------------------------------------------------------------------
 
 
-def _token_hash(token: str) -> str:
-    return hashlib.sha256(token.encode("utf-8", "replace")).hexdigest()
+def sha256_hex(secret: str) -> str:
+    """How session tokens and API keys are stored: 256-bit random secrets need no
+    slow hash (a slow hash protects guessable passwords). Also keeps email
+    addresses out of rate-limit key names."""
+    return hashlib.sha256(secret.encode("utf-8", "replace")).hexdigest()
 
 
 def start_session(r: Redis, user_id: str, ttl_seconds: int) -> str:
     """A new session token for the user (what the cookie carries)."""
     token = secrets.token_urlsafe(32)
-    r.set(Keys.session(_token_hash(token)), user_id, ex=ttl_seconds)
+    r.set(Keys.session(sha256_hex(token)), user_id, ex=ttl_seconds)
     return token
 
 
 def session_user(r: Redis, token: str) -> UserRecord | None:
     """The user a live session token belongs to, or None."""
-    user_id = r.get(Keys.session(_token_hash(token)))
+    user_id = r.get(Keys.session(sha256_hex(token)))
     if user_id is None:
         return None
     email = r.hget(Keys.user(text(user_id)), "email")
@@ -127,16 +139,13 @@ def session_user(r: Redis, token: str) -> UserRecord | None:
 
 
 def end_session(r: Redis, token: str) -> None:
-    r.delete(Keys.session(_token_hash(token)))
+    r.delete(Keys.session(sha256_hex(token)))
 
 
 # -- API keys ------------------------------------------------------------------------
 
 
-def hash_api_key(api_key: str) -> str:
-    """API keys are 256-bit random secrets, so a fast hash is safe and enough
-    (a slow hash protects low-entropy passwords; these have nothing to guess)."""
-    return hashlib.sha256(api_key.encode("utf-8", "replace")).hexdigest()
+hash_api_key = sha256_hex
 
 
 def new_api_key() -> str:

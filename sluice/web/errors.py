@@ -16,6 +16,8 @@ from werkzeug.exceptions import HTTPException
 
 from ..contract import ERROR_CODES
 from ..errors import (
+    STORE_RETRY_AFTER,
+    STORE_UNAVAILABLE,
     Conflict,
     Forbidden,
     Invalid,
@@ -109,10 +111,6 @@ def _from_http_exception(exc: HTTPException) -> Response:
     return error_response(status, message, headers=headers)
 
 
-#: Seconds a client should wait after a 503 caused by Redis.
-REDIS_RETRY_AFTER = 2
-
-
 def _from_store_error(exc: StoreError) -> Response:
     """Any Redis failure is the store being unavailable (503 + Retry-After), never a
     500: unreachable, timed out, read-only replica, out of memory (`maxmemory` with
@@ -124,8 +122,8 @@ def _from_store_error(exc: StoreError) -> Response:
         message = "The event store is full; retry later"
     else:
         log.error("redis unavailable: %s: %s", type(exc).__name__, text[:200])
-        message = "The event store is unavailable; retry shortly"
-    return error_response(503, message, headers={"Retry-After": str(REDIS_RETRY_AFTER)})
+        message = STORE_UNAVAILABLE
+    return error_response(503, message, headers={"Retry-After": str(STORE_RETRY_AFTER)})
 
 
 def _from_unexpected(exc: Exception) -> Response:

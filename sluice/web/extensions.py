@@ -15,11 +15,11 @@ from ..store.client import Redis
 login_manager = LoginManager()
 
 
-def _client_ip() -> str:
+def client_ip() -> str:
     return request.remote_addr or "unknown"
 
 
-limiter = Limiter(key_func=_client_ip, default_limits=[])
+limiter = Limiter(key_func=client_ip, default_limits=[])
 
 
 @dataclass

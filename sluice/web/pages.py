@@ -108,6 +108,4 @@ def _page_headers(response: Response) -> Response:
     """Pages carry per-user content: never cache them in shared caches."""
     if response.mimetype == "text/html":
         response.headers.setdefault("Cache-Control", "no-store")
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        response.headers.setdefault("Referrer-Policy", "same-origin")
     return response

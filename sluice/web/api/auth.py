@@ -3,15 +3,13 @@
 
 from __future__ import annotations
 
-import hashlib
-
 from flask import Blueprint, Response, jsonify, request
 from flask_login import UserMixin, current_user, login_required, login_user, logout_user
 
 from ...errors import Invalid, Unauthorized
 from ...store import users
 from ...store.keys import Keys
-from ..extensions import limiter, login_manager, state
+from ..extensions import client_ip, limiter, login_manager, state
 from ..request import json_field, read_json_object, require_json_content_type
 
 bp = Blueprint("auth", __name__, url_prefix="/api/auth")
@@ -56,7 +54,7 @@ def connection_for_request_key() -> str | None:
 
 
 def _login_ip_key() -> str:
-    return Keys.login_ip_limit(request.remote_addr or "unknown")
+    return Keys.login_ip_limit(client_ip())
 
 
 def _login_account_key() -> str:
@@ -64,9 +62,7 @@ def _login_account_key() -> str:
     email addresses in key names)."""
     email = json_field("email")
     email = users.normalise_email(email)[: users.MAX_EMAIL] if isinstance(email, str) else ""
-    return Keys.login_account_limit(
-        hashlib.sha256(email.encode("utf-8", "replace")).hexdigest()[:32]
-    )
+    return Keys.login_account_limit(users.sha256_hex(email)[:32])
 
 
 def _failed(response: Response) -> bool:

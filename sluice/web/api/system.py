@@ -7,10 +7,9 @@ import time
 
 from flask import Blueprint, Flask, Response, current_app, jsonify
 
-from ...errors import NotFound, Unavailable
+from ...errors import STORE_RETRY_AFTER, NotFound, Unavailable
 from ...store.client import StoreUnreachable
 from ...store.health import durability_warnings
-from ..errors import REDIS_RETRY_AFTER
 from ..extensions import state
 
 bp = Blueprint("system", __name__, url_prefix="/api")
@@ -31,7 +30,7 @@ def health() -> Response:
     try:
         app_state.redis.ping()
     except Exception:
-        raise Unavailable("Redis is unreachable", retry_after=REDIS_RETRY_AFTER) from None
+        raise Unavailable("Redis is unreachable", retry_after=STORE_RETRY_AFTER) from None
     if app_state.hub.draining:
         raise Unavailable("Shutting down", retry_after=1)
     return jsonify(
