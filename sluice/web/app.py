@@ -48,6 +48,9 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
         REMEMBER_COOKIE_SAMESITE="Lax",
         REMEMBER_COOKIE_SECURE=settings.is_production,
         RATELIMIT_STORAGE_URI=redis_url,
+        # The limiter's counters go through the app's pool (bounded, with
+        # timeouts), not a second, unbounded pool of its own.
+        RATELIMIT_STORAGE_OPTIONS={"connection_pool": client.connection_pool},
         RATELIMIT_STRATEGY="fixed-window",  # one INCR per request (moving-window: a Lua call + a stats read)
         RATELIMIT_HEADERS_ENABLED=False,  # 429s still carry Retry-After (errors.py)
         JSON_SORT_KEYS=False,
