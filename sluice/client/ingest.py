@@ -30,7 +30,7 @@ log = logging.getLogger("sluice.client.ingest")
 
 DEFAULT_BUFFER = 10_000
 DEFAULT_BATCH = 200
-USER_AGENT = "sluice-celery-bridge/1"
+USER_AGENT = "sluice-ingest/1"
 
 
 @dataclass
@@ -84,7 +84,6 @@ class IngestSender:
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self.name = name
-        self.stats = SenderStats()
         self._init_runtime()
         # A forked child (Celery prefork) must not share the parent's socket,
         # lock or buffer: start afresh there, lazily, on the first submit.

@@ -147,7 +147,6 @@ class SluiceCelery:
         self._retry_at: dict[tuple[str, int], float] = {}
         self._worker: dict[str, Any] = {}
         self._hb_stop = threading.Event()
-        self._hb_thread: threading.Thread | None = None
         self._handlers: list[tuple[Any, Callable[..., None]]] = []
 
     # -- wiring --
@@ -528,10 +527,9 @@ class SluiceCelery:
             self._worker_event(WORKER_STATE_CHANGE, ONLINE, previous=OFFLINE, active=0)
         )
         self._hb_stop.clear()
-        self._hb_thread = threading.Thread(
+        threading.Thread(
             target=self._heartbeat_loop, name="sluice-celery-heartbeat", daemon=True
-        )
-        self._hb_thread.start()
+        ).start()
 
     def on_worker_shutdown(self, sender: Any = None, **kw: Any) -> None:
         self._hb_stop.set()
@@ -547,7 +545,6 @@ class SluiceCelery:
         self._started.clear()
         self._deferred.clear()
         self._retry_at.clear()
-        self._hb_thread = None
 
     def on_process_shutdown(self, **kw: Any) -> None:
         self.sender.flush(timeout=2.0)  # bounded: a child must exit promptly

@@ -294,7 +294,7 @@ def job_event(
     if extensions:
         extensions = dict(extensions)
         for key in ("args", "kwargs", "result"):  # reprs of user data: short, always
-            if isinstance(extensions.get(key), str):
+            if extensions.get(key) is not None:
                 extensions[key] = clip(extensions[key], MAX_REPR)
         ext = bounded_extensions(extensions)
         if ext:

@@ -17,7 +17,6 @@ from typing import Any
 
 from .mapping import (
     ACTIVE,
-    MAX_REPR,
     OFFLINE,
     ONLINE,
     QUEUED,
@@ -28,7 +27,6 @@ from .mapping import (
     WORKER_HEARTBEAT,
     WORKER_STATE_CHANGE,
     attempt_from_retries,
-    clip,
     heartbeat_state,
     job_event,
     message_extensions,
@@ -115,16 +113,16 @@ class CeleryEventMapper:
         task_id = ev.get("uuid")
         task = self._tasks.get(task_id) if task_id else None
         if task is None:
-            return [e for e in [self._map_task(kind, ev)] if e]
+            return self._mapped(kind, ev)
         if task.pending:
             if kind == "task-started" and task.state in WAITING:
                 # The current attempt starting (its retry message went out early): apply it.
-                return [e for e in [self._map_task(kind, ev)] if e]
+                return self._mapped(kind, ev)
             if kind != "task-retried":
                 task.pending.append(ev)
                 return []
             held, task.pending, task.pending_since = task.pending, [], None
-            out = [e for e in [self._map_task(kind, ev)] if e]
+            out = self._mapped(kind, ev)
             for e in held:  # in order again: a later attempt's retry may be held anew
                 out += self._map_task_ordered(e.get("type", ""), e)
             return out
@@ -136,7 +134,12 @@ class CeleryEventMapper:
             task.pending = [ev]
             task.pending_since = time.monotonic()
             return []
-        return [e for e in [self._map_task(kind, ev)] if e]
+        return self._mapped(kind, ev)
+
+    def _mapped(self, kind: str, ev: dict[str, Any]) -> list[dict[str, Any]]:
+        """The event `_map_task` makes of `ev`, as a list (empty when none)."""
+        event = self._map_task(kind, ev)
+        return [event] if event else []
 
     def release_held(self, hold_seconds: float = 3.0) -> list[dict[str, Any]]:
         """Events held for a task-retried that never came (task events partly lost)."""
@@ -146,7 +149,7 @@ class CeleryEventMapper:
             if task.pending and now - (task.pending_since or now) >= hold_seconds:
                 held, task.pending, task.pending_since = task.pending, [], None
                 for h in held:
-                    out += [e for e in [self._map_task(h.get("type", ""), h)] if e]
+                    out += self._mapped(h.get("type", ""), h)
         return out
 
     def _map_task(self, kind: str, ev: dict[str, Any]) -> dict[str, Any] | None:
@@ -201,9 +204,6 @@ class CeleryEventMapper:
             **revoke_extensions(ev.get("terminated"), ev.get("signum"), ev.get("expired")),
             "requeue": ev.get("requeue") if kind == "task-rejected" else None,
         }
-        for key in ("args", "kwargs", "result"):
-            if ext[key] is not None:
-                ext[key] = clip(ext[key], MAX_REPR)
         error = stack = None
         if kind in ("task-failed", "task-retried"):
             error = ev.get("exception")
