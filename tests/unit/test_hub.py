@@ -19,10 +19,7 @@ from sluice.fanout.hub import Draining, Hub, Resume, TooManyStreams, resume
 from sluice.fanout.listener import parse_id
 from sluice.fanout.sse import event_frame, http_chunk
 from sluice.web.errors import status_of
-
-JOB = contract.JOB_STATE_CHANGE.encode()
-QUEUE = contract.QUEUE_SNAPSHOT.encode()
-WORKER = contract.WORKER_HEARTBEAT.encode()
+from tests.unit.wire import HEARTBEAT, JOB, QUEUE, WORKER, recv_exactly
 
 # -- resume(): the decision table ---------------------------------------------------------
 
@@ -240,17 +237,6 @@ def pairs():
 def attach(subscription, sock) -> None:
     """What `SocketSink.attach` does: the reader now writes to the OS socket itself."""
     subscription.listener.raw = sock._sock
-
-
-def recv_exactly(sock, n: int, timeout: float = 2.0) -> bytes:
-    data = b""
-    with gevent.Timeout(timeout):
-        while len(data) < n:
-            chunk = sock.recv(n - len(data))
-            if not chunk:
-                break
-            data += chunk
-    return data
 
 
 def recv_eof(sock, timeout: float = 2.0) -> bytes:
@@ -505,10 +491,6 @@ def test_draining_closes_streams_and_refuses_new_ones(hub, log):
 
 
 # -- heartbeats ---------------------------------------------------------------------------
-
-HEARTBEAT = re.compile(
-    rb'event: heartbeat\ndata: \{"timestamp":"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"\}\n\n'
-)
 
 
 def test_beat_goes_only_to_quiet_attached_listeners(hub, log, pairs, clock):

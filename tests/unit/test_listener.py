@@ -6,17 +6,9 @@ import socket
 
 import pytest
 
-from sluice import contract
 from sluice.fanout.listener import Batch, Listener, parse_id
-from sluice.fanout.sse import event_frame, http_chunk
-
-JOB = contract.JOB_STATE_CHANGE.encode()
-QUEUE = contract.QUEUE_SNAPSHOT.encode()
-
-
-def frame(n: int, event: bytes = JOB) -> tuple[bytes, bytes, bytes]:
-    entry_id = b"%d-0" % n
-    return entry_id, event, event_frame(entry_id, event, b'{"n":%d}' % n)
+from sluice.fanout.sse import http_chunk
+from tests.unit.wire import QUEUE, frame
 
 
 def available(sock) -> bytes:

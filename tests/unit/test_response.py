@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import time
 
 import gevent
@@ -14,18 +13,10 @@ from sluice.fanout.hub import Subscription
 from sluice.fanout.listener import Batch, Listener
 from sluice.fanout.response import stream_body
 from sluice.fanout.sinks import SocketSink, YieldSink
-from sluice.fanout.sse import event_frame, http_chunk, reset_frame, retry_frame
+from sluice.fanout.sse import http_chunk, reset_frame, retry_frame
+from tests.unit.wire import HEARTBEAT, frame, recv_exactly
 
-HEARTBEAT = re.compile(
-    rb'event: heartbeat\ndata: \{"timestamp":"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"\}\n\n'
-)
-JOB = contract.JOB_STATE_CHANGE.encode()
 END = object()
-
-
-def frame(n: int) -> tuple[bytes, bytes, bytes]:
-    entry_id = b"%d-0" % n
-    return entry_id, JOB, event_frame(entry_id, JOB, b'{"n":%d}' % n)
 
 
 class FakeHub:
@@ -168,16 +159,6 @@ def test_closing_the_iterator_unsubscribes():
     assert next(iterator) == retry_frame(2000)
     iterator.close()  # what gunicorn does when the client leaves
     assert hub.unsubscribed == [listener]
-
-
-def recv_exactly(sock, n: int, timeout: float = 2.0) -> bytes:
-    data = b""
-    with gevent.Timeout(timeout):
-        while len(data) < n:
-            chunk = sock.recv(n - len(data))
-            assert chunk
-            data += chunk
-    return data
 
 
 def test_through_a_socket_sink_history_goes_to_the_socket_then_the_reader_writes(pair):

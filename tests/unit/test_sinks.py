@@ -11,22 +11,13 @@ import pytest
 from sluice.fanout.listener import Listener
 from sluice.fanout.sinks import SocketSink, YieldSink, sink_for
 from sluice.fanout.sse import http_chunk
+from tests.unit.wire import recv_exactly
 
 BODY = b"id: 1-0\nevent: job:state_change\ndata: {}\n\n"
 
 
 def listener() -> Listener:
     return Listener(b"k", None, 1 << 20)
-
-
-def recv_exactly(sock, n: int, timeout: float = 2.0) -> bytes:
-    data = b""
-    with gevent.Timeout(timeout):
-        while len(data) < n:
-            chunk = sock.recv(min(n - len(data), 1 << 16))
-            assert chunk, "connection closed early"
-            data += chunk
-    return data
 
 
 @pytest.mark.parametrize("chunked, wire", [(True, http_chunk(BODY)), (False, BODY)])
