@@ -51,13 +51,13 @@ def _fail_cleanly(func: Callable[P, R]) -> Callable[P, R]:
     @functools.wraps(func)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         from .errors import SluiceError
-        from .store.client import StoreError, redis_problem
+        from .store.client import STORE_ERRORS, redis_problem
 
         try:
             return func(*args, **kwargs)
         except SluiceError as exc:
             raise click.ClickException(str(exc)) from None
-        except StoreError as exc:
+        except STORE_ERRORS as exc:
             raise click.ClickException(
                 redis_problem(os.environ.get("REDIS_URL", ""), exc)
             ) from None

@@ -61,34 +61,44 @@ def on_starting(server: Any) -> None:
     except ConfigError as exc:
         server.log.error("Not starting: %s", exc)
         sys.exit(1)
-    if not settings.secret_key and settings.redis_url:
-        problem = _redis_problem_in_child(settings.redis_url)
-        if problem:
+    if settings.redis_url:
+        problem, cluster = _probe_redis_in_child(settings.redis_url)
+        if problem and not settings.secret_key:
             server.log.error("Not starting: %s", problem)
             sys.exit(1)
+        if cluster is not None:
+            # Every worker (also one respawned while Redis is away) knows
+            # whether REDIS_URL is a cluster without asking.
+            os.environ.setdefault("SLUICE_REDIS_CLUSTER", "1" if cluster else "0")
+            if cluster:
+                server.log.info("Redis at REDIS_URL is a Redis Cluster")
 
 
-def _redis_problem_in_child(url: str) -> str:
-    """check_reachable(url) in a forked child: the master itself must not import
-    redis (and with it ssl) before gevent patches the workers it forks.
-    Returns the one-line problem, or "" when Redis answers."""
+def _probe_redis_in_child(url: str) -> tuple[str, bool | None]:
+    """Ask the Redis at `url` in a forked child (the master itself must not import
+    redis, and with it ssl, before gevent patches the workers it forks):
+    (the one-line problem or "" when it answers, whether it is a cluster node
+    or None when unknown)."""
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:
         try:
-            from sluice.store.client import RedisUnavailable, check_reachable
+            from sluice.store.client import RedisUnavailable, check_reachable, detect_cluster
 
             try:
                 check_reachable(url)
+                os.write(write_end, b"1" if detect_cluster(url) else b"0")
             except RedisUnavailable as exc:
-                os.write(write_end, str(exc).encode())
+                os.write(write_end, b"?" + str(exc).encode())
         finally:
             os._exit(0)
     os.close(write_end)
     with os.fdopen(read_end, "rb") as pipe:
-        problem = pipe.read().decode(errors="replace")
+        reply = pipe.read().decode(errors="replace")
     os.waitpid(pid, 0)
-    return problem
+    if reply in ("0", "1"):
+        return "", reply == "1"
+    return reply[1:], None
 
 
 def post_worker_init(worker: Any) -> None:

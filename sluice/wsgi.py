@@ -14,7 +14,7 @@ import sys
 import threading
 
 from sluice.config import ConfigError
-from sluice.store.client import StoreError, redis_problem
+from sluice.store.client import STORE_ERRORS, redis_problem
 from sluice.web.api.system import redis_warnings
 from sluice.web.app import create_app
 
@@ -25,7 +25,7 @@ try:
 except ConfigError as exc:
     print(f"Not starting: {exc}", file=sys.stderr, flush=True)
     sys.exit(APP_LOAD_ERROR)
-except StoreError as exc:
+except STORE_ERRORS as exc:
     print(
         f"Not starting: {redis_problem(os.environ.get('REDIS_URL', ''), exc)}",
         file=sys.stderr,

@@ -1,20 +1,33 @@
-"""The Redis client: connections, one-line problems, and the store's error type.
+"""The Redis client: connections, one-line problems, and the store's error types.
 
-Only `sluice.store` imports redis-py. The web layer maps `StoreError` (what
-every redis-py failure is, also from the rate limiter's storage) to a 503; the
-fan-out reads through `events.RedisEventLog`, which raises the domain's
-`StoreUnavailable` / `StoreRefused` instead.
+Only `sluice.store` imports redis-py. `connect` returns a client for one Redis
+node, or for a Redis Cluster when the URL's node says it is part of one (the
+same command API: every key of one connection shares a hash tag, so each
+command and script stays within one slot). The web layer maps `STORE_ERRORS`
+(what every redis-py failure is, also from the rate limiter's storage) to a
+503; the fan-out reads through `events.RedisEventLog`, which raises the
+domain's `StoreUnavailable` / `StoreRefused` instead.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+from typing import Any, cast
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import redis
+from redis.cluster import RedisCluster
+
+log = logging.getLogger("sluice.store")
 
 #: What any Redis failure raises (unreachable, timed out, read-only, out of memory).
 StoreError = redis.RedisError
+#: What redis-py's cluster client raises besides `StoreError` (no reachable node,
+#: a slot not covered while the cluster heals).
+ClusterUnavailable = redis.exceptions.RedisClusterException
+#: Every failure of the store, for `except` clauses and error handlers.
+STORE_ERRORS: tuple[type[Exception], ...] = (StoreError, ClusterUnavailable)
 #: The store refused a write because it is full (`maxmemory` with `noeviction`).
 StoreFull = redis.exceptions.OutOfMemoryError
 #: Redis could not be asked at all (unreachable, timed out).
@@ -28,24 +41,122 @@ def text(reply: object) -> str:
     return reply.decode() if isinstance(reply, bytes) else str(reply)
 
 
-def connect(url: str, max_connections: int = 50, **kwargs: object) -> redis.Redis:
-    """A client for ordinary commands (short socket timeout, bytes replies).
+#: Seconds a command waits for a free pooled connection before it fails.
+POOL_WAIT = 5.0
+#: The environment variable that says whether REDIS_URL is a cluster ("1"/"0"),
+#: skipping the probe; the gunicorn master sets it for its workers.
+CLUSTER_ENV = "SLUICE_REDIS_CLUSTER"
 
-    The pool blocks (up to 5 s) when all its connections are busy instead of
-    failing: a burst of reconnecting clients after a deploy then waits a few
-    milliseconds rather than getting 503s. Only a real outage is an error.
-    """
-    options: dict[str, object] = {
+
+def _options(**kwargs: object) -> dict[str, Any]:
+    options: dict[str, Any] = {
         "client_name": f"sluice-{os.getpid()}",
         "socket_timeout": 5.0,
         "socket_connect_timeout": 5.0,
         "health_check_interval": 30,
     }
     options.update(kwargs)
+    return options
+
+
+def detect_cluster(url: str, timeout: float = 5.0) -> bool | None:
+    """Whether the Redis at `url` is a node of a Redis Cluster (`INFO cluster`);
+    None when it cannot be asked now. `SLUICE_REDIS_CLUSTER` (1/0), when set,
+    answers without asking."""
+    declared = os.environ.get(CLUSTER_ENV, "").strip()
+    if declared in ("0", "1"):
+        return declared == "1"
+    probe = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    try:
+        return str(probe.info("cluster").get("cluster_enabled", 0)) == "1"
+    except (redis.ConnectionError, redis.TimeoutError):
+        return None
+    except redis.RedisError:
+        return False  # INFO refused (some managed services): not a cluster we can use
+    finally:
+        probe.close()
+
+
+def connect(url: str, max_connections: int = 50, **kwargs: object) -> redis.Redis:
+    """A client for ordinary commands (short socket timeout, bytes replies): for
+    one node, or for the whole cluster when `url` names a node of one.
+
+    The pool blocks (up to `POOL_WAIT` s) when all its connections are busy
+    instead of failing: a burst of reconnecting clients after a deploy then
+    waits a few milliseconds rather than getting 503s. Only a real outage is
+    an error. On a cluster, `max_connections` bounds each node's pool.
+
+    When Redis cannot be reached now, a single-node client is returned (its
+    commands fail with 503s until Redis is back): set `SLUICE_REDIS_CLUSTER=1`
+    for a cluster that may be down when a process starts.
+    """
+    options = _options(**kwargs)
+    if detect_cluster(url):
+        cluster = RedisCluster.from_url(
+            url,
+            max_connections=max_connections,
+            connection_pool_class=redis.BlockingConnectionPool,
+            timeout=POOL_WAIT,
+            **options,
+        )
+        # The cluster client offers the same command API (routing each command
+        # by its keys' slot); the store's functions take either.
+        return cast(redis.Redis, cluster)
     pool = redis.BlockingConnectionPool.from_url(
-        url, max_connections=max_connections, timeout=5.0, **options
+        url, max_connections=max_connections, timeout=POOL_WAIT, **options
     )
     return redis.Redis(connection_pool=pool)
+
+
+def is_cluster(client: object) -> bool:
+    return isinstance(client, RedisCluster)
+
+
+class _InOrder:
+    """Commands queued like a pipeline's, sent one by one in that order."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._client = client
+        self._calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        def queue(*args: Any, **kwargs: Any) -> _InOrder:
+            self._calls.append((name, args, kwargs))
+            return self
+
+        return queue
+
+    def execute(self) -> list[Any]:
+        return [getattr(self._client, name)(*a, **kw) for name, a, kw in self._calls]
+
+
+def transaction(client: redis.Redis) -> Any:
+    """Queue writes that span several keys: one MULTI transaction on one node
+    (all or nothing); on a cluster, whose transactions cannot span slots, the
+    same commands one by one in the order queued (callers order them so that
+    a failure half-way leaves nothing usable half-made)."""
+    if is_cluster(client):
+        return _InOrder(client)
+    return client.pipeline(transaction=True)
+
+
+def limiter_storage(
+    url: str, client: redis.Redis, max_connections: int
+) -> tuple[str, dict[str, Any]]:
+    """(storage URI, options) for flask-limiter's counters: through the app's
+    pool on one node; on a cluster, limits' own cluster client, its pools
+    bounded like the app's and with the same timeouts (a full pool fails at once: 503)."""
+    if not is_cluster(client):
+        return url, {"connection_pool": client.connection_pool}
+    parts = urlsplit(url)
+    options: dict[str, Any] = {
+        "max_connections": max_connections,
+        "socket_timeout": 5.0,
+        "socket_connect_timeout": 5.0,
+    }
+    if parts.scheme == "rediss":
+        options["ssl"] = True
+    return urlunsplit(parts._replace(scheme="redis+cluster", path="", query="")), options
 
 
 def mask_url(url: str) -> str:

@@ -9,7 +9,7 @@ from typing import Any, cast
 from ..contract import FRAMEWORKS, MAX_CONNECTION_NAME
 from ..errors import Conflict, Invalid, NotFound
 from ..timefmt import iso_from_ms
-from .client import Redis, text
+from .client import Redis, text, transaction
 from .events import close_stream
 from .keys import Keys
 from .users import hash_api_key, new_api_key
@@ -61,10 +61,11 @@ def create_connection(
         "createdAt": str(now_ms),
         "keyHash": hash_api_key(api_key),
     }
-    pipe = r.pipeline(transaction=True)
+    # The key last: it works only once the connection exists.
+    pipe = transaction(r)
     pipe.hset(Keys.connection(connection_id), mapping=cast(dict[Any, Any], fields))
-    pipe.set(Keys.api_key(fields["keyHash"]), connection_id)
     pipe.zadd(Keys.user_connections(owner_id), {connection_id: now_ms})
+    pipe.set(Keys.api_key(fields["keyHash"]), connection_id)
     pipe.execute()
     created = public({k.encode(): v.encode() for k, v in fields.items()})
     return {**created, "apiKey": api_key}
@@ -90,7 +91,7 @@ def rotate_api_key(r: Redis, connection_id: str) -> str:
     if old_hash is None:
         raise NotFound("Connection not found")
     api_key = new_api_key()
-    pipe = r.pipeline(transaction=True)
+    pipe = transaction(r)
     pipe.delete(Keys.api_key(text(old_hash)))
     pipe.set(Keys.api_key(hash_api_key(api_key)), connection_id)
     pipe.hset(Keys.connection(connection_id), "keyHash", hash_api_key(api_key))
@@ -115,7 +116,7 @@ def delete_connection(r: Redis, owner_id: str, connection_id: str) -> None:
     """Delete a connection: its key stops working at once and its open streams end
     (a closing entry is appended, which every reader on every server sees)."""
     fields = owned_connection(r, owner_id, connection_id)
-    pipe = r.pipeline(transaction=True)
+    pipe = transaction(r)  # the key first: it stops working before anything else goes
     pipe.delete(Keys.api_key(fields[b"keyHash"].decode()))
     pipe.delete(Keys.connection(connection_id))
     pipe.zrem(Keys.user_connections(owner_id), connection_id)

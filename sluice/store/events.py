@@ -9,18 +9,22 @@ a frame is built by concatenation on the way out.
 from __future__ import annotations
 
 import weakref
+from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, cast
 
 import redis
+from redis.cluster import RedisCluster
+from redis.crc import key_slot
 
 from ..config import Settings
 from ..contract import CLOSED_EVENT, ENTRY_DATA, ENTRY_EVENT
 from ..errors import StoreRefused, StoreUnavailable
 from ..strictjson import dumps
-from .client import Redis
+from .client import STORE_ERRORS, Redis, is_cluster
 from .keys import Keys
+from .notifications import ClusterNotifications, NodeNotifications
 
 #: One stored entry as Redis returns it: (entry id, {field: value}).
 Entry = tuple[bytes, dict[bytes, bytes]]
@@ -174,14 +178,25 @@ def close_stream(pipe: Any, connection_id: str) -> None:
     pipe.delete(Keys.seen(connection_id), Keys.stream_meta(connection_id))
 
 
+#: A cluster moving slots or failing over: the store is unavailable for a moment,
+#: no key is at fault.
+_CLUSTER_IN_FLUX = (
+    redis.exceptions.ClusterError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.AskError,
+)
+
+
 @contextmanager
 def _as_domain_errors() -> Iterator[None]:
     """redis-py's errors as the domain's, for the fan-out (which knows no Redis)."""
     try:
         yield
+    except _CLUSTER_IN_FLUX as exc:
+        raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
     except redis.ResponseError as exc:
         raise StoreRefused(str(exc)) from exc
-    except redis.RedisError as exc:
+    except STORE_ERRORS as exc:
         raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
 
@@ -192,16 +207,14 @@ class RedisEventLog:
     watched stream). Raises `StoreRefused` (one key refused) or
     `StoreUnavailable`, never redis-py's errors."""
 
-    #: Messages taken in one `notifications` call at most (the rest wait for the
-    #: next): the drain does not yield, so it stays short.
-    MAX_MESSAGES = 1_000
-
     def __init__(self, client: Redis) -> None:
         self.redis = client
-        self._pubsub: Any = None
-        self._channels: dict[bytes, bytes] = {}  # notification channel -> stream key
-        # Subscriptions to send (True) or end (False), last word wins.
-        self._changes: dict[bytes, bool] = {}
+        self.cluster = is_cluster(client)
+        self._notifications: NodeNotifications | ClusterNotifications = (
+            ClusterNotifications(cast(RedisCluster, client))
+            if self.cluster
+            else NodeNotifications(client)
+        )
 
     @staticmethod
     def stream_key(connection_id: str) -> bytes:
@@ -224,12 +237,28 @@ class RedisEventLog:
         return cast(list[Entry], entries)
 
     def read(self, cursors: dict[bytes, bytes], count: int) -> list[tuple[bytes, list[Entry]]]:
-        """Entries after each cursor (one XREAD, not blocking). Raises `StoreRefused`
-        when Redis refuses the read because of some key."""
+        """Entries after each cursor (one XREAD, not blocking; on a cluster one per
+        slot, pipelined to each node). Raises `StoreRefused` when Redis refuses
+        the read because of some key."""
+        if self.cluster and len(cursors) > 1:
+            return self._read_by_slot(cursors, count)
         streams: dict[Any, Any] = dict(cursors)
         with _as_domain_errors():
             reply = self.redis.xread(streams, count=count)
         return cast(list[tuple[bytes, list[Entry]]], reply or [])
+
+    def _read_by_slot(
+        self, cursors: dict[bytes, bytes], count: int
+    ) -> list[tuple[bytes, list[Entry]]]:
+        slots: dict[int, dict[Any, Any]] = defaultdict(dict)
+        for key, cursor in cursors.items():
+            slots[key_slot(key)][key] = cursor
+        pipe = self.redis.pipeline(transaction=False)
+        for streams in slots.values():
+            pipe.xread(streams, count=count)
+        with _as_domain_errors():
+            replies = pipe.execute()
+        return [stream for reply in replies for stream in cast(list[Any], reply or [])]
 
     def refused(self, cursors: dict[bytes, bytes]) -> list[bytes]:
         """The keys Redis refuses to read, each tried alone."""
@@ -239,67 +268,28 @@ class RedisEventLog:
             pipe.xread({key: cursors[key]}, count=1)
         with _as_domain_errors():
             results = pipe.execute(raise_on_error=False)
+            for result in results:
+                if isinstance(result, _CLUSTER_IN_FLUX):
+                    raise result  # not the key's fault: the store is unavailable
         return [k for k, result in zip(keys, results, strict=True) if isinstance(result, Exception)]
 
     # -- notifications ------------------------------------------------------------
 
     def listen(self, connection_id: str) -> None:
-        """Be notified when the connection's stream gets entries. Only recorded
-        here: the subscription is sent by `notifications`, the one user of the
-        pub/sub connection (redis-py's PubSub is not safe across greenlets)."""
-        channel = Keys.notify(connection_id).encode()
-        self._channels[channel] = self.stream_key(connection_id)
-        self._changes[channel] = True
+        """Be notified when the connection's stream gets entries (only recorded
+        here: `notifications` sends it)."""
+        self._notifications.listen(
+            Keys.notify(connection_id).encode(), self.stream_key(connection_id)
+        )
 
     def unlisten(self, connection_id: str) -> None:
-        channel = Keys.notify(connection_id).encode()
-        if self._channels.pop(channel, None) is not None:
-            self._changes[channel] = False
+        self._notifications.unlisten(Keys.notify(connection_id).encode())
 
     def notifications(self, timeout: float) -> list[bytes]:
         """The keys of the streams notified since the last call, waiting up to
         `timeout` s for the first. Sends the subscriptions asked for since the
         last call first; a stream whose subscription is confirmed counts as
-        notified (what it got before is read then). After the connection was
-        lost (`StoreUnavailable`), the next call reconnects and subscribes to
-        every listened stream again, and each is reported once confirmed."""
-        try:
-            pubsub = self._pubsub
-            if pubsub is None:
-                pubsub = self._pubsub = self.redis.pubsub()
-                self._changes = dict.fromkeys(self._channels, True)
-            if self._changes:
-                changes, self._changes = self._changes, {}
-                subscribe = [c for c, on in changes.items() if on and c in self._channels]
-                unsubscribe = [c for c, on in changes.items() if not on]
-                if unsubscribe and pubsub.subscribed:
-                    pubsub.sunsubscribe(*unsubscribe)
-                if subscribe:
-                    pubsub.ssubscribe(*subscribe)
-            keys: set[bytes] = set()
-            message = pubsub.get_message(timeout=timeout)
-            taken = 0
-            while message is not None:
-                if message["type"] in ("smessage", "ssubscribe"):
-                    key = self._channels.get(message["channel"])
-                    if key is not None:
-                        keys.add(key)
-                taken += 1
-                if taken >= self.MAX_MESSAGES:
-                    break
-                try:
-                    message = pubsub.get_message(timeout=0)
-                except redis.TimeoutError:
-                    break  # a message only partly arrived: the next call reads it
-            return list(keys)
-        except redis.RedisError as exc:
-            self._reset()
-            raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
-
-    def _reset(self) -> None:
-        pubsub, self._pubsub = self._pubsub, None
-        if pubsub is not None:
-            try:
-                pubsub.reset()
-            except Exception:  # already broken: its connection goes anyway
-                pass
+        notified (what it got before is read then). After the subscription was
+        lost (`StoreUnavailable`), the next call subscribes to every listened
+        stream again, and each is reported once confirmed."""
+        return list(self._notifications.poll(timeout))

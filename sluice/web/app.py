@@ -36,6 +36,9 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
 
     redis_url = settings.redis_url or start_embedded()
     client = store_client.connect(redis_url, max_connections=settings.redis_max_connections)
+    limiter_uri, limiter_options = store_client.limiter_storage(
+        redis_url, client, settings.redis_max_connections
+    )
     app.config.update(
         SECRET_KEY=settings.secret_key or users.development_secret(client),
         MAX_CONTENT_LENGTH=settings.max_body_bytes,
@@ -47,10 +50,11 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
         REMEMBER_COOKIE_HTTPONLY=True,
         REMEMBER_COOKIE_SAMESITE="Lax",
         REMEMBER_COOKIE_SECURE=settings.is_production,
-        RATELIMIT_STORAGE_URI=redis_url,
         # The limiter's counters go through the app's pool (bounded, with
-        # timeouts), not a second, unbounded pool of its own.
-        RATELIMIT_STORAGE_OPTIONS={"connection_pool": client.connection_pool},
+        # timeouts), not a second, unbounded pool of its own (on a cluster, a
+        # cluster client of the limiter's own, bounded the same way).
+        RATELIMIT_STORAGE_URI=limiter_uri,
+        RATELIMIT_STORAGE_OPTIONS=limiter_options,
         RATELIMIT_STRATEGY="fixed-window",  # one INCR per request (moving-window: a Lua call + a stats read)
         RATELIMIT_HEADERS_ENABLED=False,  # 429s still carry Retry-After (errors.py)
         JSON_SORT_KEYS=False,

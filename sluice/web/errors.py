@@ -30,7 +30,7 @@ from ..errors import (
     Unauthorized,
     Unavailable,
 )
-from ..store.client import StoreError, StoreFull
+from ..store.client import STORE_ERRORS, StoreFull
 
 log = logging.getLogger("sluice")
 
@@ -111,7 +111,7 @@ def _from_http_exception(exc: HTTPException) -> Response:
     return error_response(status, message, headers=headers)
 
 
-def _from_store_error(exc: StoreError) -> Response:
+def _from_store_error(exc: Exception) -> Response:
     """Any Redis failure is the store being unavailable (503 + Retry-After), never a
     500: unreachable, timed out, read-only replica, out of memory (`maxmemory` with
     `noeviction`), or a busy script. Ingest is one Lua script and connection
@@ -134,5 +134,6 @@ def _from_unexpected(exc: Exception) -> Response:
 def register_error_handlers(app: Flask) -> None:
     app.register_error_handler(SluiceError, _from_domain_error)
     app.register_error_handler(HTTPException, _from_http_exception)
-    app.register_error_handler(StoreError, _from_store_error)
+    for store_error in STORE_ERRORS:
+        app.register_error_handler(store_error, _from_store_error)
     app.register_error_handler(Exception, _from_unexpected)
