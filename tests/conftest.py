@@ -1,8 +1,13 @@
 """Shared fixtures: a real Redis, a real gunicorn+gevent Sluice, fresh accounts.
 
-Redis: REDIS_URL when set (CI also runs the suite against the machine's
-Redis 7), else an embedded Valkey server started here. Nothing is flushed:
-every test works on its own fresh user and connection ids.
+Redis: with SLUICE_TEST_REDIS=cluster, a Redis Cluster of 3 masters + 3
+replicas started here (tests/rediscluster.py; needs redis-server and
+redis-cli); else REDIS_URL when set (CI also runs the suite against the
+machine's Redis 7); else an embedded Valkey server started here. Nothing is
+flushed: every test works on its own fresh user and connection ids.
+
+Tests marked `single_node` need one Redis node (they count its connections,
+CONFIG SET it, run a Redis of their own, ...) and are skipped on a cluster.
 """
 
 from __future__ import annotations
@@ -25,9 +30,76 @@ ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
 sys.path.insert(0, str(ROOT))
 
+from tests.util import is_cluster, raw_redis  # noqa: E402
+
+
+def cluster_run() -> bool:
+    """SLUICE_TEST_REDIS=cluster: the suite runs against a local Redis Cluster."""
+    return os.environ.get("SLUICE_TEST_REDIS", "") == "cluster"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if os.environ.get("SLUICE_TEST_REDIS", "") not in ("", "cluster"):
+        raise pytest.UsageError(
+            f"SLUICE_TEST_REDIS={os.environ['SLUICE_TEST_REDIS']!r}: unset or 'cluster'"
+        )
+
+
+def against_a_cluster() -> bool:
+    """Whether this session's Redis is a cluster, known before any fixture runs."""
+    if cluster_run():
+        return True
+    url = os.environ.get("REDIS_URL")
+    try:
+        return bool(url) and is_cluster(url)
+    except redis.RedisError:
+        return False  # unreachable: the redis_url fixture says so, once
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On a cluster, skip the tests marked `single_node` (each with its reason);
+    on one node, those marked `cluster_only`."""
+    single = [item for item in items if item.get_closest_marker("single_node")]
+    only = [item for item in items if item.get_closest_marker("cluster_only")]
+    if not (single or only):
+        return
+    if against_a_cluster():
+        for item in single:
+            marker = item.get_closest_marker("single_node")
+            why = marker.kwargs.get("reason") or (marker.args[0] if marker.args else "")
+            item.add_marker(
+                pytest.mark.skip(reason="single Redis node only" + (f": {why}" if why else ""))
+            )
+    else:
+        skip = pytest.mark.skip(reason="needs a Redis Cluster: run with SLUICE_TEST_REDIS=cluster")
+        for item in only:
+            item.add_marker(skip)
+
 
 @pytest.fixture(scope="session")
-def redis_url():
+def local_cluster():
+    """The LocalCluster of this session under SLUICE_TEST_REDIS=cluster, else None."""
+    if not cluster_run():
+        yield None
+        return
+    from tests.rediscluster import LocalCluster, RedisServerMissing
+
+    try:
+        cluster = LocalCluster()
+    except RedisServerMissing as exc:
+        pytest.skip(f"SLUICE_TEST_REDIS=cluster, but {exc}")
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(local_cluster):
+    if local_cluster is not None:
+        yield local_cluster.url
+        return
     url = os.environ.get("REDIS_URL")
     if url:
         redis.Redis.from_url(url).ping()
@@ -43,9 +115,15 @@ def redis_url():
         server.stop()
 
 
+@pytest.fixture(scope="session")
+def redis_is_cluster(redis_url) -> bool:
+    return is_cluster(redis_url)
+
+
 @pytest.fixture
 def redis_client(redis_url):
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    """redis.Redis, or on a cluster a redis.RedisCluster (tests.util.ClusterClient)."""
+    client = raw_redis(redis_url, decode_responses=True)
     yield client
     client.close()
 
