@@ -11,6 +11,8 @@ import sys
 import time
 import uuid
 
+import pytest
+
 from tests.conftest import ROOT, free_port
 from tests.sse import open_stream
 from tests.util import ingest, job_event
@@ -137,6 +139,7 @@ def test_tail_reports_bad_key(server, account):
     assert result.returncode == 1 and "UNAUTHORIZED" in result.stderr
 
 
+@pytest.mark.single_node(reason="the demo runs an embedded Valkey of its own")
 def test_demo_serves_live_traffic_with_embedded_redis():
     """The README's first command, minus pip: no REDIS_URL, so an embedded server is used."""
     port = free_port()

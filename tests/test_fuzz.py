@@ -53,7 +53,7 @@ from hypothesis.errors import InvalidArgument
 import sluice.schema as schema_module
 from tests.conftest import make_account
 from tests.sse import SSEStream, open_stream
-from tests.util import job_event, queue_event, worker_event
+from tests.util import job_event, queue_event, raw_redis, worker_event
 
 # -- settings -----------------------------------------------------------------
 
@@ -384,7 +384,7 @@ def fz(redis_url):
     )
     assert response.status_code == 200, response.get_data()
     assert client.get("/api/auth/me").status_code == 200
-    r = redis.Redis.from_url(redis_url)
+    r = raw_redis(redis_url)
     yield Fuzz(app, app_no_debug, r, account, other)
     logger.removeHandler(EXC_LOG)
     r.close()
@@ -1476,7 +1476,7 @@ class Canary:
 def stream_env(server, redis_url):
     account, other, canary_account = (make_account(redis_url, n) for n in ("A", "B", "canary"))
     # History, so that ids before the first entry take the "history trimmed" path.
-    r = redis.Redis.from_url(redis_url)
+    r = raw_redis(redis_url)
     for i in range(3):
         r.xadd(
             _stream_key(account.connection_id), {"t": "queue:snapshot", "d": json.dumps({"i": i})}

@@ -13,7 +13,7 @@ import requests
 
 from tests.conftest import SluiceServer, make_account
 from tests.sse import open_stream, read_error_body
-from tests.util import ingest, job_event, jobs, wait_until
+from tests.util import ingest, job_event, jobs, raw_redis, wait_until
 
 MAX_ID = 2**64 - 1
 
@@ -82,7 +82,7 @@ def test_a_stream_redis_refuses_does_not_stall_other_tenants(
     ):
         good.read_bytes(1)
         bad.read_bytes(1)
-        r = redis.Redis.from_url(redis_url)
+        r = raw_redis(redis_url)
         key = f"sluice:{{{attacker.connection_id}}}:events"
         r.delete(key)
         r.set(key, "not a stream")
@@ -123,7 +123,7 @@ def test_a_watched_stream_deleted_under_the_reader_harms_nobody(
         stream_b.read_bytes(1)
         assert ingest(srv.url, b.api_key, b.connection_id, jobs(b.connection_id, 1)).ok
         stream_b.data_events(1)
-        redis.Redis.from_url(redis_url).delete(f"sluice:{{{b.connection_id}}}:events")
+        raw_redis(redis_url).delete(f"sluice:{{{b.connection_id}}}:events")
         events = jobs(a.connection_id, 2)
         assert ingest(srv.url, a.api_key, a.connection_id, events).status_code == 202
         assert len(stream_a.data_events(2, timeout=3)) == 2
@@ -415,7 +415,7 @@ def test_one_ip_is_limited_across_accounts(start_server):
 def test_dedupe_window_is_bounded_per_connection(start_server, redis_url, account):
     srv = start_server(SLUICE_DEDUPE_MAX="100", SLUICE_MAX_BATCH_EVENTS="100")
     cid = account.connection_id
-    r = redis.Redis.from_url(redis_url)
+    r = raw_redis(redis_url)
     for _ in range(3):
         assert ingest(srv.url, account.api_key, cid, jobs(cid, 100)).status_code == 202
     assert r.zcard(f"sluice:{{{cid}}}:seen") == 100
@@ -431,7 +431,7 @@ def test_stream_bytes_are_bounded_per_connection(start_server, redis_url, accoun
     budget = 65_536
     srv = start_server(SLUICE_STREAM_MAX_BYTES=str(budget))
     cid = account.connection_id
-    r = redis.Redis.from_url(redis_url)
+    r = raw_redis(redis_url)
     key = f"sluice:{{{cid}}}:events"
     for _ in range(10):
         batch = [
@@ -460,6 +460,7 @@ def small_redis():
         server.stop()
 
 
+@pytest.mark.single_node(reason="a Valkey of its own, filled up by CONFIG SET maxmemory")
 def test_redis_out_of_memory_is_503_with_retry_after(small_redis):
     account = make_account(small_redis)
     srv = SluiceServer(small_redis, {"SLUICE_ENV": "production", "SECRET_KEY": "k" * 64})
@@ -496,6 +497,7 @@ def test_redis_out_of_memory_is_503_with_retry_after(small_redis):
     no_traceback_in_log(srv)
 
 
+@pytest.mark.single_node(reason="a Valkey of its own, filled up by CONFIG SET maxmemory")
 def test_the_append_script_is_refused_whole_when_redis_is_full(small_redis):
     """Straight at the script (the HTTP path's rate limiter would hit OOM first):
     nothing of the batch is written, not the stream, the window nor the count."""
@@ -526,7 +528,7 @@ def test_a_stream_without_its_byte_count_is_counted_once(redis_url):
     from sluice.config import load_settings
     from sluice.store.events import append_events
 
-    r = redis.Redis.from_url(redis_url)
+    r = raw_redis(redis_url)
     cid = str(uuid.uuid4())
     key, meta = f"sluice:{{{cid}}}:events", f"sluice:{{{cid}}}:meta"
     for i in range(2500):  # more than one page of the count
@@ -542,7 +544,7 @@ def test_a_deleted_connections_count_expires_with_its_stream(redis_url):
     from sluice.config import load_settings
     from sluice.store.events import append_events
 
-    r = redis.Redis.from_url(redis_url)
+    r = raw_redis(redis_url)
     cid = str(uuid.uuid4())
     key, meta = f"sluice:{{{cid}}}:events", f"sluice:{{{cid}}}:meta"
     append_events(r, cid, [(None, "job:state_change", "{}")], load_settings({}))

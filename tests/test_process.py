@@ -96,6 +96,7 @@ class Demo:
         self.process.wait(timeout=10)
 
 
+@pytest.mark.single_node(reason="the demo runs an embedded Valkey of its own")
 @pytest.mark.parametrize(
     "sig, to_group",
     [
@@ -256,6 +257,7 @@ NOTHING_ON_DISK = "keeps nothing on disk"
 EVICTS = "evicts keys"
 
 
+@pytest.mark.single_node(reason="a redis-server of its own for each persistence setting")
 @pytest.mark.parametrize(
     "args, expected",
     [

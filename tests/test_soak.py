@@ -17,6 +17,10 @@ from bench.soak import FAULT_KINDS, SoakConfig, run_soak
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
+pytestmark = pytest.mark.single_node(
+    reason="the soak runs a Redis of its own (AOF) and restarts and kills it"
+)
+
 
 @pytest.mark.timeout(600)
 def test_chaos_soak_every_fault_once(tmp_path):
