@@ -198,6 +198,13 @@ class Settings:
         minimum=2,
         doc="Command pool size per worker (callers wait for a free one).",
     )
+    redis_cluster: str = setting(
+        "SLUICE_REDIS_CLUSTER",
+        "auto",
+        choices=("auto", "yes", "no"),
+        doc="Whether `REDIS_URL` names a node of a Redis Cluster: `auto` asks it "
+        "(`INFO cluster`) at start; `yes` for a cluster that may be down when a process starts.",
+    )
     # Operations.
     trusted_proxies: int = setting(
         "SLUICE_TRUSTED_PROXIES",

@@ -62,19 +62,19 @@ def on_starting(server: Any) -> None:
         server.log.error("Not starting: %s", exc)
         sys.exit(1)
     if settings.redis_url:
-        problem, cluster = _probe_redis_in_child(settings.redis_url)
+        problem, cluster = _probe_redis_in_child(settings.redis_url, settings.redis_cluster)
         if problem and not settings.secret_key:
             server.log.error("Not starting: %s", problem)
             sys.exit(1)
-        if cluster is not None:
+        if cluster is not None and settings.redis_cluster == "auto":
             # Every worker (also one respawned while Redis is away) knows
             # whether REDIS_URL is a cluster without asking.
-            os.environ.setdefault("SLUICE_REDIS_CLUSTER", "1" if cluster else "0")
+            os.environ["SLUICE_REDIS_CLUSTER"] = "yes" if cluster else "no"
             if cluster:
                 server.log.info("Redis at REDIS_URL is a Redis Cluster")
 
 
-def _probe_redis_in_child(url: str) -> tuple[str, bool | None]:
+def _probe_redis_in_child(url: str, declared: str) -> tuple[str, bool | None]:
     """Ask the Redis at `url` in a forked child (the master itself must not import
     redis, and with it ssl, before gevent patches the workers it forks):
     (the one-line problem or "" when it answers, whether it is a cluster node
@@ -87,7 +87,8 @@ def _probe_redis_in_child(url: str) -> tuple[str, bool | None]:
 
             try:
                 check_reachable(url)
-                os.write(write_end, b"1" if detect_cluster(url) else b"0")
+                cluster = detect_cluster(url) if declared == "auto" else declared == "yes"
+                os.write(write_end, b"1" if cluster else b"0")
             except RedisUnavailable as exc:
                 os.write(write_end, b"?" + str(exc).encode())
         finally:

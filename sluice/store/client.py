@@ -11,15 +11,12 @@ domain's `StoreUnavailable` / `StoreRefused` instead.
 
 from __future__ import annotations
 
-import logging
 import os
 from typing import Any, cast
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import redis
 from redis.cluster import RedisCluster
-
-log = logging.getLogger("sluice.store")
 
 #: What any Redis failure raises (unreachable, timed out, read-only, out of memory).
 StoreError = redis.RedisError
@@ -43,9 +40,6 @@ def text(reply: object) -> str:
 
 #: Seconds a command waits for a free pooled connection before it fails.
 POOL_WAIT = 5.0
-#: The environment variable that says whether REDIS_URL is a cluster ("1"/"0"),
-#: skipping the probe; the gunicorn master sets it for its workers.
-CLUSTER_ENV = "SLUICE_REDIS_CLUSTER"
 
 
 def _options(**kwargs: object) -> dict[str, Any]:
@@ -61,11 +55,7 @@ def _options(**kwargs: object) -> dict[str, Any]:
 
 def detect_cluster(url: str, timeout: float = 5.0) -> bool | None:
     """Whether the Redis at `url` is a node of a Redis Cluster (`INFO cluster`);
-    None when it cannot be asked now. `SLUICE_REDIS_CLUSTER` (1/0), when set,
-    answers without asking."""
-    declared = os.environ.get(CLUSTER_ENV, "").strip()
-    if declared in ("0", "1"):
-        return declared == "1"
+    None when it cannot be asked now."""
     probe = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
     try:
         return str(probe.info("cluster").get("cluster_enabled", 0)) == "1"
@@ -77,7 +67,9 @@ def detect_cluster(url: str, timeout: float = 5.0) -> bool | None:
         probe.close()
 
 
-def connect(url: str, max_connections: int = 50, **kwargs: object) -> redis.Redis:
+def connect(
+    url: str, max_connections: int = 50, cluster: bool | None = None, **kwargs: object
+) -> redis.Redis:
     """A client for ordinary commands (short socket timeout, bytes replies): for
     one node, or for the whole cluster when `url` names a node of one.
 
@@ -86,13 +78,15 @@ def connect(url: str, max_connections: int = 50, **kwargs: object) -> redis.Redi
     waits a few milliseconds rather than getting 503s. Only a real outage is
     an error. On a cluster, `max_connections` bounds each node's pool.
 
-    When Redis cannot be reached now, a single-node client is returned (its
-    commands fail with 503s until Redis is back): set `SLUICE_REDIS_CLUSTER=1`
-    for a cluster that may be down when a process starts.
+    `cluster` None asks the node (`detect_cluster`); when Redis cannot be
+    reached then, a single-node client is returned (its commands fail with
+    503s until Redis is back).
     """
     options = _options(**kwargs)
-    if detect_cluster(url):
-        cluster = RedisCluster.from_url(
+    if cluster is None:
+        cluster = bool(detect_cluster(url))
+    if cluster:
+        client = RedisCluster.from_url(
             url,
             max_connections=max_connections,
             connection_pool_class=redis.BlockingConnectionPool,
@@ -101,7 +95,7 @@ def connect(url: str, max_connections: int = 50, **kwargs: object) -> redis.Redi
         )
         # The cluster client offers the same command API (routing each command
         # by its keys' slot); the store's functions take either.
-        return cast(redis.Redis, cluster)
+        return cast(redis.Redis, client)
     pool = redis.BlockingConnectionPool.from_url(
         url, max_connections=max_connections, timeout=POOL_WAIT, **options
     )

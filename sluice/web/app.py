@@ -35,7 +35,11 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     app.url_map.strict_slashes = False
 
     redis_url = settings.redis_url or start_embedded()
-    client = store_client.connect(redis_url, max_connections=settings.redis_max_connections)
+    client = store_client.connect(
+        redis_url,
+        max_connections=settings.redis_max_connections,
+        cluster={"yes": True, "no": False}.get(settings.redis_cluster),
+    )
     limiter_uri, limiter_options = store_client.limiter_storage(
         redis_url, client, settings.redis_max_connections
     )

@@ -45,6 +45,7 @@ EXPECTED = {
     "SLUICE_INGEST_RATE_LIMIT": ("100 per second", None),
     "SLUICE_SESSION_DAYS": (14, 1),
     "SLUICE_REDIS_MAX_CONNECTIONS": (50, 2),
+    "SLUICE_REDIS_CLUSTER": ("auto", None),
     "SLUICE_TRUSTED_PROXIES": (0, 0),
     "SLUICE_DEBUG_STATS": (False, None),
 }
