@@ -114,8 +114,9 @@ def _from_http_exception(exc: HTTPException) -> Response:
 def _from_store_error(exc: Exception) -> Response:
     """Any Redis failure is the store being unavailable (503 + Retry-After), never a
     500: unreachable, timed out, read-only replica, out of memory (`maxmemory` with
-    `noeviction`), or a busy script. Ingest is one Lua script and connection
-    changes one MULTI transaction, so a refused one leaves nothing half-written."""
+    `noeviction`), a busy script, or a cluster failing over. Ingest is one Lua
+    script, so a refused batch leaves nothing half-written (connection changes:
+    see `store.client.transaction`)."""
     text = str(exc)
     if isinstance(exc, StoreFull):
         log.error("redis is out of memory (maxmemory reached): %s", text[:200])
