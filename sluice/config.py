@@ -161,6 +161,18 @@ class Settings:
         minimum=1,
         doc="How long a producer event `id` is remembered for de-duplication.",
     )
+    job_retention_hours: float = setting(
+        "SLUICE_JOB_RETENTION_HOURS",
+        168.0,
+        minimum=0.001,
+        doc="Jobs in the index (history, search, detail) are kept this long after their last event.",
+    )
+    job_retention_max: int = setting(
+        "SLUICE_JOB_RETENTION_MAX",
+        1_000_000,
+        minimum=1,
+        doc="Jobs kept in the index per connection; the least recently updated go first.",
+    )
     dedupe_max: int = setting(
         "SLUICE_DEDUPE_MAX",
         20_000,

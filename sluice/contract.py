@@ -81,6 +81,20 @@ MAX_QUEUES: Final = 100
 MAX_INTEGER: Final = 2**53
 MAX_CONNECTION_NAME: Final = 200
 MAX_TYPES_LENGTH: Final = 512
+
+# The job index (`GET /api/connections/<id>/jobs` and what it reads).
+#: Transitions kept per job, oldest dropped first.
+MAX_TIMELINE: Final = 50
+#: Characters of an error kept in a timeline entry (the job keeps it whole).
+MAX_TIMELINE_ERROR: Final = 500
+#: Jobs per page: default and most.
+JOBS_PAGE_DEFAULT: Final = 50
+JOBS_PAGE_MAX: Final = 200
+#: Workers and queues whose latest snapshot is kept per connection (the least
+#: recently seen dropped first).
+MAX_SNAPSHOTS: Final = 1_000
+#: Characters of a search (`q`) or filter value.
+MAX_QUERY: Final = 1_024
 #: Each part of a Redis Stream id (and so of an event id) is an unsigned 64-bit integer.
 MAX_ID_PART: Final = 2**64 - 1
 

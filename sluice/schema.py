@@ -319,6 +319,12 @@ def stable_id(connection_id: str, kind: str, external_id: str) -> str:
 
 def normalise(event: dict[str, Any], connection_id: str) -> tuple[str, str]:
     """A valid producer event -> (stream event name, data JSON)."""
+    name, data = normalised(event, connection_id)
+    return name, dumps(data)
+
+
+def normalised(event: dict[str, Any], connection_id: str) -> tuple[str, dict[str, Any]]:
+    """A valid producer event -> (stream event name, data as clients see it)."""
     payload_key, name = c.PRODUCER_TYPES[event["type"]]
     payload = event[payload_key]
     data: dict[str, Any] = {}
@@ -336,7 +342,7 @@ def normalise(event: dict[str, Any], connection_id: str) -> tuple[str, str]:
         if value is None and spec.emit != "always":
             continue
         data[spec.name] = parse_iso(value) if spec.kind == TIME and value is not None else value
-    return name, dumps(data)
+    return name, data
 
 
 # -- the stream's parameters ---------------------------------------------------------

@@ -11,6 +11,7 @@ from ..errors import Conflict, Invalid, NotFound
 from ..timefmt import iso_from_ms
 from .client import Redis, text, transaction
 from .events import close_stream
+from .jobs import purge as purge_index
 from .keys import Keys
 from .users import hash_api_key, new_api_key
 
@@ -122,3 +123,4 @@ def delete_connection(r: Redis, owner_id: str, connection_id: str) -> None:
     pipe.zrem(Keys.user_connections(owner_id), connection_id)
     close_stream(pipe, connection_id)
     pipe.execute()
+    purge_index(r, connection_id)

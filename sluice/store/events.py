@@ -23,6 +23,7 @@ from ..contract import CLOSED_EVENT, ENTRY_DATA, ENTRY_EVENT
 from ..errors import StoreRefused, StoreUnavailable
 from ..strictjson import dumps
 from .client import STORE_ERRORS, Redis, is_cluster
+from .jobs import EVENT_STRIDE, INDEX_LUA, NOT_INDEXED, index_args
 from .keys import Keys
 from .notifications import ClusterNotifications, NodeNotifications
 
@@ -34,18 +35,26 @@ _APPEND_LUA = """#!lua
 -- whole script before it runs when it is out of memory.
 -- KEYS: the stream, the de-duplication window (zset: producer id -> ms), the
 -- stream's meta hash (bytes held). ARGV: ttl ms, max entries, max bytes, max
--- ids in the window, the notification channel, then (producer id, event, data)
--- triples. A batch that appended anything publishes the stream's key on the
--- channel (sharded pub/sub: the channel shares the stream's slot).
+-- ids in the window, the notification channel, the job index's parameters
+-- (key prefix, retention ms, retention count, timeline length, snapshots
+-- kept), then per event: producer id, event, data and the index's fields
+-- (`jobindex.index_fields`). Each appended event is also indexed (the job
+-- index, see `store.jobs`). A batch that appended anything publishes the
+-- stream's key on the channel (sharded pub/sub: the channel shares the
+-- stream's slot).
 local stream, seen, meta = KEYS[1], KEYS[2], KEYS[3]
 local ttl, maxlen = tonumber(ARGV[1]), tonumber(ARGV[2])
 local maxbytes, window = tonumber(ARGV[3]), tonumber(ARGV[4])
 local channel = ARGV[5]
+local P, keep_ms, keep_max = ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8])
+local timeline_max, snapshots_max = tonumber(ARGV[9]), tonumber(ARGV[10])
+local touched = {}
 local function size(id, event, data)  -- what an entry holds
   return #id + #(event or "") + #(data or "")
 end
 local clock = redis.call("TIME")
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+$INDEX_LUA
 local bytes = 0
 if redis.call("EXISTS", stream) == 1 then
   local held = redis.call("HGET", meta, "bytes")
@@ -64,8 +73,8 @@ if redis.call("EXISTS", stream) == 1 then
     until #page < 1000
   end
 end
-local accepted, duplicates, first, remembered = 0, 0, nil, false
-for i = 6, #ARGV, 3 do
+local accepted, duplicates, first, remembered, indexed = 0, 0, nil, false, 0
+for i = 11, #ARGV, $EVENT_STRIDE do
   local producer_id = ARGV[i]
   local fresh = true
   if producer_id ~= "" then
@@ -82,6 +91,15 @@ for i = 6, #ARGV, 3 do
     first = first or id
     bytes = bytes + size(id, ARGV[i + 1], ARGV[i + 2])
     accepted = accepted + 1
+    local kind = ARGV[i + 3]
+    if kind == "j" then
+      index_job(i, ARGV[i + 2])
+      indexed = indexed + 1
+    elseif kind == "w" then
+      index_snapshot(P .. "$WORKERS", P .. "$WORKERS_SEEN", ARGV[i + 4], ARGV[i + 2])
+    elseif kind == "q" then
+      index_snapshot(P .. "$QUEUES", P .. "$QUEUES_SEEN", ARGV[i + 4], ARGV[i + 2])
+    end
   else
     duplicates = duplicates + 1
   end
@@ -114,6 +132,8 @@ if accepted > 0 then
   local pttl = redis.call("PTTL", stream)
   if pttl > 0 then redis.call("PEXPIRE", meta, pttl) end
   redis.call("SPUBLISH", channel, stream)
+  enforce_retention(2 * indexed + 10)
+  for key in pairs(touched) do redis.call("PEXPIRE", key, keep_ms) end
 end
 if remembered then
   redis.call("ZREMRANGEBYSCORE", seen, "-inf", now - ttl)
@@ -126,7 +146,16 @@ end
 return {accepted, duplicates}
 """
 
-APPEND_SCRIPT = _APPEND_LUA.replace("$ENTRY_EVENT", ENTRY_EVENT).replace("$ENTRY_DATA", ENTRY_DATA)
+APPEND_SCRIPT = (
+    _APPEND_LUA.replace("$INDEX_LUA", INDEX_LUA)
+    .replace("$ENTRY_EVENT", ENTRY_EVENT)
+    .replace("$ENTRY_DATA", ENTRY_DATA)
+    .replace("$EVENT_STRIDE", str(EVENT_STRIDE))
+    .replace("$WORKERS_SEEN", Keys.WORKERS_SEEN)
+    .replace("$WORKERS", Keys.WORKERS)
+    .replace("$QUEUES_SEEN", Keys.QUEUES_SEEN)
+    .replace("$QUEUES", Keys.QUEUES)
+)
 
 #: Seconds a deleted connection's stream is kept, so every reader sees its closing entry.
 CLOSED_STREAM_TTL = 60
@@ -150,18 +179,24 @@ def _append_script(r: Redis) -> Any:
 
 
 def append_events(
-    r: Redis, connection_id: str, events: list[tuple[str | None, str, str]], settings: Settings
+    r: Redis,
+    connection_id: str,
+    events: list[tuple[str | None, str, str]] | list[tuple[str | None, str, str, tuple[str, ...]]],
+    settings: Settings,
 ) -> tuple[int, int]:
-    """Append (producer id, event name, data JSON) atomically; returns (accepted, duplicates)."""
+    """Append (producer id, event name, data JSON[, index fields]) atomically, and
+    index what was appended (events without index fields are not indexed);
+    returns (accepted, duplicates)."""
     args: list[Any] = [
         settings.dedupe_ttl_seconds * 1000,
         settings.stream_maxlen,
         settings.stream_max_bytes,
         settings.dedupe_max,
         Keys.notify(connection_id),
+        *index_args(connection_id, settings),
     ]
-    for producer_id, name, data in events:
-        args.extend((producer_id or "", name, data))
+    for producer_id, name, data, *indexed in events:
+        args.extend((producer_id or "", name, data, *(indexed[0] if indexed else NOT_INDEXED)))
     script = _append_script(r)
     keys = [Keys.stream(connection_id), Keys.seen(connection_id), Keys.stream_meta(connection_id)]
     accepted, duplicates = script(keys=keys, args=args)

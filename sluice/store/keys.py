@@ -48,6 +48,37 @@ class Keys:
         """Bookkeeping of the stream (a hash: `bytes` held), for its byte budget."""
         return f"{PREFIX}:{{{connection_id}}}:meta"
 
+    # The job index: every key under the connection's prefix (one slot). The
+    # scripts build these names from `index_prefix` and the suffixes below.
+
+    #: Suffixes after `index_prefix`: a job's hash and timeline (+ job id); the
+    #: orderings by last update (all jobs; + state/queue/name/worker value);
+    #: external ids and names for prefix search (lex-ordered); the position
+    #: counter; worker and queue snapshots (hash) and their recency (zset).
+    JOB = "job:"
+    TIMELINE = "timeline:"
+    JOBS = "jobs"
+    BY_STATE = "jobs:state:"
+    BY_QUEUE = "jobs:queue:"
+    BY_NAME = "jobs:name:"
+    BY_WORKER = "jobs:worker:"
+    EXTERNAL_IDS = "jobs:external-ids"
+    NAMES = "jobs:names"
+    POSITION = "jobs:position"
+    WORKERS = "workers"
+    WORKERS_SEEN = "workers:seen"
+    QUEUES = "queues"
+    QUEUES_SEEN = "queues:seen"
+
+    @staticmethod
+    def index_prefix(connection_id: str) -> str:
+        return f"{PREFIX}:{{{connection_id}}}:"
+
+    @staticmethod
+    def index(connection_id: str, suffix: str, value: str = "") -> str:
+        """One key of the connection's job index: `index_prefix` + suffix + value."""
+        return f"{PREFIX}:{{{connection_id}}}:{suffix}{value}"
+
     @staticmethod
     def session(token_hash: str) -> str:
         """A login session, by the SHA-256 of its cookie token (a string)."""

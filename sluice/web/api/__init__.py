@@ -4,6 +4,13 @@ from __future__ import annotations
 
 from flask import Blueprint
 
-from . import auth, connections, events, ingest, system
+from . import auth, connections, events, ingest, jobs, system
 
-BLUEPRINTS: tuple[Blueprint, ...] = (auth.bp, connections.bp, ingest.bp, events.bp, system.bp)
+BLUEPRINTS: tuple[Blueprint, ...] = (
+    auth.bp,
+    connections.bp,
+    jobs.bp,
+    ingest.bp,
+    events.bp,
+    system.bp,
+)

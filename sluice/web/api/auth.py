@@ -6,8 +6,8 @@ from __future__ import annotations
 from flask import Blueprint, Response, jsonify, request
 from flask_login import UserMixin, current_user, login_required, login_user, logout_user
 
-from ...errors import Invalid, Unauthorized
-from ...store import users
+from ...errors import Invalid, NotFound, Unauthorized
+from ...store import connections, users
 from ...store.keys import Keys
 from ..extensions import client_ip, limiter, login_manager, state
 from ..request import json_field, read_json_object, require_json_content_type
@@ -51,6 +51,27 @@ def connection_for_request_key() -> str | None:
     """The connection id of the request's API key; None without one, 401 for a bad one."""
     api_key = bearer_token()
     return None if api_key is None else users.connection_for_api_key(state().redis, api_key)
+
+
+def reader_credentials() -> str | None:
+    """For reading a connection (its stream, its jobs): the connection id of the
+    request's API key, or None for a signed-in user; 401 with neither (or with
+    a bad key). Call `check_reader` once the connection id is known."""
+    key_connection = connection_for_request_key()
+    if key_connection is None and not current_user.is_authenticated:
+        raise Unauthorized("Sign in or send 'Authorization: Bearer sk_live_…'")
+    return key_connection
+
+
+def check_reader(key_connection: str | None, connection_id: str) -> None:
+    """404 unless the key is the connection's, or the signed-in user owns it (never
+    "forbidden", so that nobody learns which ids exist)."""
+    r = state().redis
+    if key_connection is not None:
+        if key_connection != connection_id or not connections.connection_exists(r, connection_id):
+            raise NotFound("Connection not found")
+    else:
+        connections.owned_connection(r, current_user.id, connection_id)
 
 
 def _login_ip_key() -> str:

@@ -10,16 +10,13 @@ socket through its sink.
 from __future__ import annotations
 
 from flask import Blueprint, Response, request
-from flask_login import current_user
 
-from ...errors import NotFound, Unauthorized
 from ...fanout.response import stream_body
 from ...fanout.sinks import sink_for
 from ...fanout.sockets import client_socket
 from ...schema import parse_event_id, parse_types, parse_uuid
-from ...store import connections
 from ..extensions import state
-from .auth import connection_for_request_key
+from .auth import check_reader, reader_credentials
 
 bp = Blueprint("events", __name__, url_prefix="/api/events")
 
@@ -41,9 +38,7 @@ def stream() -> Response:
 
 def _open_stream() -> Response:
     # 401 for a bad key comes before any 400.
-    key_connection = connection_for_request_key()
-    if key_connection is None and not current_user.is_authenticated:
-        raise Unauthorized("Sign in or send 'Authorization: Bearer sk_live_…'")
+    key_connection = reader_credentials()
     connection_id = parse_uuid(request.args.get("connectionId"), "connectionId")
     types = parse_types(request.args.get("types"))
     header_id = request.headers.get("Last-Event-ID")
@@ -52,13 +47,8 @@ def _open_stream() -> Response:
     else:
         last_event_id = parse_event_id(request.args.get("lastEventId"), "lastEventId")
 
+    check_reader(key_connection, connection_id)
     app_state = state()
-    r = app_state.redis
-    if key_connection is not None:
-        if key_connection != connection_id or not connections.connection_exists(r, connection_id):
-            raise NotFound("Connection not found")
-    else:
-        connections.owned_connection(r, current_user.id, connection_id)
 
     hub = app_state.hub
     subscription = hub.subscribe(

@@ -2,8 +2,9 @@
 
 A batch is all-or-nothing: every event is validated first (`sluice.schema`),
 and then one Lua script appends them all (skipping producer ids already seen)
-atomically (`sluice.store.events`), so a rejected or failed batch leaves
-nothing behind and a retried one adds nothing twice.
+and indexes them (`sluice.jobindex`) atomically (`sluice.store.events`), so a
+rejected or failed batch leaves nothing behind, in the stream or the index,
+and a retried one adds nothing twice.
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ from flask import Blueprint, Response, jsonify
 
 from ... import schema
 from ...errors import Invalid, TooLarge, Unauthorized
+from ...jobindex import index_fields
 from ...store import events as event_store
 from ...store import users
 from ...store.keys import Keys
+from ...strictjson import dumps
 from ..extensions import limiter, state
 from ..request import read_json_object
 from .auth import bearer_token
@@ -45,8 +48,11 @@ def ingest() -> tuple[Response, int]:
             {"events": f"{len(events)} > {settings.max_batch_events}"},
         )
     schema.validate_batch(events, connection_id, settings.max_extensions_bytes)
-    normalised = [(event.get("id"), *schema.normalise(event, connection_id)) for event in events]
+    prepared = []
+    for event in events:
+        name, data = schema.normalised(event, connection_id)
+        prepared.append((event.get("id"), name, dumps(data), index_fields(name, data)))
     accepted, duplicates = event_store.append_events(
-        app_state.redis, connection_id, normalised, settings
+        app_state.redis, connection_id, prepared, settings
     )
     return jsonify({"accepted": accepted, "duplicates": duplicates}), 202

@@ -1,0 +1,144 @@
+"""The job index's pure parts (no Redis): what the append script indexes for
+each accepted event, and the parameters of a jobs query.
+
+The index itself lives in Redis beside the stream and is written by the same
+script, in the same atomic step (`sluice.store.events`); it is read by
+`sluice.store.jobs`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from . import contract as c
+from .errors import Invalid
+from .schema import stable_id
+from .strictjson import dumps
+
+#: What the script gets per event besides (producer id, event name, data):
+#: kind ("j" job, "w" worker, "q" queue), then the kind's fields, "" when absent.
+INDEX_STRIDE: Final = 13
+JOB, WORKER, QUEUE = "j", "w", "q"
+#: The index fields of an event the index ignores.
+NOT_INDEXED: Final = ("",) * INDEX_STRIDE
+_NOTHING = NOT_INDEXED
+
+
+def _json_or_empty(value: Any) -> str:
+    return "" if value is None else dumps(value)
+
+
+def index_fields(event: str, data: Mapping[str, Any]) -> tuple[str, ...]:
+    """The index's view of one normalised event, `INDEX_STRIDE` strings:
+
+    - a job: kind, job id, state, queue, name, worker id, external id, its
+      timeline entry as JSON without the closing brace (the script adds the
+      previous state it knows), the previous state the producer sent, and the
+      arguments, keyword arguments and result (JSON, from `extensions`) and
+      the traceback, each "" when not sent;
+    - a worker: kind, worker id; a queue: kind, queue name.
+    """
+    if event == c.JOB_STATE_CHANGE:
+        entry: dict[str, Any] = {"state": data["state"], "timestamp": data["timestamp"]}
+        for key in ("workerId", "attempt"):
+            if data.get(key) is not None:
+                entry[key] = data[key]
+        if data.get("error"):
+            entry["error"] = data["error"][: c.MAX_TIMELINE_ERROR]
+        extensions = data.get("extensions") or {}
+        return (
+            JOB,
+            data["id"],
+            data["state"],
+            data.get("queue") or "",
+            data["name"],
+            data.get("workerId") or "",
+            data["externalId"],
+            dumps(entry)[:-1],
+            data.get("previousState") or "",
+            _json_or_empty(extensions.get("args")),
+            _json_or_empty(extensions.get("kwargs")),
+            _json_or_empty(extensions.get("result")),
+            data.get("stacktrace") or "",
+        )
+    if event in (c.WORKER_HEARTBEAT, c.WORKER_STATE_CHANGE):
+        return (WORKER, data["id"], *_NOTHING[2:])
+    if event == c.QUEUE_SNAPSHOT:
+        return (QUEUE, data["name"], *_NOTHING[2:])
+    return _NOTHING
+
+
+# -- queries ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JobQuery:
+    """`GET /api/connections/<id>/jobs`'s parameters, checked."""
+
+    state: str | None = None
+    queue: str | None = None
+    name: str | None = None
+    worker: str | None = None
+    q: str | None = None
+    limit: int = c.JOBS_PAGE_DEFAULT
+    #: Jobs updated before this position (exclusive); None: from the newest.
+    cursor: int | None = None
+
+
+def _text(args: Mapping[str, str], key: str, details: dict[str, str]) -> str | None:
+    value = args.get(key)
+    if value is None or value == "":
+        return None
+    if len(value) > c.MAX_QUERY or not _encodable(value):
+        details[key] = f"at most {c.MAX_QUERY} characters of valid Unicode"
+        return None
+    return value
+
+
+def _encodable(value: str) -> bool:
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def parse_job_query(args: Mapping[str, str]) -> JobQuery:
+    """The query's parameters, or `Invalid` naming each bad one."""
+    details: dict[str, str] = {}
+    state = _text(args, "state", details)
+    if state is not None and state not in c.JOB_STATES:
+        details["state"] = "one of " + ", ".join(c.JOB_STATES)
+    texts = {key: _text(args, key, details) for key in ("queue", "name", "worker", "q")}
+    limit = c.JOBS_PAGE_DEFAULT
+    raw_limit = args.get("limit")
+    if raw_limit:
+        ok = raw_limit.isascii() and raw_limit.isdigit() and len(raw_limit) <= 4
+        if ok and 1 <= int(raw_limit) <= c.JOBS_PAGE_MAX:
+            limit = int(raw_limit)
+        else:
+            details["limit"] = f"an integer from 1 to {c.JOBS_PAGE_MAX}"
+    cursor = parse_cursor(args.get("cursor"), details)
+    if details:
+        raise Invalid("Invalid jobs query", details)
+    return JobQuery(state=state, limit=limit, cursor=cursor, **texts)
+
+
+def parse_cursor(raw: str | None, details: dict[str, str]) -> int | None:
+    """A `nextCursor` given back: a position in the index (digits, ≤ 2^53)."""
+    if raw is None or raw == "":
+        return None
+    if raw.isascii() and raw.isdigit() and len(raw) <= 16 and int(raw) <= c.MAX_INTEGER:
+        return int(raw)
+    details["cursor"] = "a nextCursor from a previous page"
+    return None
+
+
+def job_refs(connection_id: str, ref: str) -> tuple[str, str]:
+    """The job ids a path's `<job id or external id>` may name: itself (a job
+    id), then the id of the job whose external id it is."""
+    if not ref or len(ref) > c.MAX_EXTERNAL_ID or not _encodable(ref):
+        raise Invalid("Invalid job id", {"job": f"1 to {c.MAX_EXTERNAL_ID} characters"})
+    return (ref, stable_id(connection_id, "job", ref))

@@ -1,0 +1,418 @@
+"""The job index in Redis: what a connection's jobs, workers and queues are now,
+beyond the stream's window.
+
+Written by the append script in the same atomic step as the stream
+(`events.APPEND_SCRIPT` includes `INDEX_LUA`), so the two never disagree; read
+here by scripts that also read the stream's last entry id, so a page and its
+`streamId` are one snapshot. Every key is under the connection's hash tag
+(`Keys.index_prefix`): one slot on a Redis Cluster.
+
+Per connection:
+
+- a hash per job (`JOB` + job id): the latest `job:state_change` data (`d`),
+  when it was indexed (`u`, ms), its position (`p`), the fields the filters
+  use (`s`, `q`, `n`, `w`, `x`), and the arguments, keyword arguments, result
+  and traceback last sent (`a`, `k`, `r`, `t`);
+- its timeline (`TIMELINE` + job id): a list of at most `MAX_TIMELINE` entries;
+- orderings by last update, one sorted set each, scored by position (a
+  counter that grows by one per indexed event): all jobs, and per state,
+  queue, name and worker;
+- for prefix search: external ids and names, lex-ordered;
+- the latest worker and queue snapshots (hashes) and when each was seen.
+
+Retention: every job key expires a while after its last event, and each
+append first removes up to a bounded number of the least recently updated
+jobs past `SLUICE_JOB_RETENTION_MAX` or older than
+`SLUICE_JOB_RETENTION_HOURS`, so it never scans the index.
+"""
+
+from __future__ import annotations
+
+import json
+import weakref
+from typing import Any
+
+from ..config import Settings
+from ..contract import MAX_SNAPSHOTS, MAX_TIMELINE
+from ..jobindex import INDEX_STRIDE, NOT_INDEXED, JobQuery
+from .client import Redis, text
+from .keys import Keys
+
+#: Index entries a list request examines at most (a filter that matches few of
+#: them returns a short page with a cursor to go on from).
+SCAN_BUDGET = 2_000
+#: External ids a prefix search looks at, and names.
+PREFIX_IDS = 1_000
+PREFIX_NAMES = 20
+#: Jobs removed per purge call when a connection is deleted.
+PURGE_BATCH = 500
+
+
+def _keys_in_lua(source: str) -> str:
+    for name in (
+        "JOB",
+        "TIMELINE",
+        "JOBS",
+        "BY_STATE",
+        "BY_QUEUE",
+        "BY_NAME",
+        "BY_WORKER",
+        "EXTERNAL_IDS",
+        "NAMES",
+        "POSITION",
+        "WORKERS",
+        "WORKERS_SEEN",
+        "QUEUES",
+        "QUEUES_SEEN",
+    ):
+        # Longest names first would matter for prefixes; `$NAME$` delimits them.
+        source = source.replace(f"${name}$", getattr(Keys, name))
+    return source
+
+
+#: Lua functions the append script uses; they expect these locals: P (the
+#: connection's key prefix), now (ms), keep_ms, keep_max, timeline_max,
+#: snapshots_max, and `touched` (a table of keys to expire once at the end).
+INDEX_LUA = _keys_in_lua(
+    r"""
+local function zadd(key, score, member)
+  redis.call("ZADD", key, score, member)
+  touched[key] = true
+end
+local function forget_name(name, id)
+  local key = P .. "$BY_NAME$" .. name
+  redis.call("ZREM", key, id)
+  if redis.call("EXISTS", key) == 0 then redis.call("ZREM", P .. "$NAMES$", name) end
+end
+-- Remove one job from the index.
+local function forget(id)
+  local key = P .. "$JOB$" .. id
+  local h = redis.call("HMGET", key, "s", "q", "n", "w", "x")
+  redis.call("ZREM", P .. "$JOBS$", id)
+  if h[1] then
+    redis.call("ZREM", P .. "$BY_STATE$" .. h[1], id)
+    if h[2] ~= "" then redis.call("ZREM", P .. "$BY_QUEUE$" .. h[2], id) end
+    forget_name(h[3], id)
+    if h[4] ~= "" then redis.call("ZREM", P .. "$BY_WORKER$" .. h[4], id) end
+    redis.call("ZREM", P .. "$EXTERNAL_IDS$", h[5] .. "\0" .. id)
+  end
+  redis.call("DEL", key, P .. "$TIMELINE$" .. id)
+end
+-- Index one accepted job event; i is the event's first ARGV (producer id).
+local function index_job(i, data)
+  local id, state, queue, name = ARGV[i + 4], ARGV[i + 5], ARGV[i + 6], ARGV[i + 7]
+  local worker, xid, entry, sent_prev = ARGV[i + 8], ARGV[i + 9], ARGV[i + 10], ARGV[i + 11]
+  local key = P .. "$JOB$" .. id
+  local old = redis.call("HMGET", key, "s", "q", "n", "w")
+  local pos = redis.call("INCR", P .. "$POSITION$")
+  touched[P .. "$POSITION$"] = true
+  if old[1] then
+    if old[1] ~= state then redis.call("ZREM", P .. "$BY_STATE$" .. old[1], id) end
+    if old[2] ~= queue and old[2] ~= "" then redis.call("ZREM", P .. "$BY_QUEUE$" .. old[2], id) end
+    if old[3] ~= name then forget_name(old[3], id) end
+    if old[4] ~= worker and old[4] ~= "" then redis.call("ZREM", P .. "$BY_WORKER$" .. old[4], id) end
+  else
+    zadd(P .. "$EXTERNAL_IDS$", 0, xid .. "\0" .. id)
+  end
+  zadd(P .. "$NAMES$", 0, name)
+  zadd(P .. "$JOBS$", pos, id)
+  zadd(P .. "$BY_STATE$" .. state, pos, id)
+  zadd(P .. "$BY_NAME$" .. name, pos, id)
+  if queue ~= "" then zadd(P .. "$BY_QUEUE$" .. queue, pos, id) end
+  if worker ~= "" then zadd(P .. "$BY_WORKER$" .. worker, pos, id) end
+  redis.call("HSET", key, "d", data, "u", now, "p", pos, "s", state, "q", queue, "n", name, "w", worker, "x", xid)
+  if ARGV[i + 12] ~= "" then redis.call("HSET", key, "a", ARGV[i + 12]) end
+  if ARGV[i + 13] ~= "" then redis.call("HSET", key, "k", ARGV[i + 13]) end
+  if ARGV[i + 14] ~= "" then redis.call("HSET", key, "r", ARGV[i + 14]) end
+  if ARGV[i + 15] ~= "" then redis.call("HSET", key, "t", ARGV[i + 15]) end
+  local prev = old[1]
+  if not prev and sent_prev ~= "" then prev = sent_prev end
+  local timeline = P .. "$TIMELINE$" .. id
+  redis.call("RPUSH", timeline, entry .. ',"previousState":' .. (prev and ('"' .. prev .. '"') or "null") .. "}")
+  redis.call("LTRIM", timeline, -timeline_max, -1)
+  -- A job outlives the sweep below by a margin: it is normally forgotten
+  -- (and unindexed) before it expires.
+  redis.call("PEXPIRE", key, keep_ms + 3600000)
+  redis.call("PEXPIRE", timeline, keep_ms + 3600000)
+end
+-- The latest snapshot of a worker or a queue.
+local function index_snapshot(hash, seen, member, data)
+  redis.call("HSET", hash, member, data)
+  zadd(seen, now, member)
+  touched[hash] = true
+  local excess = redis.call("ZCARD", seen) - snapshots_max
+  if excess > 0 then
+    for _, gone in ipairs(redis.call("ZRANGE", seen, 0, excess - 1)) do
+      redis.call("HDEL", hash, gone)
+      redis.call("ZREM", seen, gone)
+    end
+  end
+end
+-- Retention, bounded work per call: the least recently updated jobs past the
+-- count, then those older than keep_ms.
+local function enforce_retention(budget)
+  local all = P .. "$JOBS$"
+  local excess = redis.call("ZCARD", all) - keep_max
+  while excess > 0 and budget > 0 do
+    local ids = redis.call("ZRANGE", all, 0, math.min(excess, budget, 100) - 1)
+    if #ids == 0 then break end
+    for _, id in ipairs(ids) do forget(id) end
+    excess, budget = excess - #ids, budget - #ids
+  end
+  while budget > 0 do
+    local ids = redis.call("ZRANGE", all, 0, 9)
+    if #ids == 0 then return end
+    for _, id in ipairs(ids) do
+      local at = redis.call("HGET", P .. "$JOB$" .. id, "u")
+      if at and tonumber(at) >= now - keep_ms then return end
+      forget(id)
+      budget = budget - 1
+    end
+  end
+end
+"""
+)
+
+#: The page of jobs and the stream's last id, one snapshot.
+_LIST_LUA = _keys_in_lua(
+    r"""#!lua flags=no-writes
+-- KEYS: the stream, the ordering of all jobs. ARGV: the key prefix, state,
+-- queue, name, worker ("" = any), q ("" = none), cursor ("" = newest), limit,
+-- budget, the ids q may be exactly, prefix ids, prefix names.
+local P = ARGV[1]
+local filters = {{ARGV[2], "$BY_STATE$"}, {ARGV[3], "$BY_QUEUE$"}, {ARGV[4], "$BY_NAME$"}, {ARGV[5], "$BY_WORKER$"}}
+local q, cursor, limit, budget = ARGV[6], ARGV[7], tonumber(ARGV[8]), tonumber(ARGV[9])
+local exact = {ARGV[10], ARGV[11]}
+local prefix_ids, prefix_names = tonumber(ARGV[12]), tonumber(ARGV[13])
+local below = cursor == "" and "+inf" or ("(" .. cursor)
+local last = redis.call("XREVRANGE", KEYS[1], "+", "-", "COUNT", 1)
+local stream_id = last[1] and last[1][1] or "0-0"
+local function fetch(id)
+  -- {data, updatedAt, position} if the job exists and passes the filters.
+  local h = redis.call("HMGET", P .. "$JOB$" .. id, "d", "u", "p", "s", "q", "n", "w")
+  if not h[1] then return nil end
+  for i, f in ipairs(filters) do
+    if f[1] ~= "" and h[i + 3] ~= f[1] then return nil end
+  end
+  return h
+end
+local out, next_cursor = {}, ""
+if q == "" then
+  -- Walk the smallest ordering a filter names.
+  local base, size = KEYS[2], nil
+  for _, f in ipairs(filters) do
+    if f[1] ~= "" then
+      local key = P .. f[2] .. f[1]
+      local n = redis.call("ZCARD", key)
+      if size == nil or n < size then base, size = key, n end
+    end
+  end
+  local found, examined = 0, 0
+  while found < limit and examined < budget do
+    local chunk = redis.call("ZREVRANGEBYSCORE", base, below, "-inf", "WITHSCORES", "LIMIT", 0, math.min(limit - found + 50, budget - examined))
+    if #chunk == 0 then next_cursor = ""; break end
+    for j = 1, #chunk, 2 do
+      examined = examined + 1
+      local h = fetch(chunk[j])
+      if h then
+        out[#out + 1] = h[1]; out[#out + 1] = h[2]
+        found = found + 1
+      end
+      below = "(" .. chunk[j + 1]
+      next_cursor = chunk[j + 1]
+      if found >= limit then break end
+    end
+  end
+  if next_cursor ~= "" and #redis.call("ZREVRANGEBYSCORE", base, below, "-inf", "LIMIT", 0, 1) == 0 then
+    next_cursor = ""
+  end
+else
+  -- Candidates: the exact ids, external ids starting with q, jobs of names
+  -- starting with q; then newest first below the cursor.
+  local seen, candidates = {}, {}
+  local function consider(id)
+    if seen[id] then return end
+    seen[id] = true
+    local h = fetch(id)
+    if h and (cursor == "" or tonumber(h[3]) < tonumber(cursor)) then
+      candidates[#candidates + 1] = {tonumber(h[3]), h}
+    end
+  end
+  for _, id in ipairs(exact) do consider(id) end
+  for _, member in ipairs(redis.call("ZRANGEBYLEX", P .. "$EXTERNAL_IDS$", "[" .. q, "[" .. q .. "\255", "LIMIT", 0, prefix_ids)) do
+    consider(string.match(member, "%z([^%z]*)$"))
+  end
+  for _, name in ipairs(redis.call("ZRANGEBYLEX", P .. "$NAMES$", "[" .. q, "[" .. q .. "\255", "LIMIT", 0, prefix_names)) do
+    for _, id in ipairs(redis.call("ZREVRANGEBYSCORE", P .. "$BY_NAME$" .. name, below, "-inf", "LIMIT", 0, limit + 1)) do
+      consider(id)
+    end
+  end
+  table.sort(candidates, function(a, b) return a[1] > b[1] end)
+  for i = 1, math.min(limit, #candidates) do
+    out[#out + 1] = candidates[i][2][1]; out[#out + 1] = candidates[i][2][2]
+  end
+  if #candidates > limit then next_cursor = tostring(candidates[limit][1]) end
+end
+return {stream_id, next_cursor, out}
+"""
+)
+
+#: A job's hash and timeline, by the first of the given ids that exists.
+_GET_LUA = _keys_in_lua(
+    r"""#!lua flags=no-writes
+-- KEYS: the stream. ARGV: the key prefix, then candidate job ids.
+local P = ARGV[1]
+local last = redis.call("XREVRANGE", KEYS[1], "+", "-", "COUNT", 1)
+local stream_id = last[1] and last[1][1] or "0-0"
+for i = 2, #ARGV do
+  local fields = redis.call("HGETALL", P .. "$JOB$" .. ARGV[i])
+  if #fields > 0 then
+    return {stream_id, fields, redis.call("LRANGE", P .. "$TIMELINE$" .. ARGV[i], 0, -1)}
+  end
+end
+return {stream_id}
+"""
+)
+
+#: The latest snapshots of a hash (workers or queues), with the stream's last id.
+_SNAPSHOTS_LUA = r"""#!lua flags=no-writes
+-- KEYS: the stream, the snapshots hash, its recency zset.
+local last = redis.call("XREVRANGE", KEYS[1], "+", "-", "COUNT", 1)
+local stream_id = last[1] and last[1][1] or "0-0"
+local members = redis.call("ZREVRANGE", KEYS[3], 0, -1)
+local out = {}
+if #members > 0 then out = redis.call("HMGET", KEYS[2], unpack(members)) end
+return {stream_id, out}
+"""
+
+#: Remove up to ARGV[2] jobs of a deleted connection; returns how many remain.
+_PURGE_LUA = _keys_in_lua(
+    r"""#!lua
+local P = ARGV[1]
+local touched = {}
+"""
+    + INDEX_LUA.split("local function index_job", 1)[0]
+    + r"""
+local all = P .. "$JOBS$"
+for _, id in ipairs(redis.call("ZRANGE", all, 0, tonumber(ARGV[2]) - 1)) do forget(id) end
+local left = redis.call("ZCARD", all)
+if left == 0 then
+  redis.call("DEL", P .. "$EXTERNAL_IDS$", P .. "$NAMES$", P .. "$POSITION$", P .. "$WORKERS$",
+    P .. "$WORKERS_SEEN$", P .. "$QUEUES$", P .. "$QUEUES_SEEN$")
+end
+return left
+"""
+)
+
+_scripts: weakref.WeakKeyDictionary[Redis, dict[str, Any]] = weakref.WeakKeyDictionary()
+
+
+def _script(r: Redis, source: str) -> Any:
+    per_client = _scripts.setdefault(r, {})
+    script = per_client.get(source)
+    if script is None:
+        script = per_client[source] = r.register_script(source)
+    return script
+
+
+def index_args(connection_id: str, settings: Settings) -> list[Any]:
+    """The append script's index parameters (after its own five)."""
+    return [
+        Keys.index_prefix(connection_id),
+        int(settings.job_retention_hours * 3_600_000),
+        settings.job_retention_max,
+        MAX_TIMELINE,
+        MAX_SNAPSHOTS,
+    ]
+
+
+__all__ = ["NOT_INDEXED"]
+
+#: ARGV the append script takes per event: producer id, event, data, then the index's.
+EVENT_STRIDE = 3 + INDEX_STRIDE
+
+
+def _job(data: bytes, updated_ms: bytes) -> dict[str, Any]:
+    job: dict[str, Any] = json.loads(data)
+    job["updatedAt"] = _iso(int(updated_ms))
+    return job
+
+
+def _iso(ms: int) -> str:
+    from ..timefmt import iso_from_ms
+
+    return iso_from_ms(ms)
+
+
+def list_jobs(
+    r: Redis, connection_id: str, query: JobQuery, exact: tuple[str, str]
+) -> dict[str, Any]:
+    """A page of jobs, newest update first, with the stream's last id (one snapshot)."""
+    keys = [Keys.stream(connection_id), Keys.index(connection_id, Keys.JOBS)]
+    args = [
+        Keys.index_prefix(connection_id),
+        query.state or "",
+        query.queue or "",
+        query.name or "",
+        query.worker or "",
+        query.q or "",
+        "" if query.cursor is None else str(query.cursor),
+        query.limit,
+        SCAN_BUDGET,
+        *exact,
+        PREFIX_IDS,
+        PREFIX_NAMES,
+    ]
+    stream_id, next_cursor, flat = _script(r, _LIST_LUA)(keys=keys, args=args)
+    jobs = [_job(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
+    return {
+        "data": jobs,
+        "nextCursor": text(next_cursor) or None,
+        "streamId": text(stream_id),
+    }
+
+
+def get_job(r: Redis, connection_id: str, candidates: tuple[str, str]) -> dict[str, Any] | None:
+    """The job (its latest data, timeline and what its producer sent of arguments,
+    result and traceback), by the first candidate id that exists; None if none."""
+    reply = _script(r, _GET_LUA)(
+        keys=[Keys.stream(connection_id)], args=[Keys.index_prefix(connection_id), *candidates]
+    )
+    if len(reply) < 3:
+        return None
+    fields = dict(zip(reply[1][::2], reply[1][1::2], strict=True))
+    job = _job(fields[b"d"], fields[b"u"])
+    job["timeline"] = [json.loads(entry) for entry in reply[2]]
+    for field, name in ((b"a", "args"), (b"k", "kwargs"), (b"r", "result")):
+        if field in fields:
+            job[name] = json.loads(fields[field])
+    if b"t" in fields:
+        job["traceback"] = fields[b"t"].decode()
+    return {"data": job, "streamId": text(reply[0])}
+
+
+def snapshots(r: Redis, connection_id: str, kind: str) -> dict[str, Any]:
+    """The latest worker (`kind` "workers") or queue ("queues") snapshots, most
+    recently seen first, with the stream's last id."""
+    hash_key, seen_key = {
+        "workers": (Keys.WORKERS, Keys.WORKERS_SEEN),
+        "queues": (Keys.QUEUES, Keys.QUEUES_SEEN),
+    }[kind]
+    keys = [
+        Keys.stream(connection_id),
+        Keys.index(connection_id, hash_key),
+        Keys.index(connection_id, seen_key),
+    ]
+    stream_id, values = _script(r, _SNAPSHOTS_LUA)(keys=keys, args=[])
+    return {
+        "data": [json.loads(value) for value in values if value is not None],
+        "streamId": text(stream_id),
+    }
+
+
+def purge(r: Redis, connection_id: str) -> None:
+    """Delete a connection's whole index, a bounded batch per script call."""
+    script = _script(r, _PURGE_LUA)
+    keys = [Keys.index(connection_id, Keys.JOBS)]
+    while script(keys=keys, args=[Keys.index_prefix(connection_id), PURGE_BATCH]):
+        pass
