@@ -9,6 +9,7 @@ every event acknowledged with a 202 reaches its stream exactly once, in order.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import uuid
@@ -40,6 +41,30 @@ def accounts_on_every_primary(redis_url: str, per_primary: int) -> list:
     finally:
         client.close()
     return [a for accounts in by_node.values() for a in accounts]
+
+
+def test_notifications_wait_on_descriptors_past_1024(redis_url):
+    """A worker holds thousands of sockets: the cluster's notification wait
+    must not use select(), which refuses descriptors past 1,024."""
+    from sluice.store.client import connect
+    from sluice.store.notifications import ClusterNotifications
+
+    filler = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    client = connect(redis_url)
+    notifications = ClusterNotifications(client)
+    try:
+        channel, key = b"sluice:{fd-test}:notify", b"sluice:{fd-test}:events"
+        notifications.listen(channel, key)
+        assert wait_until(lambda: notifications.poll(0.2), 5, "the subscription") == {key}
+        client.spublish(channel, key)
+        assert notifications.poll(2.0) == {key}
+        # Waiting with nothing to read times out quietly.
+        assert notifications.poll(0.05) == set()
+    finally:
+        notifications.close()
+        client.close()
+        for fd in filler:
+            os.close(fd)
 
 
 class Producer(threading.Thread):

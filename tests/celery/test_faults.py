@@ -36,9 +36,9 @@ def procs():
 
 @pytest.mark.parametrize("broker_kind", BROKERS)
 def test_queue_depth_rises_while_no_worker_runs(
-    server, account, redis_url, broker_kind, queue, procs
+    server, account, broker_redis_url, broker_kind, queue, procs
 ):
-    broker = RABBIT_URL if broker_kind == "rabbitmq" else redis_broker_url(redis_url)
+    broker = RABBIT_URL if broker_kind == "rabbitmq" else redis_broker_url(broker_redis_url)
     try:
         col = Collector(server.url, account)
         pub = publisher(broker, queue)
@@ -68,11 +68,11 @@ def test_queue_depth_rises_while_no_worker_runs(
 
 @pytest.mark.parametrize("broker_kind", BROKERS)
 def test_agent_delivers_what_happened_while_sluice_was_down(
-    start_server, redis_url, broker_kind, queue, procs
+    start_server, redis_url, broker_redis_url, broker_kind, queue, procs
 ):
     server = start_server()
     account = make_account(redis_url)
-    broker = RABBIT_URL if broker_kind == "rabbitmq" else redis_broker_url(redis_url)
+    broker = RABBIT_URL if broker_kind == "rabbitmq" else redis_broker_url(broker_redis_url)
     try:
         agent = Agent(broker, server.url, account, "--queue", queue)
         procs.append(agent.start())
@@ -163,8 +163,8 @@ def test_agent_resumes_after_the_broker_restarts(server, account, queue, procs):
         broker_server.stop()
 
 
-def test_agent_says_how_to_turn_task_events_on(server, account, redis_url, queue, procs):
-    broker = redis_broker_url(redis_url)
+def test_agent_says_how_to_turn_task_events_on(server, account, broker_redis_url, queue, procs):
+    broker = redis_broker_url(broker_redis_url)
     try:
         worker = CeleryWorker(broker, queue, events=False)
         procs.append(worker.start())
@@ -183,8 +183,8 @@ def test_agent_says_how_to_turn_task_events_on(server, account, redis_url, queue
         cleanup_broker(broker, queue)
 
 
-def test_agent_turns_task_events_on_like_flower(server, account, redis_url, queue, procs):
-    broker = redis_broker_url(redis_url)
+def test_agent_turns_task_events_on_like_flower(server, account, broker_redis_url, queue, procs):
+    broker = redis_broker_url(broker_redis_url)
     try:
         worker = CeleryWorker(broker, queue, events=False)  # started without -E
         procs.append(worker.start())
@@ -201,8 +201,8 @@ def test_agent_turns_task_events_on_like_flower(server, account, redis_url, queu
         cleanup_broker(broker, queue)
 
 
-def test_a_killed_worker_is_reported_offline(server, account, redis_url, queue, procs):
-    broker = redis_broker_url(redis_url)
+def test_a_killed_worker_is_reported_offline(server, account, broker_redis_url, queue, procs):
+    broker = redis_broker_url(broker_redis_url)
     try:
         procs.append(Agent(broker, server.url, account, "--queue", queue).start())
         worker = CeleryWorker(broker, queue, pool="threads")  # heartbeats every second

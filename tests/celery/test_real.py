@@ -145,8 +145,10 @@ def check_worker_lifecycle(col: Collector, worker: CeleryWorker) -> None:
 
 
 @pytest.mark.parametrize("broker_kind", BROKERS)
-def test_agent_streams_tasks_and_workers(server, account, redis_url, broker_kind, queue, cleanup):
-    broker = broker_for(broker_kind, redis_url)
+def test_agent_streams_tasks_and_workers(
+    server, account, broker_redis_url, broker_kind, queue, cleanup
+):
+    broker = broker_for(broker_kind, broker_redis_url)
     brokers, procs = cleanup
     brokers.append(broker)
     col = Collector(server.url, account)
@@ -164,10 +166,12 @@ def test_agent_streams_tasks_and_workers(server, account, redis_url, broker_kind
 
 
 @pytest.mark.parametrize("pool", ["prefork", "threads", "gevent"])
-def test_integration_streams_tasks_and_workers(server, account, redis_url, pool, queue, cleanup):
+def test_integration_streams_tasks_and_workers(
+    server, account, broker_redis_url, pool, queue, cleanup
+):
     import sluice.celery
 
-    broker = redis_broker_url(redis_url)
+    broker = redis_broker_url(broker_redis_url)
     brokers, procs = cleanup
     brokers.append(broker)
     col = Collector(server.url, account)
@@ -195,11 +199,11 @@ def test_integration_streams_tasks_and_workers(server, account, redis_url, pool,
 
 
 def test_integration_flushes_before_a_prefork_child_exits(
-    server, account, redis_url, queue, cleanup
+    server, account, broker_redis_url, queue, cleanup
 ):
     """--max-tasks-per-child 1: every child exits right after its task, and each child's
     events still arrive (its sender starts after the fork and flushes on the way out)."""
-    broker = redis_broker_url(redis_url)
+    broker = redis_broker_url(broker_redis_url)
     brokers, procs = cleanup
     brokers.append(broker)
     col = Collector(server.url, account)
