@@ -21,6 +21,7 @@ from redis.crc import key_slot
 from ..config import Settings
 from ..contract import CLOSED_EVENT, ENTRY_DATA, ENTRY_EVENT
 from ..errors import StoreRefused, StoreUnavailable
+from ..jobindex import JOB
 from ..strictjson import dumps
 from .client import STORE_ERRORS, Redis, is_cluster
 from .jobs import EVENT_STRIDE, INDEX_LUA, NOT_INDEXED, index_args
@@ -37,7 +38,7 @@ _APPEND_LUA = """#!lua
 -- stream's meta hash (bytes held). ARGV: ttl ms, max entries, max bytes, max
 -- ids in the window, the notification channel, the job index's parameters
 -- (key prefix, retention ms, retention count, timeline length, snapshots
--- kept), then per event: producer id, event, data and the index's fields
+-- kept), how many job events the batch holds, then per event: producer id, event, data and the index's fields
 -- (`jobindex.index_fields`). Each appended event is also indexed (the job
 -- index, see `store.jobs`). A batch that appended anything publishes the
 -- stream's key on the channel (sharded pub/sub: the channel shares the
@@ -74,7 +75,7 @@ if redis.call("EXISTS", stream) == 1 then
   end
 end
 local accepted, duplicates, first, remembered, indexed = 0, 0, nil, false, 0
-for i = 11, #ARGV, $EVENT_STRIDE do
+for i = 12, #ARGV, $EVENT_STRIDE do
   local producer_id = ARGV[i]
   local fresh = true
   if producer_id ~= "" then
@@ -132,6 +133,7 @@ if accepted > 0 then
   local pttl = redis.call("PTTL", stream)
   if pttl > 0 then redis.call("PEXPIRE", meta, pttl) end
   redis.call("SPUBLISH", channel, stream)
+  flush_index()
   enforce_retention(2 * indexed + 10)
   for key in pairs(touched) do redis.call("PEXPIRE", key, keep_ms) end
 end
@@ -195,8 +197,10 @@ def append_events(
         Keys.notify(connection_id),
         *index_args(connection_id, settings),
     ]
-    for producer_id, name, data, *indexed in events:
-        args.extend((producer_id or "", name, data, *(indexed[0] if indexed else NOT_INDEXED)))
+    fields = [indexed[0] if indexed else NOT_INDEXED for _, _, _, *indexed in events]
+    args.append(sum(1 for f in fields if f[0] == JOB))
+    for (producer_id, name, data, *_), indexed in zip(events, fields, strict=True):
+        args.extend((producer_id or "", name, data, *indexed))
     script = _append_script(r)
     keys = [Keys.stream(connection_id), Keys.seen(connection_id), Keys.stream_meta(connection_id)]
     accepted, duplicates = script(keys=keys, args=args)

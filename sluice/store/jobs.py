@@ -11,11 +11,12 @@ Per connection:
 
 - a hash per job (`JOB` + job id): the latest `job:state_change` data (`d`),
   when it was indexed (`u`, ms), its position (`p`), the fields the filters
-  use (`s`, `q`, `n`, `w`, `x`), and the arguments, keyword arguments, result
-  and traceback last sent (`a`, `k`, `r`, `t`);
-- its timeline (`TIMELINE` + job id): a list of at most `MAX_TIMELINE` entries;
+  use (`s`, `q`, `n`, `w`, `x`), its timeline (`l`: at most `MAX_TIMELINE`
+  entries, JSON joined by newlines, oldest first; `c`: how many), and the
+  arguments, keyword arguments, result and traceback last sent (`a`, `k`,
+  `r`, `t`);
 - orderings by last update, one sorted set each, scored by position (a
-  counter that grows by one per indexed event): all jobs, and per state,
+  counter that grows with every indexed job event): all jobs, and per state,
   queue, name and worker;
 - for prefix search: external ids and names, lex-ordered;
 - the latest worker and queue snapshots (hashes) and when each was seen.
@@ -51,7 +52,6 @@ PURGE_BATCH = 500
 def _keys_in_lua(source: str) -> str:
     for name in (
         "JOB",
-        "TIMELINE",
         "JOBS",
         "BY_STATE",
         "BY_QUEUE",
@@ -96,44 +96,111 @@ local function forget(id)
     if h[4] ~= "" then redis.call("ZREM", P .. "$BY_WORKER$" .. h[4], id) end
     redis.call("ZREM", P .. "$EXTERNAL_IDS$", h[5] .. "\0" .. id)
   end
-  redis.call("DEL", key, P .. "$TIMELINE$" .. id)
+  redis.call("DEL", key)
 end
+-- Positions for this batch's job events: one INCRBY for the batch (ARGV[11]
+-- is how many job events it holds; duplicates leave gaps, which is fine).
+local position = redis.call("INCRBY", P .. "$POSITION$", tonumber(ARGV[11]))
+  - tonumber(ARGV[11])
+touched[P .. "$POSITION$"] = true
+-- The orderings change once per batch, not once per event: what each job was
+-- in before the batch (`before`, nil for a new job) and is in after it
+-- (`after`), applied by flush_index with one ZADD / ZREM per sorted set.
+local before, after, order = {}, {}, {}
 -- Index one accepted job event; i is the event's first ARGV (producer id).
+-- The timeline is a field of the job's hash: its entries (JSON, which never
+-- holds a raw newline) joined by newlines, oldest first.
 local function index_job(i, data)
   local id, state, queue, name = ARGV[i + 4], ARGV[i + 5], ARGV[i + 6], ARGV[i + 7]
   local worker, xid, entry, sent_prev = ARGV[i + 8], ARGV[i + 9], ARGV[i + 10], ARGV[i + 11]
   local key = P .. "$JOB$" .. id
-  local old = redis.call("HMGET", key, "s", "q", "n", "w")
-  local pos = redis.call("INCR", P .. "$POSITION$")
-  touched[P .. "$POSITION$"] = true
-  if old[1] then
-    if old[1] ~= state then redis.call("ZREM", P .. "$BY_STATE$" .. old[1], id) end
-    if old[2] ~= queue and old[2] ~= "" then redis.call("ZREM", P .. "$BY_QUEUE$" .. old[2], id) end
-    if old[3] ~= name then forget_name(old[3], id) end
-    if old[4] ~= worker and old[4] ~= "" then redis.call("ZREM", P .. "$BY_WORKER$" .. old[4], id) end
-  else
-    zadd(P .. "$EXTERNAL_IDS$", 0, xid .. "\0" .. id)
+  local old = redis.call("HMGET", key, "s", "q", "n", "w", "l", "c")
+  position = position + 1
+  if after[id] == nil then
+    order[#order + 1] = id
+    before[id] = old[1] and {old[1], old[2], old[3], old[4]} or false
   end
-  zadd(P .. "$NAMES$", 0, name)
-  zadd(P .. "$JOBS$", pos, id)
-  zadd(P .. "$BY_STATE$" .. state, pos, id)
-  zadd(P .. "$BY_NAME$" .. name, pos, id)
-  if queue ~= "" then zadd(P .. "$BY_QUEUE$" .. queue, pos, id) end
-  if worker ~= "" then zadd(P .. "$BY_WORKER$" .. worker, pos, id) end
-  redis.call("HSET", key, "d", data, "u", now, "p", pos, "s", state, "q", queue, "n", name, "w", worker, "x", xid)
-  if ARGV[i + 12] ~= "" then redis.call("HSET", key, "a", ARGV[i + 12]) end
-  if ARGV[i + 13] ~= "" then redis.call("HSET", key, "k", ARGV[i + 13]) end
-  if ARGV[i + 14] ~= "" then redis.call("HSET", key, "r", ARGV[i + 14]) end
-  if ARGV[i + 15] ~= "" then redis.call("HSET", key, "t", ARGV[i + 15]) end
+  after[id] = {state, queue, name, worker, position, xid}
   local prev = old[1]
   if not prev and sent_prev ~= "" then prev = sent_prev end
-  local timeline = P .. "$TIMELINE$" .. id
-  redis.call("RPUSH", timeline, entry .. ',"previousState":' .. (prev and ('"' .. prev .. '"') or "null") .. "}")
-  redis.call("LTRIM", timeline, -timeline_max, -1)
-  -- A job outlives the sweep below by a margin: it is normally forgotten
-  -- (and unindexed) before it expires.
-  redis.call("PEXPIRE", key, keep_ms + 3600000)
-  redis.call("PEXPIRE", timeline, keep_ms + 3600000)
+  entry = entry .. ',"previousState":' .. (prev and ('"' .. prev .. '"') or "null") .. "}"
+  local timeline, count = old[5], tonumber(old[6] or "0")
+  if timeline and count > 0 then
+    timeline = timeline .. "\n" .. entry
+    count = count + 1
+    if count > timeline_max then
+      timeline = string.sub(timeline, string.find(timeline, "\n", 1, true) + 1)
+      count = count - 1
+    end
+  else
+    timeline, count = entry, 1
+  end
+  local fields = {"d", data, "u", now, "p", position, "s", state, "q", queue, "n", name,
+    "w", worker, "x", xid, "l", timeline, "c", count}
+  for j, field in ipairs({"a", "k", "r", "t"}) do
+    if ARGV[i + 11 + j] ~= "" then
+      fields[#fields + 1] = field
+      fields[#fields + 1] = ARGV[i + 11 + j]
+    end
+  end
+  redis.call("HSET", key, unpack(fields))
+  if not old[1] then
+    -- Expiry from creation, with a margin (a quarter of the retention, at
+    -- least an hour): the sweep below normally forgets a job by the age of
+    -- its last event long before; the expiry empties an idle connection.
+    redis.call("PEXPIRE", key, keep_ms + math.max(3600000, math.floor(keep_ms / 4)))
+  end
+end
+local function bulk(command, key, items)
+  -- items: a flat list of arguments; sent in slices (Lua's unpack limit).
+  for first = 1, #items, 1000 do
+    redis.call(command, key, unpack(items, first, math.min(first + 999, #items)))
+  end
+end
+-- Apply the batch's changes to the orderings.
+local function flush_index()
+  local adds, removes, names_gone = {}, {}, {}
+  local function add(key, score, member)
+    local list = adds[key]
+    if not list then list = {}; adds[key] = list end
+    list[#list + 1] = score
+    list[#list + 1] = member
+  end
+  local function remove(key, member)
+    local list = removes[key]
+    if not list then list = {}; removes[key] = list end
+    list[#list + 1] = member
+  end
+  local prefixes = {"$BY_STATE$", "$BY_QUEUE$", "$BY_NAME$", "$BY_WORKER$"}
+  for _, id in ipairs(order) do
+    local was, now_is = before[id], after[id]
+    local pos = now_is[5]
+    add(P .. "$JOBS$", pos, id)
+    if not was then
+      add(P .. "$EXTERNAL_IDS$", 0, now_is[6] .. "\0" .. id)
+      add(P .. "$NAMES$", 0, now_is[3])
+    end
+    for f = 1, 4 do
+      if was and was[f] ~= now_is[f] and was[f] ~= "" then
+        remove(P .. prefixes[f] .. was[f], id)
+        if f == 3 then
+          names_gone[#names_gone + 1] = was[3]
+          add(P .. "$NAMES$", 0, now_is[3])
+        end
+      end
+      if now_is[f] ~= "" then add(P .. prefixes[f] .. now_is[f], pos, id) end
+    end
+  end
+  for key, members in pairs(removes) do bulk("ZREM", key, members) end
+  for key, items in pairs(adds) do
+    bulk("ZADD", key, items)
+    touched[key] = true
+  end
+  for _, name in ipairs(names_gone) do
+    if redis.call("EXISTS", P .. "$BY_NAME$" .. name) == 0 then
+      redis.call("ZREM", P .. "$NAMES$", name)
+    end
+  end
 end
 -- The latest snapshot of a worker or a queue.
 local function index_snapshot(hash, seen, member, data)
@@ -266,9 +333,7 @@ local last = redis.call("XREVRANGE", KEYS[1], "+", "-", "COUNT", 1)
 local stream_id = last[1] and last[1][1] or "0-0"
 for i = 2, #ARGV do
   local fields = redis.call("HGETALL", P .. "$JOB$" .. ARGV[i])
-  if #fields > 0 then
-    return {stream_id, fields, redis.call("LRANGE", P .. "$TIMELINE$" .. ARGV[i], 0, -1)}
-  end
+  if #fields > 0 then return {stream_id, fields} end
 end
 return {stream_id}
 """
@@ -291,7 +356,7 @@ _PURGE_LUA = _keys_in_lua(
 local P = ARGV[1]
 local touched = {}
 """
-    + INDEX_LUA.split("local function index_job", 1)[0]
+    + INDEX_LUA.split("-- Positions for this batch", 1)[0]
     + r"""
 local all = P .. "$JOBS$"
 for _, id in ipairs(redis.call("ZRANGE", all, 0, tonumber(ARGV[2]) - 1)) do forget(id) end
@@ -378,11 +443,11 @@ def get_job(r: Redis, connection_id: str, candidates: tuple[str, str]) -> dict[s
     reply = _script(r, _GET_LUA)(
         keys=[Keys.stream(connection_id)], args=[Keys.index_prefix(connection_id), *candidates]
     )
-    if len(reply) < 3:
+    if len(reply) < 2:
         return None
     fields = dict(zip(reply[1][::2], reply[1][1::2], strict=True))
     job = _job(fields[b"d"], fields[b"u"])
-    job["timeline"] = [json.loads(entry) for entry in reply[2]]
+    job["timeline"] = [json.loads(entry) for entry in fields.get(b"l", b"").split(b"\n") if entry]
     for field, name in ((b"a", "args"), (b"k", "kwargs"), (b"r", "result")):
         if field in fields:
             job[name] = json.loads(fields[field])

@@ -51,12 +51,11 @@ class Keys:
     # The job index: every key under the connection's prefix (one slot). The
     # scripts build these names from `index_prefix` and the suffixes below.
 
-    #: Suffixes after `index_prefix`: a job's hash and timeline (+ job id); the
+    #: Suffixes after `index_prefix`: a job's hash (+ job id); the
     #: orderings by last update (all jobs; + state/queue/name/worker value);
     #: external ids and names for prefix search (lex-ordered); the position
     #: counter; worker and queue snapshots (hash) and their recency (zset).
     JOB = "job:"
-    TIMELINE = "timeline:"
     JOBS = "jobs"
     BY_STATE = "jobs:state:"
     BY_QUEUE = "jobs:queue:"
