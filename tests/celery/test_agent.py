@@ -24,3 +24,32 @@ def test_the_cli_runs_the_agent_command():
         cwd=ROOT,
     )
     assert "Watch a Celery deployment" in out.stdout and "--broker" in out.stdout
+
+
+def test_no_args_reaches_the_agent_from_the_option_or_the_environment(monkeypatch):
+    from click.testing import CliRunner
+
+    from sluice.integrations.celery import agent
+
+    seen: list[bool] = []
+    monkeypatch.setattr(agent, "run_agent", lambda **kw: seen.append(kw["capture_args"]) or 0)
+    required = ["--broker", "memory://", "--url", "http://x", "--api-key", "k", "--connection", "c"]
+    runner = CliRunner()
+    for args, env in (
+        ([], {}),
+        (["--no-args"], {}),
+        ([], {"SLUICE_CAPTURE_ARGS": "0"}),
+        ([], {"SLUICE_CAPTURE_ARGS": "false"}),
+        (["--args"], {"SLUICE_CAPTURE_ARGS": "0"}),  # the option wins over the environment
+    ):
+        result = runner.invoke(agent.celery_agent_command, required + args, env=env)
+        assert result.exit_code == 0, result.output
+    assert seen == [True, False, False, False, True]
+    # A value that is not yes/no stops the agent before it starts, with the reason.
+    result = runner.invoke(
+        agent.celery_agent_command, required, env={"SLUICE_CAPTURE_ARGS": "nope"}
+    )
+    assert result.exit_code == 2, result.output
+    assert "'nope' is not a valid boolean" in result.output
+    help_text = runner.invoke(agent.celery_agent_command, ["--help"]).output
+    assert "--no-args" in help_text and "SLUICE_CAPTURE_ARGS" in help_text

@@ -7,6 +7,7 @@ The capture server is a real HTTP server standing in for /api/ingest.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 
@@ -33,6 +34,7 @@ def make_app() -> Celery:
         result_backend=None,
         task_ignore_result=True,
         broker_transport_options={"polling_interval": 0.01},
+        worker_hijack_root_logger=False,  # it would remove pytest's log capture
     )
 
     @app.task(name="inproc.add", shared=False)
@@ -44,6 +46,14 @@ def make_app() -> Celery:
         if self.request.retries < 2:
             raise self.retry(countdown=0, exc=RuntimeError(f"attempt {self.request.retries + 1}"))
         return "ok"
+
+    @app.task(name="inproc.boom", shared=False)
+    def boom(message):
+        raise ValueError("no luck")  # the message stays out of the error: see the capture tests
+
+    @app.task(name="inproc.login", shared=False)
+    def login(user, password=None):
+        return f"{user} logged in: {password == 'hunter2'}"
 
     return app
 
@@ -161,3 +171,211 @@ def test_sluice_celery_is_the_integrations_install_and_imports_nothing_heavy():
     assert sluice.celery.SluiceCelery is sluice.integrations.celery.SluiceCelery
     # Celery workers import it: Celery comes with `install`, the server's packages never.
     assert heavy_imports("sluice.celery") == set()
+
+
+# -- what a person debugs with: argument and result reprs, tracebacks -----------------
+
+SECRET = "hunter2"
+
+
+def posted(capture) -> list[dict]:
+    """Every job event posted, duplicates included (the publisher's and the worker's
+    `queued` share an id: the server keeps one, but both were sent)."""
+    return [e for batch in capture.batches for e in batch if e["type"] == "job_state_change"]
+
+
+def of(events: list[dict], task_id: str, state: str) -> list[dict]:
+    return [
+        e["job"] for e in events if e["job"]["externalId"] == task_id and e["job"]["state"] == state
+    ]
+
+
+def run_debug_tasks(app: Celery, capture) -> dict[str, str]:
+    """A login with the secret as an argument, one as a keyword argument, and a failure."""
+    with start_worker(app, pool="threads", concurrency=1, perform_ping_check=False):
+        ids = {
+            "args": app.tasks["inproc.login"].delay("bob", SECRET).id,
+            "kwargs": app.tasks["inproc.login"].delay("ann", password=SECRET).id,
+            "boom": app.tasks["inproc.boom"].delay(f"message {SECRET}").id,
+        }
+        done = {"args": "completed", "kwargs": "completed", "boom": "failed"}
+        capture.wait_for(
+            lambda events: all(
+                any(
+                    e["job"]["externalId"] == ids[k] and e["job"]["state"] == s
+                    for e in events
+                    if e["type"] == "job_state_change"
+                )
+                for k, s in done.items()
+            ),
+            timeout=20,
+        )
+    return ids
+
+
+def test_arguments_result_and_traceback_are_sent_as_celerys_reprs(capture):
+    app = make_app()
+    integ = sluice.celery.install(app, url=capture.url, api_key="k", connection_id=CONN)
+    try:
+        ids = run_debug_tasks(app, capture)
+    finally:
+        integ.uninstall()
+    events = posted(capture)
+    signals = {
+        j["extensions"]["celerySignal"]: j["extensions"]
+        for j in of(events, ids["kwargs"], "queued")
+    }
+    # Published and received alike: Celery's argsrepr/kwargsrepr, as in its own events.
+    assert set(signals) == {"after_task_publish", "task_received"}
+    for ext in signals.values():
+        assert ext["args"] == "('ann',)" and ext["kwargs"] == "{'password': 'hunter2'}"
+    for ext in (j["extensions"] for j in of(events, ids["args"], "queued")):
+        assert ext["args"] == "('bob', 'hunter2')" and ext["kwargs"] == "{}"
+    # The result is Celery's saferepr, as in task-succeeded (a str is quoted).
+    (done,) = of(events, ids["args"], "completed")
+    assert done["extensions"]["result"] == "'bob logged in: True'"
+    (failed,) = of(events, ids["boom"], "failed")
+    assert failed["error"] == "ValueError: no luck"
+    assert failed["stacktrace"].startswith("Traceback (most recent call last)")
+    assert 'raise ValueError("no luck")' in failed["stacktrace"]
+
+
+def test_capture_args_false_sends_no_argument_or_result_repr(capture):
+    app = make_app()
+    integ = sluice.celery.install(
+        app, url=capture.url, api_key="k", connection_id=CONN, capture_args=False
+    )
+    try:
+        ids = run_debug_tasks(app, capture)
+    finally:
+        integ.uninstall()
+    assert SECRET not in json.dumps(capture.batches)
+    assert "logged in" not in json.dumps(capture.batches)  # the results neither
+    events = posted(capture)
+    assert all(
+        not {"args", "kwargs", "result"} & set(e["job"].get("extensions", {})) for e in events
+    )
+    (failed,) = of(events, ids["boom"], "failed")  # the failure is still there to debug
+    assert failed["error"] == "ValueError: no luck" and "Traceback" in failed["stacktrace"]
+
+
+def test_capture_args_comes_from_the_environment(capture, monkeypatch, caplog):
+    for value, expected in (("0", False), ("off", False), ("1", True), ("", True)):
+        monkeypatch.setenv("SLUICE_CAPTURE_ARGS", value)
+        integ = sluice.celery.install(make_app(), url=capture.url, api_key="k", connection_id=CONN)
+        try:
+            assert integ.capture_args is expected, value
+        finally:
+            integ.uninstall()
+    # An argument wins over the environment; a value that is not yes/no is off, and said.
+    integ = sluice.celery.install(
+        make_app(), url=capture.url, api_key="k", connection_id=CONN, capture_args=True
+    )
+    integ.uninstall()
+    assert integ.capture_args is True
+    monkeypatch.setenv("SLUICE_CAPTURE_ARGS", "nope")
+    with caplog.at_level(logging.ERROR, logger="sluice.celery"):
+        integ = sluice.celery.install(make_app(), url=capture.url, api_key="k", connection_id=CONN)
+    integ.uninstall()
+    assert integ.capture_args is False and "SLUICE_CAPTURE_ARGS='nope'" in caplog.text
+
+
+def test_the_redact_hook_chooses_what_of_the_arguments_is_sent(capture):
+    calls: list[tuple[str, tuple, dict]] = []
+
+    def redact(name, args, kwargs):
+        calls.append((name, args, dict(kwargs)))
+        if "password" in kwargs:
+            kwargs["password"] = "***"  # in place: the task still gets the real one
+        return tuple(a.replace(SECRET, "***") if isinstance(a, str) else a for a in args), kwargs
+
+    app = make_app()
+    integ = sluice.celery.install(
+        app, url=capture.url, api_key="k", connection_id=CONN, redact=redact
+    )
+    try:
+        ids = run_debug_tasks(app, capture)
+    finally:
+        integ.uninstall()
+    assert SECRET not in json.dumps([e for e in posted(capture) if e["job"]["state"] == "queued"])
+    events = posted(capture)
+    for ext in (j["extensions"] for j in of(events, ids["kwargs"], "queued")):
+        assert ext["args"] == "('ann',)" and ext["kwargs"] == "{'password': '***'}"
+    for ext in (j["extensions"] for j in of(events, ids["args"], "queued")):
+        assert ext["args"] == "('bob', '***')"
+    # The tasks ran with the real values (the hook got copies).
+    assert of(events, ids["kwargs"], "completed")[0]["extensions"]["result"] == (
+        "'ann logged in: True'"
+    )
+    # Called where each message is published and where it is received, with the task's name.
+    assert sorted(c[0] for c in calls) == sorted(["inproc.login"] * 4 + ["inproc.boom"] * 2), calls
+    assert ("inproc.login", ("ann",), {"password": SECRET}) in calls
+
+
+@pytest.mark.parametrize(
+    "hook",
+    [
+        pytest.param(lambda name, args, kwargs: 1 / 0, id="raises"),
+        pytest.param(lambda name, args, kwargs: "ab", id="not-a-pair"),
+    ],
+)
+def test_a_failing_redact_hook_sends_nothing_of_the_arguments_and_logs_once(capture, caplog, hook):
+    app = make_app()
+    integ = sluice.celery.install(
+        app, url=capture.url, api_key="k", connection_id=CONN, redact=hook
+    )
+    try:
+        with caplog.at_level(logging.DEBUG, logger="sluice.celery"):
+            ids = run_debug_tasks(app, capture)
+    finally:
+        integ.uninstall()
+    events = posted(capture)
+    assert all(not {"args", "kwargs"} & set(e["job"].get("extensions", {})) for e in events)
+    failures = [r for r in caplog.records if "redact hook failed" in r.getMessage()]
+    assert [r.levelno for r in failures] == [logging.ERROR] + [logging.DEBUG] * 5
+    # The tasks ran as always; their outcome (result, traceback) is still sent.
+    assert of(events, ids["args"], "completed")[0]["extensions"]["result"] == (
+        "'bob logged in: True'"
+    )
+    assert "Traceback" in of(events, ids["boom"], "failed")[0]["stacktrace"]
+
+
+def test_a_redact_hook_returning_none_sends_no_arguments(capture, caplog):
+    app = make_app()
+    integ = sluice.celery.install(
+        app, url=capture.url, api_key="k", connection_id=CONN, redact=lambda *a: None
+    )
+    try:
+        with caplog.at_level(logging.DEBUG, logger="sluice.celery"):
+            run_debug_tasks(app, capture)
+    finally:
+        integ.uninstall()
+    assert SECRET not in json.dumps(capture.batches)
+    assert all(
+        not {"args", "kwargs"} & set(e["job"].get("extensions", {})) for e in posted(capture)
+    )
+    assert "redact hook failed" not in caplog.text
+
+
+def test_capture_off_wins_over_a_redact_hook_and_a_bad_hook_turns_capture_off(capture, caplog):
+    called: list[str] = []
+    app = make_app()
+    integ = sluice.celery.install(
+        app,
+        url=capture.url,
+        api_key="k",
+        connection_id=CONN,
+        capture_args=False,
+        redact=lambda name, a, k: called.append(name) or (a, k),
+    )
+    try:
+        run_debug_tasks(app, capture)
+    finally:
+        integ.uninstall()
+    assert called == [] and SECRET not in json.dumps(capture.batches)
+    with caplog.at_level(logging.ERROR, logger="sluice.celery"):
+        integ = sluice.celery.install(
+            make_app(), url=capture.url, api_key="k", connection_id=CONN, redact="nope"
+        )
+    integ.uninstall()
+    assert integ.capture_args is False and "not callable" in caplog.text

@@ -146,3 +146,30 @@ def test_celery_facts_map_the_same_for_both_producers():
 
 def test_importing_the_mapping_imports_no_framework():
     assert heavy_imports("sluice.integrations.celery.mapping") == set()
+
+
+def test_without_argument_capture_no_user_data_leaves():
+    ext = {"args": "('s3cret',)", "kwargs": "{'pw': 's3cret'}", "result": "'s3cret'", "eta": "x"}
+    on = ce.job_event(CONN, task_id="t", name="n", state="completed", extensions=ext)
+    off = ce.job_event(
+        CONN,
+        task_id="t",
+        name="n",
+        state="failed",
+        error="ValueError: no",
+        stacktrace="Traceback (most recent call last):\nValueError: no",
+        extensions=ext,
+        capture_args=False,
+    )
+    validate([on, off])
+    assert {k: on["job"]["extensions"][k] for k in ce.USER_DATA_KEYS} == {
+        k: ext[k] for k in ce.USER_DATA_KEYS
+    }
+    assert off["job"]["extensions"] == {"eta": "x"}  # the rest of extensions stays
+    assert "s3cret" not in str(off)
+    # What a person debugs with is not argument data: error and traceback still go.
+    assert off["job"]["error"] == "ValueError: no" and "Traceback" in off["job"]["stacktrace"]
+    only_user_data = ce.job_event(
+        CONN, task_id="t", name="n", state="queued", extensions={"args": "(1,)"}, capture_args=False
+    )
+    assert "extensions" not in only_user_data["job"]

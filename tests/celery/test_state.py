@@ -311,3 +311,43 @@ def test_extensions_stay_bounded():
     )
     assert len(json.dumps(out[0]["job"]["extensions"]).encode()) <= mapping.MAX_EXTENSIONS_BYTES
     assert len(out[0]["job"]["queue"]) <= 255
+
+
+def _story(task_id: str) -> list[dict]:
+    """A task sent with a secret in its arguments, received, started, failed; then another
+    that succeeds with the secret in its result."""
+    t0 = time.time()
+    common = {"name": "app.login", "retries": 0, "eta": None}
+    return [
+        Event("task-sent", uuid=task_id, args="('s3cret',)", kwargs="{'pw': 's3cret'}",
+              queue="q", timestamp=t0, **common),
+        Event("task-received", uuid=task_id, args="('s3cret',)", kwargs="{'pw': 's3cret'}",
+              hostname="celery@w", timestamp=t0 + 0.1, **common),
+        Event("task-started", uuid=task_id, hostname="celery@w", timestamp=t0 + 0.2),
+        Event("task-failed", uuid=task_id, exception="ValueError('no')", hostname="celery@w",
+              traceback="Traceback (most recent call last):\nValueError: no", timestamp=t0 + 0.3),
+        Event("task-sent", uuid=task_id + "b", args="()", kwargs="{}", queue="q", timestamp=t0,
+              **common),
+        Event("task-succeeded", uuid=task_id + "b", result="'s3cret'", hostname="celery@w",
+              timestamp=t0 + 0.4),
+    ]  # fmt: skip
+
+
+def test_the_agent_sends_argument_and_result_reprs_and_the_traceback():
+    out = run(CeleryEventMapper(CONN), *_story("t1"))
+    queued, failed = out[0]["job"], out[2]["job"]
+    assert queued["extensions"]["args"] == "('s3cret',)"
+    assert queued["extensions"]["kwargs"] == "{'pw': 's3cret'}"
+    assert failed["state"] == "failed" and failed["stacktrace"].endswith("ValueError: no")
+    assert out[-1]["job"]["extensions"]["result"] == "'s3cret'"
+
+
+def test_the_agent_without_argument_capture_sends_no_argument_or_result_repr():
+    m = CeleryEventMapper(CONN, capture_args=False)
+    out = run(m, *_story("t1"))
+    assert [e["job"]["state"] for e in out] == ["queued", "active", "failed", "queued", "completed"]
+    assert "s3cret" not in json.dumps(out)
+    assert all(not set(mapping.USER_DATA_KEYS) & set(e["job"].get("extensions", {})) for e in out)
+    failed = out[2]["job"]  # what is not argument data still goes
+    assert failed["error"] == "ValueError('no')" and "Traceback" in failed["stacktrace"]
+    assert out[0]["job"]["extensions"]["celeryEvent"] == "task-sent"

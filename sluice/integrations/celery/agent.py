@@ -55,6 +55,7 @@ class CeleryAgent:
         enable_events: bool = True,
         warn_after: float = 30.0,
         discover_queues: bool = True,
+        capture_args: bool = True,
     ) -> None:
         from celery import Celery  # lazily: Celery is not a server dependency
 
@@ -63,7 +64,7 @@ class CeleryAgent:
         self.broker = broker
         self.connection_id = connection_id
         self.sender = IngestSender(url, api_key, max_buffer=buffer_size, name="sluice-agent-sender")
-        self.mapper = CeleryEventMapper(connection_id)
+        self.mapper = CeleryEventMapper(connection_id, capture_args=capture_args)
         self.static_queues = [q for q in queues if q] or []
         self.poll_interval = poll_interval
         self.enable_events = enable_events
@@ -81,10 +82,13 @@ class CeleryAgent:
     def run(self) -> int:
         """Capture until stopped (SIGTERM/SIGINT or `stop()`); returns an exit code."""
         log.info(
-            "sluice celery-agent: broker %s → %s (connection %s)",
+            "sluice celery-agent: broker %s → %s (connection %s); %s",
             self._safe_broker(),
             self.sender.url,
             self.connection_id,
+            "sends argument and result reprs"
+            if self.mapper.capture_args
+            else "argument capture off (--no-args): no argument or result reprs",
         )
         poller = threading.Thread(target=self._poll_loop, name="sluice-agent-poll", daemon=True)
         poller.start()
@@ -370,6 +374,16 @@ def run_agent(**kwargs: Any) -> int:
     default=True,
     show_default=True,
     help="Ask running workers to send task events (like Flower).",
+)
+@click.option(
+    "--args/--no-args",
+    "capture_args",
+    envvar="SLUICE_CAPTURE_ARGS",
+    show_envvar=True,
+    default=True,
+    show_default=True,
+    help="Send the reprs of task arguments, keyword arguments and results "
+    "(--no-args: none of them; exceptions and tracebacks are still sent).",
 )
 @click.option(
     "--warn-after",

@@ -16,6 +16,12 @@ Celery is imported lazily (inside `install`): importing this module does not
 import Celery, and the server never depends on it. The logger stays
 `sluice.celery`, the name users know.
 
+Arguments and results: a task's messages (published, received) carry the
+reprs of its arguments, its success the repr of its result, a failure its
+traceback. `capture_args=False` (or SLUICE_CAPTURE_ARGS=0) sends no argument
+or result repr at all; `redact=fn` lets the app choose what of the arguments
+is sent (see `SluiceCelery.arguments`).
+
 Settings: the signals fire whatever Celery's event settings are, so the
 integration needs none of them and changes none (it logs what it hooked and
 the current values). Prefork children start their own sender after the fork
@@ -61,7 +67,14 @@ from .mapping import (
 
 log = logging.getLogger("sluice.celery")
 
-__all__ = ["install", "SluiceCelery"]
+__all__ = ["install", "SluiceCelery", "Redact"]
+
+#: `install(app, redact=fn)`: fn(task name, args, kwargs) → (args, kwargs) to send, or None
+#: to send neither.
+Redact = Callable[[str, tuple[Any, ...], dict[str, Any]], tuple[Any, Any] | None]
+
+_FALSE = frozenset({"0", "f", "false", "n", "no", "off"})
+_TRUE = frozenset({"", "1", "t", "true", "y", "yes", "on"})
 
 _installed: dict[int, SluiceCelery] = {}
 
@@ -74,12 +87,19 @@ def install(
     *,
     buffer_size: int | None = None,
     heartbeat_interval: float | None = None,
+    capture_args: bool | None = None,
+    redact: Redact | None = None,
 ) -> SluiceCelery | None:
     """Forward this Celery app's task and worker events to Sluice (idempotent per app).
 
     Missing settings are taken from SLUICE_URL, SLUICE_API_KEY and
     SLUICE_CONNECTION_ID. Without them it logs an error and does nothing:
     a monitoring misconfiguration must not stop a worker from starting.
+
+    `capture_args` (default: SLUICE_CAPTURE_ARGS, on): send the reprs of the
+    tasks' arguments, keyword arguments and results; False sends none of them.
+    `redact(task name, args, kwargs)` returns the `(args, kwargs)` whose reprs
+    are sent instead of the real ones (see `SluiceCelery.arguments`).
     """
     url = url or os.environ.get("SLUICE_URL")
     api_key = api_key or os.environ.get("SLUICE_API_KEY")
@@ -103,6 +123,12 @@ def install(
         buffer_size = int(os.environ.get("SLUICE_BUFFER_SIZE") or DEFAULT_BUFFER)
     if heartbeat_interval is None:
         heartbeat_interval = float(os.environ.get("SLUICE_HEARTBEAT_INTERVAL") or 10.0)
+    if capture_args is None:
+        capture_args = _env_flag("SLUICE_CAPTURE_ARGS")
+    if redact is not None and not callable(redact):
+        log.error("sluice: redact=%r is not callable: no arguments will be sent", redact)
+        capture_args = False
+        redact = None
     integration = SluiceCelery(
         celery_app,
         url=url,  # type: ignore[arg-type]
@@ -110,6 +136,8 @@ def install(
         connection_id=connection_id,  # type: ignore[arg-type]
         buffer_size=buffer_size,
         heartbeat_interval=heartbeat_interval,
+        capture_args=capture_args,
+        redact=redact,
     )
     integration.connect()
     _installed[id(celery_app)] = integration
@@ -128,9 +156,15 @@ class SluiceCelery:
         connection_id: str,
         buffer_size: int = DEFAULT_BUFFER,
         heartbeat_interval: float = 10.0,
+        capture_args: bool = True,
+        redact: Redact | None = None,
     ) -> None:
         self.app = celery_app
         self.connection_id = connection_id
+        #: Send the reprs of arguments, keyword arguments and results (`USER_DATA_KEYS`).
+        self.capture_args = capture_args
+        self.redact = redact
+        self._redact_failed = False  # the hook's first error is logged, later ones at debug
         self.sender = IngestSender(
             url, api_key, max_buffer=buffer_size, name="sluice-celery-sender"
         )
@@ -178,11 +212,12 @@ class SluiceCelery:
         conf = self.app.conf
         log.info(
             "sluice: Celery integration installed → %s (connection %s); uses signals, so it needs no event "
-            "settings (worker_send_task_events=%s, task_send_sent_event=%s left as they are)",
+            "settings (worker_send_task_events=%s, task_send_sent_event=%s left as they are); %s",
             self.sender.url,
             self.connection_id,
             conf.worker_send_task_events,
             conf.task_send_sent_event,
+            _capture_summary(self.capture_args, self.redact),
         )
 
     def uninstall(self) -> None:
@@ -193,6 +228,68 @@ class SluiceCelery:
         self._hb_stop.set()
         self.sender.close(timeout=self.shutdown_flush_seconds)
         _installed.pop(id(self.app), None)
+
+    def _job(self, **fields: Any) -> dict[str, Any]:
+        """A job event of this connection; without capture, `job_event` drops user data."""
+        return job_event(self.connection_id, capture_args=self.capture_args, **fields)
+
+    # -- what of a task's own data is sent --
+
+    def arguments(
+        self, name: Any, args: Any, kwargs: Any, argsrepr: Any = None, kwargsrepr: Any = None
+    ) -> tuple[str | None, str | None]:
+        """The reprs of a task message's (args, kwargs) to send, each None for none.
+
+        - capture off: (None, None);
+        - no `redact` hook: Celery's `argsrepr`/`kwargsrepr` of the message (what
+          Celery's own task-sent/task-received events carry, so the agent sends the
+          same; `apply_async(argsrepr=...)` is honoured), else Celery's saferepr of
+          the values;
+        - a `redact` hook: it gets (task name, a copy of args as a tuple, a copy of
+          kwargs as a dict) and returns the (args, kwargs) whose reprs are sent (None
+          for either: not sent; None instead of a pair: neither). If it raises, or
+          returns anything else, nothing of the arguments is sent and the error is
+          logged (the first time at ERROR, later at DEBUG); the task runs on.
+        """
+        if not self.capture_args:
+            return None, None
+        if self.redact is None:
+            return (
+                argsrepr if argsrepr is not None else _repr_or_none(args),
+                kwargsrepr if kwargsrepr is not None else _repr_or_none(kwargs),
+            )
+        try:
+            chosen = self.redact(
+                str(name or ""),
+                tuple(args) if args is not None else (),
+                dict(kwargs) if kwargs is not None else {},
+            )
+            if chosen is None:
+                return None, None
+            if not isinstance(chosen, (tuple, list)) or len(chosen) != 2:
+                raise TypeError(f"redact returned {type(chosen).__name__}, not (args, kwargs)")
+            new_args, new_kwargs = chosen
+            if isinstance(new_args, list):
+                new_args = tuple(new_args)
+            return _repr_or_none(new_args), _repr_or_none(new_kwargs)
+        except Exception:
+            first = not self._redact_failed
+            self._redact_failed = True
+            log.log(
+                logging.ERROR if first else logging.DEBUG,
+                "sluice: the redact hook failed for task %s: its arguments are not sent%s",
+                name,
+                " (further failures are logged at DEBUG)" if first else "",
+                exc_info=True,
+            )
+            return None, None
+
+    def result(self, task: Any, value: Any) -> str | None:
+        """The repr of a task's result to send (None without capture): Celery's own
+        saferepr, as in its task-succeeded event, so both producers send the same."""
+        if not self.capture_args:
+            return None
+        return _celery_saferepr(value, getattr(task, "resultrepr_maxsize", None) or 1024)
 
     def _mine(self, task: Any) -> bool:
         return (
@@ -243,11 +340,13 @@ class SluiceCelery:
         retries = headers.get("retries") or 0
         eta = headers.get("eta")
         queue, published_at = self._queues.pop(task_id, (None, time.time()))
-        args = body[0] if isinstance(body, tuple) and body else None
-        event = job_event(
-            self.connection_id,
+        name = headers.get("task") or sender
+        args_repr, kwargs_repr = self.arguments(
+            name, *_body_arguments(body), headers.get("argsrepr"), headers.get("kwargsrepr")
+        )
+        event = self._job(
             task_id=task_id,
-            name=headers.get("task") or sender,
+            name=name,
             state=waiting_state(eta),
             attempt=attempt_from_retries(retries),
             queue=queue or kw.get("routing_key"),
@@ -257,8 +356,8 @@ class SluiceCelery:
                 "celerySignal": "after_task_publish",
                 **message_extensions(
                     task_id,
-                    args=headers.get("argsrepr") or (safe_repr(args) if args is not None else None),
-                    kwargs=headers.get("kwargsrepr"),
+                    args=args_repr,
+                    kwargs=kwargs_repr,
                     eta=eta,
                     expires=headers.get("expires"),
                     routing_key=kw.get("routing_key"),
@@ -285,8 +384,14 @@ class SluiceCelery:
         delivery = getattr(request, "delivery_info", None) or {}
         eta: Any = getattr(request, "eta", None)  # a datetime, a string or None
         retries = int(info.get("retries") or 0)
-        event = job_event(
-            self.connection_id,
+        args_repr, kwargs_repr = self.arguments(
+            request.name,
+            getattr(request, "args", None),
+            getattr(request, "kwargs", None),
+            getattr(request, "argsrepr", None),
+            getattr(request, "kwargsrepr", None),
+        )
+        event = self._job(
             task_id=request.id,
             name=request.name,
             state=waiting_state(eta),
@@ -295,12 +400,18 @@ class SluiceCelery:
             worker_id=getattr(request, "hostname", None),
             extensions={
                 "celerySignal": "task_received",
-                "args": getattr(request, "argsrepr", None),
-                "kwargs": getattr(request, "kwargsrepr", None),
-                "eta": eta.isoformat() if hasattr(eta, "isoformat") else eta,
+                **message_extensions(
+                    request.id,
+                    args=args_repr,
+                    kwargs=kwargs_repr,
+                    eta=_isoformat(eta),
+                    expires=_isoformat(getattr(request, "expires", None)),
+                    routing_key=delivery.get("routing_key"),
+                    exchange=delivery.get("exchange"),
+                    root_id=getattr(request, "root_id", None),
+                    parent_id=getattr(request, "parent_id", None),
+                ),
                 "hostname": getattr(request, "hostname", None),
-                "routingKey": delivery.get("routing_key"),
-                "exchange": delivery.get("exchange") or None,
             },
         )
         key = (request.id, retries)
@@ -319,8 +430,7 @@ class SluiceCelery:
             return
         delivery = getattr(request, "delivery_info", None) or {}
         self.sender.submit(
-            job_event(
-                self.connection_id,
+            self._job(
                 task_id=task_id,
                 name=getattr(request, "task", None) or getattr(sender, "name", None),
                 state=CANCELLED,
@@ -343,8 +453,7 @@ class SluiceCelery:
         if not task_id:
             return
         self.sender.submit(
-            job_event(
-                self.connection_id,
+            self._job(
                 task_id=task_id,
                 name=headers.get("task"),
                 state=FAILED,
@@ -361,8 +470,7 @@ class SluiceCelery:
         if not id:
             return
         self.sender.submit(
-            job_event(
-                self.connection_id,
+            self._job(
                 task_id=id,
                 name=name,
                 state=FAILED,
@@ -398,8 +506,7 @@ class SluiceCelery:
         """A job event of the task running here: its request tells the attempt, queue and worker."""
         delivery = getattr(req, "delivery_info", None) or {}
         self.sender.submit(
-            job_event(
-                self.connection_id,
+            self._job(
                 task_id=task_id,
                 name=task.name,
                 state=state,
@@ -438,7 +545,9 @@ class SluiceCelery:
     def on_success(self, sender: Any = None, result: Any = None, **kw: Any) -> None:
         if sender is None or not self._mine(sender):
             return
-        self._finish(sender, COMPLETED, "task_success", extensions={"result": safe_repr(result)})
+        self._finish(
+            sender, COMPLETED, "task_success", extensions={"result": self.result(sender, result)}
+        )
 
     def on_failure(
         self,
@@ -620,3 +729,54 @@ def _active_count() -> int:
         return len(state.active_requests)
     except Exception:
         return 0
+
+
+def _env_flag(name: str, default: bool = True) -> bool:
+    """A yes/no setting from the environment (click's words: 1/0, true/false, yes/no,
+    on/off, t/f, y/n; empty: the default). Anything else: off, with an error logged
+    (a misspelt attempt to turn capture off must not send what it meant to keep)."""
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    value = raw.strip().lower()
+    if value in _FALSE:
+        return False
+    if value in _TRUE:
+        return default if value == "" else True
+    log.error("sluice: %s=%r is not a yes/no value: taken as off", name, raw)
+    return False
+
+
+def _capture_summary(capture_args: bool, redact: Any) -> str:
+    if not capture_args:
+        return "argument capture off: no argument or result reprs"
+    if redact is not None:
+        return f"arguments through redact={getattr(redact, '__qualname__', redact)!s}"
+    return "sends argument and result reprs"
+
+
+def _body_arguments(body: Any) -> tuple[Any, Any]:
+    """(args, kwargs) of a published message's body (task protocol 2 or 1), None when unknown."""
+    if isinstance(body, (tuple, list)) and len(body) >= 2:  # protocol 2: (args, kwargs, embed)
+        return body[0], body[1]
+    if isinstance(body, dict):  # protocol 1
+        return body.get("args"), body.get("kwargs")
+    return None, None
+
+
+def _celery_saferepr(value: Any, maxlen: int) -> str:
+    """Celery's saferepr (what its events and argsrepr use); ours if that cannot be had."""
+    try:
+        from celery.utils.saferepr import saferepr
+
+        return str(saferepr(value, maxlen))
+    except Exception:
+        return safe_repr(value if not isinstance(value, str) else repr(value))
+
+
+def _repr_or_none(value: Any) -> str | None:
+    return None if value is None else _celery_saferepr(value, 1024)
+
+
+def _isoformat(value: Any) -> Any:
+    return value.isoformat() if hasattr(value, "isoformat") else value

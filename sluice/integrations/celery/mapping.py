@@ -16,6 +16,14 @@ state), not from when it was seen. A resent batch, a task-sent and a
 task-received for the same attempt, or the agent and the integration
 reporting the same transition all collapse to one stream event on the server.
 
+What a person needs to debug a task travels in every producer's events the
+same way: the reprs of its arguments and keyword arguments (on the events of
+its messages: published, received), of its result (on success), each cut to
+`MAX_REPR` characters, and its traceback (on failure and retry, the end kept,
+`contract.MAX_STACKTRACE`). The server's job index keeps the last of each
+for the job's detail view. `job_event(capture_args=False)` drops the reprs
+(`USER_DATA_KEYS`); exceptions and tracebacks are still sent.
+
 Pure: no Celery import and no I/O here; the functions take plain dicts and values.
 """
 
@@ -80,6 +88,10 @@ OFFLINE: Final = _from_contract(contract.WORKER_STATES, "offline")
 MAX_EXTENSIONS_BYTES: Final = 4_000
 #: Reprs of arguments and results inside `extensions`.
 MAX_REPR: Final = 512
+#: The `extensions` keys that hold the task's own data: reprs of its positional
+#: and keyword arguments and of its result. Turning argument capture off
+#: (`install(app, capture_args=False)`, `celery-agent --no-args`) drops all three.
+USER_DATA_KEYS: Final = ("args", "kwargs", "result")
 
 #: A job's `name` when Celery did not say it (a task event seen without its task-sent).
 UNKNOWN_NAME: Final = "unknown"
@@ -271,8 +283,14 @@ def job_event(
     max_retries: int | None = None,
     extensions: dict[str, Any] | None = None,
     event_id: str | None = None,
+    capture_args: bool = True,
 ) -> dict[str, Any]:
-    """A `job_state_change` producer event; the id is stable for (task, attempt, state)."""
+    """A `job_state_change` producer event; the id is stable for (task, attempt, state).
+
+    Without `capture_args`, the task's arguments and result (`USER_DATA_KEYS`)
+    never leave: whichever Celery event or signal brought them, they are dropped
+    here, the one place every job event of both producers is built.
+    """
     job: dict[str, Any] = {
         "externalId": clip(task_id, contract.MAX_EXTERNAL_ID),
         "name": clip(name or UNKNOWN_NAME, contract.MAX_JOB_NAME),
@@ -293,8 +311,10 @@ def job_event(
     job.update({k: v for k, v in optional.items() if v is not None})
     if extensions:
         extensions = dict(extensions)
-        for key in ("args", "kwargs", "result"):  # reprs of user data: short, always
-            if extensions.get(key) is not None:
+        for key in USER_DATA_KEYS:  # reprs of user data: short, always; none without capture
+            if not capture_args:
+                extensions.pop(key, None)
+            elif extensions.get(key) is not None:
                 extensions[key] = clip(extensions[key], MAX_REPR)
         ext = bounded_extensions(extensions)
         if ext:

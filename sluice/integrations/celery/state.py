@@ -64,12 +64,23 @@ class CeleryEventMapper:
     (bounded LRU, like Flower's state). It also drops transitions that are no
     change (task-received after task-sent: both `queued`) or stale (a late
     `queued` after the same attempt already started).
+
+    Celery's events carry the reprs of a task's arguments (task-sent,
+    task-received: Celery's `argsrepr`/`kwargsrepr`) and result
+    (task-succeeded); without `capture_args` none of them is sent.
     """
 
     def __init__(
-        self, connection_id: str, max_tasks: int = 10_000, worker_timeout: float | None = None
+        self,
+        connection_id: str,
+        max_tasks: int = 10_000,
+        worker_timeout: float | None = None,
+        *,
+        capture_args: bool = True,
     ) -> None:
         self.connection_id = connection_id
+        #: Send the reprs of arguments and results (`mapping.USER_DATA_KEYS`).
+        self.capture_args = capture_args
         self.max_tasks = max_tasks
         self._tasks: OrderedDict[str, _Task] = OrderedDict()
         self.workers: dict[str, dict[str, Any]] = {}
@@ -229,6 +240,7 @@ class CeleryEventMapper:
             started_at=task.started if state not in WAITING else None,
             finished_at=ts if state in TERMINAL else None,
             extensions=ext,
+            capture_args=self.capture_args,
         )
 
     def _map_worker(self, kind: str, ev: dict[str, Any]) -> list[dict[str, Any]]:
