@@ -155,6 +155,13 @@ class Settings:
         minimum=0,
         doc="JSON size of one payload's `extensions` (400).",
     )
+    job_index_max_bytes: int = setting(
+        "SLUICE_JOB_INDEX_MAX_BYTES",
+        268_435_456,
+        minimum=1_048_576,
+        doc="Bytes of job data the index keeps per connection; past it the least recently "
+        "updated jobs go first.",
+    )
     dedupe_ttl_seconds: int = setting(
         "SLUICE_DEDUPE_TTL_SECONDS",
         86_400,

@@ -85,6 +85,8 @@ MAX_TYPES_LENGTH: Final = 512
 # The job index (`GET /api/connections/<id>/jobs` and what it reads).
 #: Transitions kept per job, oldest dropped first.
 MAX_TIMELINE: Final = 50
+#: Bytes of a job's timeline at most (the oldest entries go first).
+MAX_TIMELINE_BYTES: Final = 16_384
 #: Characters of an error kept in a timeline entry (the job keeps it whole).
 MAX_TIMELINE_ERROR: Final = 500
 #: Jobs per page: default and most.

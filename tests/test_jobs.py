@@ -345,3 +345,25 @@ def test_deleting_a_connection_deletes_its_index(server, account, redis_url):
     finally:
         r.close()
     assert left == []
+
+
+def test_the_index_keeps_within_its_byte_budget(start_server, account, redis_url):
+    server = start_server(SLUICE_JOB_INDEX_MAX_BYTES="1048576")
+    cid = account.connection_id
+    big = "x" * 40_000
+    events = [job_event(cid, f"big-{i}", "failed", stacktrace=big) for i in range(100)]
+    post_all(server, account, events, batch=10)
+    kept = [j["externalId"] for j in every_page(server, account)]
+    # The newest fit (each job counts its data and its traceback: ~80 KB).
+    assert 5 <= len(kept) <= 13
+    assert kept == [f"big-{i}" for i in range(99, 99 - len(kept), -1)]
+    r = raw_redis(redis_url)
+    try:
+        assert int(r.get(f"sluice:{{{cid}}}:jobs:bytes")) <= 1_048_576
+    finally:
+        r.close()
+    # A job's timeline keeps its newest entries within its own budget.
+    long_error = [job_event(cid, "chatty", "retrying", error="e" * 400) for _ in range(60)]
+    post_all(server, account, long_error, batch=60)
+    timeline = get(server, account, "/jobs/chatty").json()["data"]["timeline"]
+    assert 10 <= len(timeline) <= 50

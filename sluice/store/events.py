@@ -38,7 +38,8 @@ _APPEND_LUA = """#!lua
 -- stream's meta hash (bytes held). ARGV: ttl ms, max entries, max bytes, max
 -- ids in the window, the notification channel, the job index's parameters
 -- (key prefix, retention ms, retention count, timeline length, snapshots
--- kept), how many job events the batch holds, then per event: producer id, event, data and the index's fields
+-- kept, bytes, timeline bytes), how many job events the batch holds, then
+-- per event: producer id, event, data and the index's fields
 -- (`jobindex.index_fields`). Each appended event is also indexed (the job
 -- index, see `store.jobs`). A batch that appended anything publishes the
 -- stream's key on the channel (sharded pub/sub: the channel shares the
@@ -49,6 +50,7 @@ local maxbytes, window = tonumber(ARGV[3]), tonumber(ARGV[4])
 local channel = ARGV[5]
 local P, keep_ms, keep_max = ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8])
 local timeline_max, snapshots_max = tonumber(ARGV[9]), tonumber(ARGV[10])
+local max_bytes, timeline_bytes = tonumber(ARGV[11]), tonumber(ARGV[12])
 local touched = {}
 local function size(id, event, data)  -- what an entry holds
   return #id + #(event or "") + #(data or "")
@@ -75,7 +77,7 @@ if redis.call("EXISTS", stream) == 1 then
   end
 end
 local accepted, duplicates, first, remembered, indexed = 0, 0, nil, false, 0
-for i = 12, #ARGV, $EVENT_STRIDE do
+for i = 14, #ARGV, $EVENT_STRIDE do
   local producer_id = ARGV[i]
   local fresh = true
   if producer_id ~= "" then
@@ -135,6 +137,7 @@ if accepted > 0 then
   redis.call("SPUBLISH", channel, stream)
   flush_index()
   enforce_retention(2 * indexed + 10)
+  save_bytes()
   for key in pairs(touched) do redis.call("PEXPIRE", key, keep_ms) end
 end
 if remembered then

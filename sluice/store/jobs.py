@@ -34,7 +34,7 @@ import weakref
 from typing import Any
 
 from ..config import Settings
-from ..contract import MAX_SNAPSHOTS, MAX_TIMELINE
+from ..contract import MAX_SNAPSHOTS, MAX_TIMELINE, MAX_TIMELINE_BYTES
 from ..jobindex import INDEX_STRIDE, NOT_INDEXED, JobQuery
 from .client import Redis, text
 from .keys import Keys
@@ -60,6 +60,7 @@ def _keys_in_lua(source: str) -> str:
         "EXTERNAL_IDS",
         "NAMES",
         "POSITION",
+        "BYTES",
         "WORKERS",
         "WORKERS_SEEN",
         "QUEUES",
@@ -72,7 +73,8 @@ def _keys_in_lua(source: str) -> str:
 
 #: Lua functions the append script uses; they expect these locals: P (the
 #: connection's key prefix), now (ms), keep_ms, keep_max, timeline_max,
-#: snapshots_max, and `touched` (a table of keys to expire once at the end).
+#: timeline_bytes, snapshots_max, max_bytes, and `touched` (a table of keys to
+#: expire once at the end).
 INDEX_LUA = _keys_in_lua(
     r"""
 local function zadd(key, score, member)
@@ -84,10 +86,13 @@ local function forget_name(name, id)
   redis.call("ZREM", key, id)
   if redis.call("EXISTS", key) == 0 then redis.call("ZREM", P .. "$NAMES$", name) end
 end
+-- Bytes the index holds (job hashes, as counted in their `z` field).
+local index_bytes = tonumber(redis.call("GET", P .. "$BYTES$") or "0")
 -- Remove one job from the index.
 local function forget(id)
   local key = P .. "$JOB$" .. id
-  local h = redis.call("HMGET", key, "s", "q", "n", "w", "x")
+  local h = redis.call("HMGET", key, "s", "q", "n", "w", "x", "z")
+  index_bytes = index_bytes - tonumber(h[6] or "0")
   redis.call("ZREM", P .. "$JOBS$", id)
   if h[1] then
     redis.call("ZREM", P .. "$BY_STATE$" .. h[1], id)
@@ -98,10 +103,10 @@ local function forget(id)
   end
   redis.call("DEL", key)
 end
--- Positions for this batch's job events: one INCRBY for the batch (ARGV[11]
+-- Positions for this batch's job events: one INCRBY for the batch (ARGV[13]
 -- is how many job events it holds; duplicates leave gaps, which is fine).
-local position = redis.call("INCRBY", P .. "$POSITION$", tonumber(ARGV[11]))
-  - tonumber(ARGV[11])
+local position = redis.call("INCRBY", P .. "$POSITION$", tonumber(ARGV[13]))
+  - tonumber(ARGV[13])
 touched[P .. "$POSITION$"] = true
 -- The orderings change once per batch, not once per event: what each job was
 -- in before the batch (`before`, nil for a new job) and is in after it
@@ -114,7 +119,7 @@ local function index_job(i, data)
   local id, state, queue, name = ARGV[i + 4], ARGV[i + 5], ARGV[i + 6], ARGV[i + 7]
   local worker, xid, entry, sent_prev = ARGV[i + 8], ARGV[i + 9], ARGV[i + 10], ARGV[i + 11]
   local key = P .. "$JOB$" .. id
-  local old = redis.call("HMGET", key, "s", "q", "n", "w", "l", "c")
+  local old = redis.call("HMGET", key, "s", "q", "n", "w", "l", "c", "z", "e")
   position = position + 1
   if after[id] == nil then
     order[#order + 1] = id
@@ -128,15 +133,22 @@ local function index_job(i, data)
   if timeline and count > 0 then
     timeline = timeline .. "\n" .. entry
     count = count + 1
-    if count > timeline_max then
+    while count > 1 and (count > timeline_max or #timeline > timeline_bytes) do
       timeline = string.sub(timeline, string.find(timeline, "\n", 1, true) + 1)
       count = count - 1
     end
   else
     timeline, count = entry, 1
   end
+  -- Its size: what the job holds, with arguments, result and traceback at
+  -- the largest sent (they are kept until sent again), plus a fixed overhead.
+  local extra, sent = tonumber(old[8] or "0"), 0
+  for j = 1, 4 do sent = sent + #ARGV[i + 11 + j] end
+  extra = math.max(extra, sent)
+  local size = #data + #timeline + #id + #xid + #name + #queue + #worker + extra + 200
+  index_bytes = index_bytes + size - tonumber(old[7] or "0")
   local fields = {"d", data, "u", now, "p", position, "s", state, "q", queue, "n", name,
-    "w", worker, "x", xid, "l", timeline, "c", count}
+    "w", worker, "x", xid, "l", timeline, "c", count, "z", size, "e", extra}
   for j, field in ipairs({"a", "k", "r", "t"}) do
     if ARGV[i + 11 + j] ~= "" then
       fields[#fields + 1] = field
@@ -216,9 +228,15 @@ local function index_snapshot(hash, seen, member, data)
   end
 end
 -- Retention, bounded work per call: the least recently updated jobs past the
--- count, then those older than keep_ms.
+-- byte budget, past the count, then those older than keep_ms.
 local function enforce_retention(budget)
   local all = P .. "$JOBS$"
+  while index_bytes > max_bytes and budget > 0 do
+    local ids = redis.call("ZRANGE", all, 0, 9)
+    if #ids == 0 then index_bytes = 0; break end
+    for _, id in ipairs(ids) do forget(id) end
+    budget = budget - #ids
+  end
   local excess = redis.call("ZCARD", all) - keep_max
   while excess > 0 and budget > 0 do
     local ids = redis.call("ZRANGE", all, 0, math.min(excess, budget, 100) - 1)
@@ -236,6 +254,10 @@ local function enforce_retention(budget)
       budget = budget - 1
     end
   end
+end
+local function save_bytes()
+  redis.call("SET", P .. "$BYTES$", math.max(index_bytes, 0))
+  touched[P .. "$BYTES$"] = true
 end
 """
 )
@@ -362,7 +384,7 @@ local all = P .. "$JOBS$"
 for _, id in ipairs(redis.call("ZRANGE", all, 0, tonumber(ARGV[2]) - 1)) do forget(id) end
 local left = redis.call("ZCARD", all)
 if left == 0 then
-  redis.call("DEL", P .. "$EXTERNAL_IDS$", P .. "$NAMES$", P .. "$POSITION$", P .. "$WORKERS$",
+  redis.call("DEL", P .. "$EXTERNAL_IDS$", P .. "$NAMES$", P .. "$POSITION$", P .. "$BYTES$", P .. "$WORKERS$",
     P .. "$WORKERS_SEEN$", P .. "$QUEUES$", P .. "$QUEUES_SEEN$")
 end
 return left
@@ -388,6 +410,8 @@ def index_args(connection_id: str, settings: Settings) -> list[Any]:
         settings.job_retention_max,
         MAX_TIMELINE,
         MAX_SNAPSHOTS,
+        settings.job_index_max_bytes,
+        MAX_TIMELINE_BYTES,
     ]
 
 

@@ -54,7 +54,7 @@ class Keys:
     #: Suffixes after `index_prefix`: a job's hash (+ job id); the
     #: orderings by last update (all jobs; + state/queue/name/worker value);
     #: external ids and names for prefix search (lex-ordered); the position
-    #: counter; worker and queue snapshots (hash) and their recency (zset).
+    #: counter and the bytes counted; worker and queue snapshots (hash) and their recency (zset).
     JOB = "job:"
     JOBS = "jobs"
     BY_STATE = "jobs:state:"
@@ -64,6 +64,7 @@ class Keys:
     EXTERNAL_IDS = "jobs:external-ids"
     NAMES = "jobs:names"
     POSITION = "jobs:position"
+    BYTES = "jobs:bytes"
     WORKERS = "workers"
     WORKERS_SEEN = "workers:seen"
     QUEUES = "queues"
