@@ -19,7 +19,7 @@ from .strictjson import dumps
 
 #: What the script gets per event besides (producer id, event name, data):
 #: kind ("j" job, "w" worker, "q" queue), then the kind's fields, "" when absent.
-INDEX_STRIDE: Final = 13
+INDEX_STRIDE: Final = 14
 JOB, WORKER, QUEUE = "j", "w", "q"
 #: The index fields of an event the index ignores.
 NOT_INDEXED: Final = ("",) * INDEX_STRIDE
@@ -37,7 +37,9 @@ def index_fields(event: str, data: Mapping[str, Any]) -> tuple[str, ...]:
       timeline entry as JSON without the closing brace (the script adds the
       previous state it knows), the previous state the producer sent, and the
       arguments, keyword arguments and result (JSON, from `extensions`) and
-      the traceback, each "" when not sent;
+      the traceback, each "" when not sent; and the job as lists show it (its
+      data without `stacktrace`, which only the detail shows), "" when that is
+      the data itself;
     - a worker: kind, worker id; a queue: kind, queue name.
     """
     if event == c.JOB_STATE_CHANGE:
@@ -62,6 +64,9 @@ def index_fields(event: str, data: Mapping[str, Any]) -> tuple[str, ...]:
             _json_or_empty(extensions.get("kwargs")),
             _json_or_empty(extensions.get("result")),
             data.get("stacktrace") or "",
+            dumps({k: v for k, v in data.items() if k != "stacktrace"})
+            if "stacktrace" in data
+            else "",
         )
     if event in (c.WORKER_HEARTBEAT, c.WORKER_STATE_CHANGE):
         return (WORKER, data["id"], *_NOTHING[2:])

@@ -9,7 +9,8 @@ here by scripts that also read the stream's last entry id, so a page and its
 
 Per connection:
 
-- a hash per job (`JOB` + job id): the latest `job:state_change` data (`d`),
+- a hash per job (`JOB` + job id): the latest `job:state_change` data
+  without its `stacktrace` (`d`; the traceback is `t`),
   when it was indexed (`u`, ms), its position (`p`), the fields the filters
   use (`s`, `q`, `n`, `w`, `x`), its timeline (`l`: at most `MAX_TIMELINE`
   entries, JSON joined by newlines, oldest first; `c`: how many), and the
@@ -116,6 +117,7 @@ local before, after, order = {}, {}, {}
 -- The timeline is a field of the job's hash: its entries (JSON, which never
 -- holds a raw newline) joined by newlines, oldest first.
 local function index_job(i, data)
+  if ARGV[i + 16] ~= "" then data = ARGV[i + 16] end  -- without its stacktrace
   local id, state, queue, name = ARGV[i + 4], ARGV[i + 5], ARGV[i + 6], ARGV[i + 7]
   local worker, xid, entry, sent_prev = ARGV[i + 8], ARGV[i + 9], ARGV[i + 10], ARGV[i + 11]
   local key = P .. "$JOB$" .. id

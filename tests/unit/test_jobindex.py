@@ -28,14 +28,28 @@ from sluice.jobindex import (
     parse_job_query,
 )
 from sluice.schema import ID_NAMESPACE, normalised, stable_id
+from sluice.strictjson import dumps
 
 CONN = "0b6f3b9e-6a1b-4c8e-9d3e-2f4a5b6c7d8e"
 TS = "2026-03-01T12:00:00.000Z"
 
 #: The positions of the index fields of a job, as the append script reads them.
-KIND, ID, STATE, QUEUE_F, NAME, WORKER_F, XID, ENTRY, SENT_PREV, ARGS, KWARGS, RESULT, TRACE = (
-    range(INDEX_STRIDE)
-)
+(
+    KIND,
+    ID,
+    STATE,
+    QUEUE_F,
+    NAME,
+    WORKER_F,
+    XID,
+    ENTRY,
+    SENT_PREV,
+    ARGS,
+    KWARGS,
+    RESULT,
+    TRACE,
+    LISTED,
+) = range(INDEX_STRIDE)
 
 
 def job_data(event_type: str = "job_state_change", **job) -> tuple[str, dict]:
@@ -83,7 +97,10 @@ def test_a_job_with_every_field_byte_for_byte():
         '{"x":[3]}',
         "",  # result null: not sent
         "Traceback (most recent call last):\nValueError: boom",
+        # The job as lists show it: its data without the stacktrace.
+        dumps({k: v for k, v in data.items() if k != "stacktrace"}),
     )
+    assert "stacktrace" not in json.loads(index_fields(name, data)[-1])
 
 
 def test_a_bare_job_has_empty_fields_and_a_two_key_entry():
@@ -94,7 +111,7 @@ def test_a_bare_job_has_empty_fields_and_a_two_key_entry():
     assert fields[ID] == data["id"]
     assert fields[XID] == "task-1" and fields[NAME] == "tasks.add" and fields[STATE] == "queued"
     assert fields[ENTRY] == '{"state":"queued","timestamp":"2026-03-01T12:00:00.000Z"'
-    for i in (QUEUE_F, WORKER_F, SENT_PREV, ARGS, KWARGS, RESULT, TRACE):
+    for i in (QUEUE_F, WORKER_F, SENT_PREV, ARGS, KWARGS, RESULT, TRACE, LISTED):
         assert fields[i] == "", (i, fields[i])
 
 
@@ -204,7 +221,7 @@ def test_a_queue_is_its_kind_and_name():
 def test_other_events_are_not_indexed(event):
     # Whatever the data: an event the index ignores is all empty strings.
     assert index_fields(event, {"id": "x", "name": "y", "state": "queued"}) == NOT_INDEXED
-    assert NOT_INDEXED == ("",) * INDEX_STRIDE == ("",) * 13
+    assert NOT_INDEXED == ("",) * INDEX_STRIDE == ("",) * 14
 
 
 # -- parse_job_query --------------------------------------------------------------------
