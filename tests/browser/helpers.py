@@ -64,3 +64,41 @@ def wait_counts(page: Any, *, rows: int, events: int, timeout: float = 10_000) -
         arg=[rows, events],
         timeout=timeout,
     )
+
+
+def row_ids(page: Any) -> list[str]:
+    """The external ids of the jobs table's rows, top to bottom."""
+    return page.eval_on_selector_all(
+        "[data-jobs-body] .job-row", "els => els.map(e => e.dataset.externalId)"
+    )
+
+
+SETTLED = """() => {
+    const more = document.querySelector('[data-jobs-more]');
+    const button = document.querySelector('[data-load-more]');
+    const table = document.querySelector('[data-jobs-table]');
+    return table.getAttribute('aria-busy') === 'false' && !button.disabled
+        && more.dataset.more !== 'loading';
+}"""
+
+
+def load_more(page: Any) -> None:
+    """Click "Load more" once and wait until what it asked for is shown."""
+    before = len(row_ids(page))
+    page.click("[data-load-more]")
+    page.wait_for_function(
+        f"""n => ({SETTLED})() && (
+            document.querySelectorAll('[data-jobs-body] .job-row').length > n
+            || document.querySelector('[data-jobs-more]').dataset.more === 'end')""",
+        arg=before,
+    )
+
+
+def load_to_the_end(page: Any, max_clicks: int = 100) -> int:
+    """Click "Load more" until the list reaches the end of the history; returns the clicks."""
+    page.wait_for_function(SETTLED)
+    for clicks in range(max_clicks):
+        if page.locator("[data-jobs-more]").get_attribute("data-more") == "end":
+            return clicks
+        load_more(page)
+    raise AssertionError(f"still more after {max_clicks} clicks")

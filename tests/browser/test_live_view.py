@@ -100,7 +100,9 @@ def test_all_eight_states_have_badges(server, account, page):
     assert len(set(colors)) >= 6, colors  # states are told apart by colour too
 
 
-def test_fresh_page_shows_retained_history(server, account, page):
+def test_fresh_page_loads_jobs_workers_and_queues_from_the_index(server, account, page):
+    """No replay of the stream's history: the page asks the job index API, then
+    joins the stream from the `streamId` of those answers."""
     cid = account.connection_id
     send(
         server,
@@ -109,15 +111,21 @@ def test_fresh_page_shows_retained_history(server, account, page):
         + [worker_event(cid, "celery@w1", "online", activeJobs=2, concurrency=4)]
         + [queue_event(cid, "default", 12, consumers=3)],
     )
+    streams: list[str] = []
+    page.on("request", lambda r: streams.append(r.url) if "/api/events/stream" in r.url else None)
     login_cookie(page, server.url, account)
     started = time.monotonic()
     page.goto(f"{server.url}/connections/{cid}")
-    wait_counts(page, rows=5, events=7, timeout=1000)
+    wait_counts(page, rows=5, events=0, timeout=1000)  # nothing came on the stream
     assert time.monotonic() - started < 3
     expect(page.locator('[data-workers] [data-state="online"] .worker-jobs')).to_have_text(
         "2 / 4 active"
     )
     expect(page.locator('[data-queue-name="default"] .queue-depth')).to_have_text("12")
+    expect(page.locator("[data-indicator]")).to_have_attribute("data-state", "live")
+    assert len(streams) == 1, streams
+    resume = re.search(r"lastEventId=([0-9-]+)", streams[0])
+    assert resume and resume[1] not in ("0", "0-0"), streams
 
 
 def test_worker_going_offline_is_greyed(server, account, page):
@@ -203,9 +211,9 @@ def test_search_and_state_filter(server, account, page):
 
 def test_rows_are_capped_with_a_count_of_the_rest(server, account, page):
     cid = account.connection_id
-    send(server, account, [job_event(cid, f"cap-{i:04d}", "queued") for i in range(520)])
     login_cookie(page, server.url, account)
     open_live(page, server.url, cid)
+    send(server, account, [job_event(cid, f"cap-{i:04d}", "queued") for i in range(520)])
     wait_counts(page, rows=500, events=520)
     more = page.locator("[data-jobs-more]")
     expect(more).to_have_attribute("data-hidden-count", "20")
@@ -221,6 +229,11 @@ def test_rows_are_capped_with_a_count_of_the_rest(server, account, page):
     expect(job_row(page, "cap-0300").locator(".badge")).to_have_text("Active")
     assert handle.evaluate("el => el.isConnected")
     assert handle.evaluate("el => el.dataset.state") == "active"
+    # "Load more" shows the rows left out (the page already has them).
+    page.click("[data-load-more]")
+    wait_counts(page, rows=520, events=521)
+    expect(more).to_have_attribute("data-more", "end")
+    expect(page.locator("[data-load-more]")).to_be_hidden()
 
 
 def test_type_filters_reopen_the_stream_with_types(server, account, page):
@@ -238,20 +251,27 @@ def test_type_filters_reopen_the_stream_with_types(server, account, page):
     page.on("request", lambda r: streams.append(r.url) if "/api/events/stream" in r.url else None)
     login_cookie(page, server.url, account)
     open_live(page, server.url, cid)
-    wait_counts(page, rows=1, events=3)
-    page.uncheck('[data-type-filter][value="queue"]')
+    wait_counts(page, rows=1, events=0)  # from the index, not a replay
+    expect(page.locator('[data-queue-name="default"] .queue-depth')).to_have_text("4")
+    with page.expect_request(lambda r: "/api/events/stream" in r.url) as reopened:
+        page.uncheck('[data-type-filter][value="queue"]')
+    assert "types=job%2Cworker" in reopened.value.url, streams
+    assert re.search(r"lastEventId=\d+-\d+", reopened.value.url), streams  # joined, not replayed
     page.wait_for_function("() => document.body.classList.contains('hide-queues')")
     expect(page.locator("[data-indicator]")).to_have_attribute("data-state", "live")
-    wait_counts(page, rows=1, events=2)  # rebuilt from the filtered replay
-    assert "types=job%2Cworker" in streams[-1] and "lastEventId=0" in streams[-1], streams
-    expect(page.locator('[data-queue-name="default"]')).to_have_count(0)
     send(server, account, [queue_event(cid, "default", 5), job_event(cid, "t2", "queued")])
-    wait_counts(page, rows=2, events=3)  # the queue event was not delivered
+    wait_counts(page, rows=2, events=1)  # the queue event was not delivered
     page.uncheck('[data-type-filter][value="worker"]')
     # The last checked type cannot be unchecked (empty would mean "all").
     expect(page.locator('[data-type-filter][value="job"]')).to_be_disabled()
     page.check('[data-type-filter][value="queue"]')
-    page.check('[data-type-filter][value="worker"]')
-    wait_counts(page, rows=2, events=5)
+    with page.expect_request(lambda r: "/api/events/stream" in r.url and "types=" not in r.url):
+        page.check('[data-type-filter][value="worker"]')
+    # Back on: what the queue panel missed comes from the index, not from a replay.
+    expect(page.locator('[data-queue-name="default"] .queue-depth')).to_have_text("5")
+    expect(page.locator("[data-indicator]")).to_have_attribute("data-state", "live")
+    wait_counts(page, rows=2, events=1)
     assert "types=" not in streams[-1], streams
-    assert event_count(page) == 5
+    send(server, account, [queue_event(cid, "default", 6)])
+    expect(page.locator('[data-queue-name="default"] .queue-depth')).to_have_text("6")
+    assert event_count(page) == 2

@@ -20,8 +20,10 @@ from playwright.sync_api import expect
 from tests.browser.helpers import (
     RECORD_INDICATOR,
     event_count,
+    load_to_the_end,
     login_cookie,
     open_live,
+    row_ids,
     wait_counts,
 )
 from tests.util import ingest, job_event
@@ -111,17 +113,18 @@ def test_silent_stream_shows_stale_then_recovers(own_server, account, page):
     wait_counts(page, rows=1, events=1)
 
 
-def test_stream_reset_rebuilds_the_view_from_retained_history(
-    start_server, account, page, redis_client
-):
+def test_stream_reset_reloads_the_view_from_the_index(start_server, account, page, redis_client):
     """A resume point older than the retained history: the server says `stream:reset`,
-    the page clears everything and rebuilds from the replay that follows."""
+    the page reloads its first page from the job index and joins the stream from there;
+    what the stream no longer holds is still in the index, behind "Load more"."""
     import json
 
     from sluice.store.keys import Keys
 
     srv = start_server(SLUICE_STREAM_MAXLEN="50")
     cid = account.connection_id
+    streams: list[str] = []
+    page.on("request", lambda r: streams.append(r.url) if "/api/events/stream" in r.url else None)
     login_cookie(page, srv.url, account)
     open_live(page, srv.url, cid)
     send(srv, account, [job_event(cid, f"old-{i}", "queued") for i in range(10)])
@@ -139,9 +142,21 @@ def test_stream_reset_rebuilds_the_view_from_retained_history(
     assert 0 < len(kept) < 600 and "old-0" not in kept  # the page's resume point is gone
     page.unroute("**/api/auth/me")
 
-    wait_counts(page, rows=len(kept), events=len(kept), timeout=20_000)
-    expect(page.locator('.job-row[data-external-id="old-0"]')).to_have_count(0)
-    expect(page.locator("[data-jobs-body] .job-row").first).to_have_attribute(
-        "data-external-id", "new-599"
+    # The first page of the index (100 jobs), nothing replayed: the counter is unchanged.
+    page.wait_for_function(
+        "() => document.querySelector('[data-jobs-body] .job-row')?.dataset.externalId === 'new-599'",
+        timeout=20_000,
     )
+    wait_counts(page, rows=100, events=10)
     expect(page.locator("[data-indicator]")).to_have_attribute("data-state", "live")
+    joined = streams[-1]
+    assert "lastEventId=" in joined and "lastEventId=0&" not in joined + "&", streams
+    expect(page.locator('.job-row[data-external-id="old-0"]')).to_have_count(0)
+    # Live again: one more event arrives once.
+    send(srv, account, [job_event(cid, "after-reset", "queued")])
+    wait_counts(page, rows=101, events=11)
+    # The whole history is in the index, long after the stream let it go.
+    load_to_the_end(page)
+    ids = row_ids(page)
+    assert len(ids) == 611 and len(set(ids)) == 611
+    assert ids[:2] == ["after-reset", "new-599"] and ids[-1] == "old-0"

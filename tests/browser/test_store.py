@@ -1,4 +1,5 @@
-"""The live view's store, run as the real ES module in Chromium: dedupe and derived figures."""
+"""The live view's store, run as the real ES module in Chromium: dedupe, joining a
+snapshot from the job index API to the stream, filters, and derived figures."""
 
 from __future__ import annotations
 
@@ -8,11 +9,18 @@ pytest.importorskip(
     "playwright.sync_api", reason="playwright is not installed: pip install -r requirements-dev.txt"
 )
 
-SCRIPT = """async () => {
+PRELUDE = """
   const { Store } = await import('/static/js/live/store.js');
-  const s = new Store();
   const ts = (sec) => new Date(Date.UTC(2026, 0, 1, 0, 0, sec)).toISOString();
   const job = (id, state, sec, extra = {}) => ({ id, externalId: id, name: 'n.' + id, state, timestamp: ts(sec), ...extra });
+  const ids = (s, limit = 100) => s.visibleJobs(limit).rows.map(j => j.id);
+"""
+
+STREAM_ONLY = (
+    "async () => {"
+    + PRELUDE
+    + """
+  const s = new Store();
   const out = {};
   out.first = s.apply('job:state_change', '1000-0', job('a', 'queued', 0));
   out.sameId = s.apply('job:state_change', '1000-0', job('a', 'queued', 0));
@@ -29,16 +37,14 @@ SCRIPT = """async () => {
   out.duration = Store.duration(s.jobs.get('a'));
   out.counts = { ...s.stateCounts };
   out.resume = s.resumeId();
-  out.order = s.visibleJobs({ state: '', search: '' }, 10).rows.map(j => j.id);
-  out.search = s.visibleJobs({ state: '', search: 'N.C' }, 10);
-  out.search = { total: out.search.total, ids: out.search.rows.map(j => j.id) };
-  out.capped = (() => { const t = new Store(); for (let i = 0; i < 30; i++) t.apply('job:state_change', `${3000 + i}-0`, job('j' + i, 'queued', 0)); const v = t.visibleJobs({ state: '', search: '' }, 5); return { total: v.total, first: v.rows[0].id, n: v.rows.length }; })();
-  // events/s counts by the entry id's time, so a replayed backlog is no burst.
+  out.order = ids(s);
+  out.capped = (() => { const t = new Store(); for (let i = 0; i < 30; i++) t.apply('job:state_change', `${3000 + i}-0`, job('j' + i, 'queued', 0)); const v = t.visibleJobs(5); return { total: v.total, first: v.rows[0].id, n: v.rows.length }; })();
+  // events/s counts by the entry id's time, so a burst after a reconnect is no spike.
   out.rateNow = s.rate(3000);  // 2 events in second 1 (ids 1000-x), 2 in second 2: 4 over 5 s
   out.rateLater = s.rate(60_000);
-  s.apply('worker:heartbeat', '2001-0', { id: 'w', hostname: 'h', state: 'busy', activeJobs: 2, timestamp: ts(4) });
+  s.apply('worker:heartbeat', '2001-0', { id: 'w', externalId: 'celery@h', hostname: 'h', state: 'busy', activeJobs: 2, timestamp: ts(4) });
   s.apply('worker:state_change', '2002-0', { id: 'w', hostname: 'h', state: 'offline', previousState: 'busy', timestamp: ts(5) });
-  out.worker = { state: s.workers.get('w').state, activeJobs: s.workers.get('w').activeJobs };
+  out.worker = { state: s.workers.get('w').state, activeJobs: s.workers.get('w').activeJobs, byExternal: s.workerByExternalId('celery@h')?.id };
   s.apply('queue:snapshot', '2003-0', { name: 'q', depth: 4, consumers: 1 });
   s.apply('queue:snapshot', '5003-0', { name: 'q', depth: 9, consumers: 1 });
   out.queue = { depth: s.queues.get('q').depth, points: s.queues.get('q').points.length };
@@ -47,11 +53,89 @@ SCRIPT = """async () => {
                      again: s.apply('job:state_change', '1000-0', job('a', 'queued', 0)) };
   return out;
 }"""
+)
+
+JOIN = (
+    "async () => {"
+    + PRELUDE
+    + """
+  const s = new Store();
+  const out = {};
+  // Three answers, each read at its own moment: jobs up to 2000-0, workers 1500-0, queues 1800-0.
+  s.load({
+    jobs: { data: [job('p1', 'active', 0, { updatedAt: ts(9) }), job('p2', 'queued', 0)], nextCursor: '42', streamId: '2000-0' },
+    workers: { data: [{ id: 'w', externalId: 'celery@w', hostname: 'w', state: 'online', activeJobs: 1, timestamp: ts(1) }], streamId: '1500-0' },
+    queues: { data: [{ name: 'q', depth: 3, consumers: null, timestamp: ts(1) }], streamId: '1800-0' },
+  }, { baseline: true });
+  out.resume = s.resumeId();  // the stream opens from the oldest of the three
+  out.cursor = s.cursor;
+  // Entries the stream sends between 1500-0 and 2000-0: jobs already have them, the
+  // others do not; none counts as received (the page was loaded after them).
+  out.jobSkipped = s.apply('job:state_change', '1600-0', job('p1', 'failed', 5));
+  out.p1 = s.jobs.get('p1').state;
+  out.workerApplied = s.apply('worker:heartbeat', '1600-1', { id: 'w', externalId: 'celery@w', state: 'busy', activeJobs: 4, timestamp: ts(6) });
+  out.queueSkipped = s.apply('queue:snapshot', '1700-0', { name: 'q', depth: 99 });
+  out.queueApplied = s.apply('queue:snapshot', '1900-0', { name: 'q', depth: 7 });
+  out.midway = { events: s.eventCount, active: s.workers.get('w').activeJobs, depth: s.queues.get('q').depth };
+  // After 2000-0 everything applies, once; a new job goes on top.
+  out.live = [
+    s.apply('job:state_change', '2000-1', job('p1', 'completed', 7)),
+    s.apply('job:state_change', '2000-2', job('n1', 'queued', 8)),
+    s.apply('job:state_change', '2000-2', job('n1', 'queued', 8)),
+  ];
+  out.events = s.eventCount;
+  out.resumeAfter = s.resumeId();
+  out.order = ids(s);
+  out.p1After = s.jobs.get('p1').state;
+  // The next page: a job the list already has (it came on the stream) is skipped.
+  out.added = s.appendPage({ data: [job('n1', 'queued', 0), job('p3', 'failed', 0)], nextCursor: null, streamId: '2100-0' });
+  out.orderAfterPage = ids(s);
+  out.n1 = s.jobs.get('n1').state;
+  out.cursorAfter = s.cursor;
+  return out;
+}"""
+)
+
+FILTERS = (
+    "async () => {"
+    + PRELUDE
+    + """
+  const s = new Store();
+  const out = {};
+  const filter = { state: 'failed', queue: '', name: '', worker: '', q: '' };
+  s.load({ jobs: { data: [job('f1', 'failed', 0)], nextCursor: null, streamId: '10-0' } }, { filter, baseline: true });
+  s.apply('job:state_change', '11-0', job('c1', 'completed', 1));   // not for this list
+  s.apply('job:state_change', '11-1', job('f2', 'failed', 1));      // joins on top
+  out.order = ids(s);
+  out.kept = s.jobs.has('c1');
+  s.apply('job:state_change', '12-0', job('f1', 'retrying', 2));    // changes out of the filter
+  out.afterChange = ids(s);
+  out.listed = s.listed.total;
+  s.apply('job:state_change', '13-0', job('f1', 'failed', 3));      // and back, in its place
+  out.back = ids(s);
+  // q: the job id, or a prefix of the external id or of the name (case-sensitive).
+  const q = (text, d) => { const t = new Store(); t.resetJobs({ state: '', queue: '', name: '', worker: '', q: text }); t.apply('job:state_change', '1-0', d); return t.jobs.size === 1; };
+  const d = { id: 'uuid-1', externalId: 'abc-123', name: 'billing.charge', state: 'queued', timestamp: ts(0) };
+  out.q = [q('uuid-1', d), q('abc', d), q('billing.', d), q('charge', d), q('ABC', d), q('uuid', d)];
+  // The latest event's fields decide, like the server's index.
+  const t = new Store();
+  t.resetJobs({ state: '', queue: 'emails', name: '', worker: '', q: '' });
+  t.apply('job:state_change', '1-0', job('e1', 'queued', 0, { queue: 'emails' }));
+  t.apply('job:state_change', '2-0', job('e1', 'active', 1, { workerId: 'w1' }));  // no queue sent
+  out.queueLatest = ids(t);
+  // Memory is bounded: past maxJobs the bottom goes, and the list no longer reaches the end.
+  const small = new Store({ maxJobs: 3 });
+  small.load({ jobs: { data: [job('h1', 'queued', 0), job('h2', 'queued', 0)], nextCursor: '5', streamId: '1-0' } });
+  for (let i = 0; i < 3; i++) small.apply('job:state_change', `${2 + i}-0`, job('l' + i, 'queued', 0));
+  out.small = { order: ids(small), trimmed: small.trimmed, cursor: small.cursor };
+  return out;
+}"""
+)
 
 
 def test_store_dedupes_and_derives(server, page):
     page.goto(server.url + "/login")
-    out = page.evaluate(SCRIPT)
+    out = page.evaluate(STREAM_ONLY)
     assert out["first"] is True
     assert out["sameId"] is False and out["olderId"] is False
     assert out["replayed"] == [False, False, False]
@@ -61,10 +145,39 @@ def test_store_dedupes_and_derives(server, page):
     assert sum(out["counts"].values()) == 2
     assert out["resume"] == "2000-1"
     assert out["order"] == ["c", "a"]  # newest first
-    assert out["search"] == {"total": 1, "ids": ["c"]}
     assert out["capped"] == {"total": 30, "first": "j29", "n": 5}
     assert out["rateNow"] == pytest.approx(4 / 5)
     assert out["rateLater"] == 0
-    assert out["worker"] == {"state": "offline", "activeJobs": 0}
+    assert out["worker"] == {"state": "offline", "activeJobs": 0, "byExternal": "w"}
     assert out["queue"] == {"depth": 9, "points": 2}
-    assert out["afterReset"] == {"events": 0, "jobs": 0, "resume": "0", "again": True}
+    assert out["afterReset"] == {"events": 0, "jobs": 0, "resume": None, "again": True}
+
+
+def test_store_joins_snapshots_to_the_stream(server, page):
+    page.goto(server.url + "/login")
+    out = page.evaluate(JOIN)
+    assert out["resume"] == "1500-0" and out["cursor"] == "42"
+    assert out["jobSkipped"] is False and out["p1"] == "active"
+    assert out["workerApplied"] is True
+    assert out["queueSkipped"] is False and out["queueApplied"] is True
+    assert out["midway"] == {"events": 0, "active": 4, "depth": 7}
+    assert out["live"] == [True, True, False]
+    assert out["events"] == 2
+    assert out["resumeAfter"] == "2000-2"
+    assert out["order"] == ["n1", "p1", "p2"]
+    assert out["p1After"] == "completed"
+    assert out["added"] == 1
+    assert out["orderAfterPage"] == ["n1", "p1", "p2", "p3"]
+    assert out["n1"] == "queued" and out["cursorAfter"] is None
+
+
+def test_store_applies_the_list_filter_to_live_events(server, page):
+    page.goto(server.url + "/login")
+    out = page.evaluate(FILTERS)
+    assert out["order"] == ["f2", "f1"]
+    assert out["kept"] is False
+    assert out["afterChange"] == ["f2"] and out["listed"] == 1
+    assert out["back"] == ["f2", "f1"]
+    assert out["q"] == [True, True, True, False, False, False]
+    assert out["queueLatest"] == []
+    assert out["small"] == {"order": ["l2", "l1", "l0"], "trimmed": True, "cursor": None}

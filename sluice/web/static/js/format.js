@@ -41,6 +41,14 @@ export function formatClock(ms) {
   return timeFmt.format(new Date(ms));
 }
 
+const dateTimeFmt = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "medium" });
+
+/** A date and time to the second, local time ("27 Feb 2026, 10:30:00"). */
+export function formatDateTime(ms) {
+  if (ms == null || !Number.isFinite(ms)) return "";
+  return dateTimeFmt.format(new Date(ms));
+}
+
 export function formatDate(iso) {
   const t = Date.parse(iso);
   return Number.isFinite(t) ? dateFmt.format(new Date(t)) : "";

@@ -1,17 +1,26 @@
-// The live view's state, built only from stream events. No DOM here.
+// The live view's state: pages and snapshots from the job index API, then stream
+// events on top. No DOM here.
 //
-// Every event that carries an SSE id is applied at most once: the store keeps the
-// last entry id it applied (events arrive in id order, on a replay and on a resume
-// alike) and each job keeps the id of the last event applied to it, so a replay
-// after a reconnect never doubles a row or the event count.
+// Joining a snapshot to the stream without a gap or a duplicate: every API answer
+// carries `streamId`, the stream's last entry id when it was read. The store keeps,
+// per kind of data (jobs, workers, queues), the id it is up to date with ("as of");
+// the stream is opened from the oldest of them, and an event is applied only to a
+// kind that is not already up to date with it. The stream delivers events in id
+// order, so after an event every kind is up to date with its id.
+//
+// The jobs list holds the jobs of the current filter in the order the page got them:
+// jobs first seen on the stream on top (newest first), then the pages loaded from
+// the API (most recently updated first). A job that changes is updated where it is.
 
 import { compareIds, parseId } from "./ids.js";
+import { emptyFilter, isFiltered, matchesFilter } from "./query.js";
 import { parseTime } from "../format.js";
 
 import { JOB_STATES, JOB_STATE_CHANGE, QUEUE_SNAPSHOT, WORKER_HEARTBEAT, WORKER_STATE_CHANGE } from "../contract.js";
 
 export { JOB_STATES };
 export const FINISHED = new Set(["completed", "failed", "cancelled"]);
+export const KINDS = ["job", "worker", "queue"];
 
 const JOB_FIELDS = [
   "externalId", "name", "queue", "workerId", "attempt", "maxRetries", "progress",
@@ -21,42 +30,163 @@ const SPARK_WINDOW_MS = 5 * 60 * 1000;
 const SPARK_MAX_POINTS = 300;
 const RATE_WINDOW_S = 120;
 
+/** The kind of data a stream event changes ("job", "worker", "queue"), or "". */
+export function kindOf(type) {
+  if (type === JOB_STATE_CHANGE) return "job";
+  if (type === WORKER_HEARTBEAT || type === WORKER_STATE_CHANGE) return "worker";
+  if (type === QUEUE_SNAPSHOT) return "queue";
+  return "";
+}
+
+function zeroCounts() {
+  return Object.fromEntries(JOB_STATES.map((s) => [s, 0]));
+}
+
+/** The fields the filters look at, from one event's (or one API job's) data. */
+function filterFields(key, d) {
+  return {
+    id: key,
+    externalId: d.externalId,
+    name: d.name,
+    state: d.state,
+    queue: d.queue || "",
+    workerId: d.workerId || "",
+  };
+}
+
 export class Store {
   constructor({ maxJobs = 20000 } = {}) {
     this.maxJobs = maxJobs;
+    this.filter = emptyFilter();
     this.reset();
   }
 
+  /** Forget everything (a new page). */
   reset() {
-    /** @type {Map<string, any>} */
-    this.jobs = new Map();
-    /** Jobs in first-seen order (oldest first); `orderHead` skips evicted ones. */
-    this.order = [];
-    this.orderHead = 0;
-    this.stateCounts = Object.fromEntries(JOB_STATES.map((s) => [s, 0]));
+    this.resetJobs(this.filter);
     /** @type {Map<string, any>} */
     this.workers = new Map();
     /** @type {Map<string, any>} */
     this.queues = new Map();
-    this.lastId = null; // string
-    this.lastParsed = null; // [ms, seq]
+    /** Per kind: {id, parsed} of the stream entry it is up to date with, or null. */
+    this.asOf = { job: null, worker: null, queue: null };
+    this.lastId = null; // the newest entry id counted as received
+    this.lastParsed = null;
     this.eventCount = 0;
     this.duplicates = 0;
     this.buckets = new Map(); // second -> events appended in that second (server time)
-    this.seq = 0;
     this.version = 0;
-    this.jobsChanged = true;
     this.workersChanged = true;
     this.queuesChanged = true;
   }
 
-  /** The id to resume from ("0" replays the whole retained history). */
+  /** Empty the jobs list, for `filter` (a new filter, or a reload). */
+  resetJobs(filter) {
+    this.filter = { ...(filter || emptyFilter()) };
+    /** @type {Map<string, any>} */
+    this.jobs = new Map();
+    /** Jobs first seen on the stream, oldest first; `liveHead` skips evicted ones. */
+    this.live = [];
+    this.liveHead = 0;
+    /** Jobs from API pages, in the API's order (most recently updated first). */
+    this.history = [];
+    /** The `nextCursor` of the last page loaded: null when there is no more. */
+    this.cursor = null;
+    /** Whether jobs were dropped to bound memory (the list no longer reaches its end). */
+    this.trimmed = false;
+    this.stateCounts = zeroCounts();
+    this.seq = 0;
+    this.listed = { total: 0, counts: zeroCounts() };
+    this.jobsChanged = true;
+  }
+
+  /** Record that `kind` reflects every stream entry up to `streamId`. */
+  setAsOf(kind, streamId) {
+    const parsed = parseId(streamId) || [0, 0];
+    this.asOf[kind] = { id: streamId || "0-0", parsed };
+  }
+
+  /** Where to open the stream: the oldest point some kind is up to date with. */
   resumeId() {
-    return this.lastId || "0";
+    let oldest = null;
+    for (const kind of KINDS) {
+      const at = this.asOf[kind];
+      if (at && (!oldest || compareIds(at.parsed, oldest.parsed) < 0)) oldest = at;
+    }
+    return oldest ? oldest.id : null;
   }
 
   /**
-   * Apply one stream event. Returns false for a duplicate (already applied).
+   * Take what the API answered: a first page of jobs ({data, nextCursor, streamId}),
+   * the workers and the queues ({data, streamId}); any may be missing.
+   * The jobs are the first page for `filter` (default: the list's filter). With
+   * `baseline`, entries up to these snapshots do not count as events received.
+   */
+  load({ jobs, workers, queues }, { filter = null, baseline = false } = {}) {
+    const ids = [];
+    if (jobs) {
+      this.resetJobs(filter || this.filter);
+      this.appendPage(jobs);
+      this.setAsOf("job", jobs.streamId);
+      ids.push(this.asOf.job);
+    }
+    if (workers) {
+      this.workers = new Map();
+      for (const w of workers.data || []) {
+        if (!w || typeof w !== "object") continue;
+        const ms = parseTime(w.timestamp) ?? 0;
+        this.applyWorker(w.state === "offline" ? WORKER_STATE_CHANGE : WORKER_HEARTBEAT, ms, w);
+      }
+      this.workersChanged = true;
+      this.setAsOf("worker", workers.streamId);
+      ids.push(this.asOf.worker);
+    }
+    if (queues) {
+      const before = this.queues;
+      this.queues = new Map();
+      for (const q of queues.data || []) {
+        if (!q || typeof q !== "object" || typeof q.name !== "string") continue;
+        const known = before.get(q.name); // keep its sparkline
+        if (known) this.queues.set(q.name, known);
+        this.applyQueue(parseTime(q.timestamp) ?? Date.now(), q);
+      }
+      this.queuesChanged = true;
+      this.setAsOf("queue", queues.streamId);
+      ids.push(this.asOf.queue);
+    }
+    if (baseline && ids.length) {
+      let newest = ids[0];
+      for (const at of ids) if (compareIds(at.parsed, newest.parsed) > 0) newest = at;
+      this.lastId = newest.id;
+      this.lastParsed = newest.parsed;
+    }
+    this.version++;
+  }
+
+  /**
+   * Append a page of jobs from the API below what the list holds. A job the list
+   * already has is skipped: what the list has is as new or newer (it came on the
+   * stream after the page was read). Returns how many jobs were added.
+   */
+  appendPage(page) {
+    let added = 0;
+    for (const d of page.data || []) {
+      if (!d || typeof d !== "object") continue;
+      const key = typeof d.id === "string" && d.id ? d.id : d.externalId;
+      if (typeof key !== "string" || !key || this.jobs.has(key)) continue;
+      const job = this.newJob(key);
+      this.history.push(job);
+      this.fill(job, d, parseTime(d.updatedAt) ?? 0);
+      added++;
+    }
+    this.cursor = typeof page.nextCursor === "string" && page.nextCursor ? page.nextCursor : null;
+    this.evict();
+    this.jobsChanged = true;
+    return added;
+  }
+
+  /**
+   * Apply one stream event. Returns whether anything changed.
    * @param {string} type SSE event name
    * @param {string} id SSE id ("" when the event has none)
    * @param {any} data parsed JSON
@@ -64,26 +194,44 @@ export class Store {
   apply(type, id, data) {
     const parsed = parseId(id);
     if (!parsed || !data || typeof data !== "object") return false;
-    if (this.lastParsed && compareIds(parsed, this.lastParsed) <= 0) {
-      this.duplicates++;
-      return false;
+    const kind = kindOf(type);
+    const fresh = !this.lastParsed || compareIds(parsed, this.lastParsed) > 0;
+    let changed = false;
+    const at = kind ? this.asOf[kind] : null;
+    if (kind && (!at || compareIds(parsed, at.parsed) > 0)) {
+      const ms = parsed[0];
+      if (kind === "job") changed = this.applyJob(id, parsed, ms, data);
+      else if (kind === "worker") changed = this.applyWorker(type, ms, data);
+      else changed = this.applyQueue(ms, data);
     }
-    let applied = true;
-    const ms = parsed[0];
-    if (type === JOB_STATE_CHANGE) applied = this.applyJob(id, parsed, ms, data);
-    else if (type === WORKER_HEARTBEAT || type === WORKER_STATE_CHANGE) this.applyWorker(type, ms, data);
-    else if (type === QUEUE_SNAPSHOT) this.applyQueue(ms, data);
+    // Events come in id order: every kind now reflects everything up to this one.
+    for (const k of KINDS) {
+      const a = this.asOf[k];
+      if (!a || compareIds(parsed, a.parsed) > 0) this.asOf[k] = { id, parsed };
+    }
+    if (!fresh) {
+      if (!changed) this.duplicates++;
+      return changed;
+    }
     this.lastId = id;
     this.lastParsed = parsed;
-    if (!applied) {
-      this.duplicates++;
-      return false;
-    }
     this.eventCount++;
-    const sec = Math.floor(ms / 1000);
+    const sec = Math.floor(parsed[0] / 1000);
     this.buckets.set(sec, (this.buckets.get(sec) || 0) + 1);
     this.version++;
     return true;
+  }
+
+  newJob(key) {
+    const job = { id: key, state: "unknown", seq: this.seq++, v: 0, lastId: null, lastParsed: null };
+    for (const f of JOB_FIELDS) job[f] = null;
+    job.activeMs = null;
+    job.finishedMs = null;
+    job.updatedMs = null;
+    job.m = null;
+    this.jobs.set(key, job);
+    this.stateCounts.unknown++;
+    return job;
   }
 
   applyJob(id, parsed, ms, d) {
@@ -92,15 +240,20 @@ export class Store {
     let job = this.jobs.get(key);
     if (job && job.lastParsed && compareIds(parsed, job.lastParsed) <= 0) return false;
     if (!job) {
-      job = { id: key, state: "unknown", seq: this.seq++, firstMs: ms, v: 0 };
-      for (const f of JOB_FIELDS) job[f] = null;
-      job.activeMs = null;
-      job.finishedMs = null;
-      this.jobs.set(key, job);
-      this.order.push(job);
-      this.stateCounts.unknown++;
+      // Not in the list: it joins (on top) only when the list's filter wants it.
+      if (!matchesFilter(this.filter, filterFields(key, d))) return false;
+      job = this.newJob(key);
+      this.live.push(job);
       this.evict();
     }
+    this.fill(job, d, ms);
+    job.lastId = id;
+    job.lastParsed = parsed;
+    return true;
+  }
+
+  /** Merge one job's data (an event's, or the API's) into the list's job. */
+  fill(job, d, ms) {
     for (const f of JOB_FIELDS) {
       if (d[f] !== undefined && d[f] !== null) job[f] = d[f];
     }
@@ -120,27 +273,34 @@ export class Store {
       job.finishedMs = null;
     }
     job.updatedMs = when;
-    job.lastId = id;
-    job.lastParsed = parsed;
+    job.m = filterFields(job.id, d);
     job.v++;
     this.jobsChanged = true;
-    return true;
   }
 
-  /** Keep memory bounded: forget the oldest jobs past maxJobs. */
+  /**
+   * Keep memory bounded: past maxJobs, drop jobs from the bottom of the list (the
+   * oldest pages first). The list then no longer reaches the end of the history.
+   */
   evict() {
     while (this.jobs.size > this.maxJobs) {
-      const old = this.order[this.orderHead];
-      this.order[this.orderHead] = undefined;
-      this.orderHead++;
+      let old = null;
+      if (this.history.length) old = this.history.pop();
+      else {
+        old = this.live[this.liveHead];
+        this.live[this.liveHead] = undefined;
+        this.liveHead++;
+      }
       if (old && this.jobs.get(old.id) === old) {
         this.jobs.delete(old.id);
         this.stateCounts[old.state]--;
       }
+      this.trimmed = true;
+      this.cursor = null;
     }
-    if (this.orderHead > 4096 && this.orderHead * 2 > this.order.length) {
-      this.order = this.order.slice(this.orderHead);
-      this.orderHead = 0;
+    if (this.liveHead > 4096 && this.liveHead * 2 > this.live.length) {
+      this.live = this.live.slice(this.liveHead);
+      this.liveHead = 0;
     }
   }
 
@@ -155,12 +315,13 @@ export class Store {
 
   applyWorker(type, ms, d) {
     const key = typeof d.id === "string" && d.id ? d.id : d.externalId || d.hostname;
-    if (typeof key !== "string" || !key) return;
+    if (typeof key !== "string" || !key) return false;
     let w = this.workers.get(key);
     if (!w) {
-      w = { id: key, hostname: null, state: "online", activeJobs: null, concurrency: null, queues: null, lastHeartbeatMs: null, changedMs: ms, v: 0 };
+      w = { id: key, externalId: null, hostname: null, state: "online", activeJobs: null, concurrency: null, queues: null, lastHeartbeatMs: null, changedMs: ms, v: 0 };
       this.workers.set(key, w);
     }
+    if (typeof d.externalId === "string" && d.externalId) w.externalId = d.externalId;
     if (typeof d.hostname === "string" && d.hostname) w.hostname = d.hostname;
     if (typeof d.state === "string" && d.state) {
       if (d.state !== w.state) w.changedMs = ms;
@@ -170,14 +331,21 @@ export class Store {
     if (Number.isFinite(d.concurrency)) w.concurrency = d.concurrency;
     if (Array.isArray(d.queues)) w.queues = d.queues;
     if (type === WORKER_HEARTBEAT) w.lastHeartbeatMs = parseTime(d.timestamp) ?? ms;
-    else if (w.lastHeartbeatMs == null && w.state !== "offline") w.lastHeartbeatMs = parseTime(d.timestamp) ?? ms;
+    else if (w.lastHeartbeatMs == null) w.lastHeartbeatMs = parseTime(d.timestamp) ?? ms;
     if (w.state === "offline") w.activeJobs = 0;
     w.v++;
     this.workersChanged = true;
+    return true;
+  }
+
+  /** The worker whose externalId (a job's `workerId`) is `externalId`, or null. */
+  workerByExternalId(externalId) {
+    for (const w of this.workers.values()) if (w.externalId === externalId) return w;
+    return null;
   }
 
   applyQueue(ms, d) {
-    if (typeof d.name !== "string" || !d.name) return;
+    if (typeof d.name !== "string" || !d.name) return false;
     let q = this.queues.get(d.name);
     if (!q) {
       q = { name: d.name, depth: 0, consumers: null, points: [], v: 0 };
@@ -190,14 +358,15 @@ export class Store {
     if (last && ms - last[0] < 1000) last[1] = q.depth; // one point per second is plenty
     else pts.push([ms, q.depth]);
     while (pts.length > SPARK_MAX_POINTS || (pts.length > 1 && ms - pts[0][0] > SPARK_WINDOW_MS)) pts.shift();
-    q.updatedMs = ms;
+    q.updatedMs = Math.max(q.updatedMs || 0, ms);
     q.v++;
     this.queuesChanged = true;
+    return true;
   }
 
   /**
    * Events per second over the last `windowS` complete seconds, in server time
-   * (stream ids carry Redis's clock, so a replayed backlog does not count as a burst).
+   * (stream ids carry Redis's clock, so a burst after a reconnect is not a spike).
    */
   rate(nowMs, windowS = 5) {
     const nowS = Math.floor(nowMs / 1000);
@@ -209,7 +378,7 @@ export class Store {
 
   /**
    * Per-second event counts (oldest first) for the rate sparkline: the last n complete
-   * seconds, or fewer when the page has not seen that much history yet.
+   * seconds, or fewer when the page has not seen that much yet.
    */
   rateSeries(nowMs, n = 60) {
     const nowS = Math.floor(nowMs / 1000);
@@ -223,31 +392,30 @@ export class Store {
   }
 
   /**
-   * Up to `limit` jobs matching the filters, newest first, and the number matching in total.
-   * @param {{state: string, search: string}} filter
+   * The first `limit` jobs of the list that match its filter (a job may have changed
+   * out of it since it was listed), the number matching in all, and per state.
    */
-  visibleJobs(filter, limit) {
-    const needle = filter.search ? filter.search.toLowerCase() : "";
-    const state = filter.state || "";
+  visibleJobs(limit) {
+    const f = this.filter;
+    const filtered = isFiltered(f);
     const rows = [];
     let total = 0;
-    if (!needle && !state) total = this.jobs.size;
-    else if (!needle) total = this.stateCounts[state] || 0;
-    const counting = needle !== "";
-    for (let i = this.order.length - 1; i >= this.orderHead; i--) {
-      const job = this.order[i];
-      if (!job) continue;
-      if (state && job.state !== state) continue;
-      if (needle && !matches(job, needle)) continue;
-      if (counting) total++;
+    const counts = filtered ? zeroCounts() : { ...this.stateCounts };
+    const visit = (job) => {
+      if (!job) return;
+      if (filtered) {
+        if (!matchesFilter(f, job.m)) return;
+        counts[job.state]++;
+      }
+      total++;
       if (rows.length < limit) rows.push(job);
-      else if (!counting) break;
-    }
-    return { rows, total };
+    };
+    // Unfiltered, the totals are known: stop at `limit`. Filtered, count them all.
+    const done = () => !filtered && rows.length >= limit;
+    for (let i = this.live.length - 1; i >= this.liveHead && !done(); i--) visit(this.live[i]);
+    for (let i = 0; i < this.history.length && !done(); i++) visit(this.history[i]);
+    if (!filtered) total = this.jobs.size;
+    this.listed = { total, counts };
+    return { rows, total, counts };
   }
-}
-
-function matches(job, needle) {
-  if (job.name && String(job.name).toLowerCase().includes(needle)) return true;
-  return job.externalId != null && String(job.externalId).toLowerCase().includes(needle);
 }

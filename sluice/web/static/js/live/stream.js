@@ -7,6 +7,10 @@
 // EventSource cannot carry a Last-Event-ID header). Before reopening it asks
 // GET /api/auth/me: 401 means signed out (go to the login page), a network error
 // means the server is away (back off and try again).
+//
+// The page opens the stream only once it has loaded its snapshot from the job index
+// API, from the id that snapshot is up to date with (`resumeId()`); while it reloads
+// one (a new filter, a `stream:reset`) the stream is paused.
 
 import { api, goToLogin } from "../api.js";
 import { EVENT_NAMES as EVENT_TYPES, HEARTBEAT, STREAM_RESET } from "../contract.js";
@@ -21,7 +25,7 @@ export class StreamClient {
   /**
    * @param {{
    *   connectionId: string,
-   *   resumeId: () => string,
+   *   resumeId: () => string | null,
    *   onEvent: (type: string, id: string, data: any) => void,
    *   onReset: (reason: string) => void,
    *   onStatus: (status: string, detail?: string) => void,
@@ -41,6 +45,7 @@ export class StreamClient {
     this.serverOffsetMs = 0; // client clock minus server clock, from heartbeats
     this.generation = 0;
     this.stopped = false;
+    this.paused = true; // until the first snapshot is loaded
     this.watchdog = setInterval(() => this.checkStale(), 1000);
   }
 
@@ -53,13 +58,15 @@ export class StreamClient {
     return Date.now() - this.serverOffsetMs;
   }
 
-  /** Open (or reopen) the stream now, resuming from the store's last id. */
+  /** Open (or reopen) the stream now, resuming from the store's resume id. */
   open() {
     this.closeSource();
     clearTimeout(this.timer);
-    if (this.stopped) return;
+    if (this.stopped || this.paused) return;
     const gen = ++this.generation;
-    const params = new URLSearchParams({ connectionId: this.opts.connectionId, lastEventId: this.opts.resumeId() });
+    const params = new URLSearchParams({ connectionId: this.opts.connectionId });
+    const resume = this.opts.resumeId();
+    if (resume) params.set("lastEventId", resume);
     if (this.types) params.set("types", this.types.join(","));
     const es = new EventSource(`/api/events/stream?${params}`, { withCredentials: true });
     this.es = es;
@@ -114,7 +121,21 @@ export class StreamClient {
     });
   }
 
-  /** Change the type filter (null or [] = all) and reopen. */
+  /** Close the stream until resume(): nothing is delivered meanwhile. */
+  pause() {
+    this.paused = true;
+    this.generation++; // late callbacks of the closed source are ignored
+    this.closeSource();
+    clearTimeout(this.timer);
+  }
+
+  /** Open the stream again, from the store's resume id. */
+  resume() {
+    this.paused = false;
+    this.open();
+  }
+
+  /** Change the type filter (null or [] = all); takes effect at the next open. */
   setTypes(types) {
     this.types = types && types.length ? types : null;
   }
@@ -147,7 +168,7 @@ export class StreamClient {
   }
 
   scheduleReconnect(wasClosed) {
-    if (this.stopped) return;
+    if (this.stopped || this.paused) return;
     clearTimeout(this.timer);
     this.setStatus("reconnecting");
     const base = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** this.attempt);
@@ -158,7 +179,7 @@ export class StreamClient {
   }
 
   async reconnect(gen, wasClosed) {
-    if (this.stopped || gen !== this.generation) return;
+    if (this.stopped || this.paused || gen !== this.generation) return;
     const me = await api("/api/auth/me");
     if (this.stopped || gen !== this.generation) return;
     if (me.status === 401) {

@@ -8,17 +8,20 @@
 import { JOB_STATES, Store } from "./store.js";
 import { drawSparkline } from "./sparkline.js";
 import { formatAgo, formatClock, formatDuration, formatInt, formatRate } from "../format.js";
+import { viewUrl } from "./query.js";
 
+/** Rows shown at first; "Load more" shows (or fetches) this many more each time. */
 export const MAX_ROWS = 500;
+export const PAGE_SIZE = 100;
 const MAX_WORKERS = 200;
 const MAX_QUEUES = 100;
-const STATE_LABEL = {
+export const STATE_LABEL = {
   unknown: "Unknown", queued: "Queued", scheduled: "Scheduled", active: "Active",
   completed: "Completed", failed: "Failed", retrying: "Retrying", cancelled: "Cancelled",
 };
 const WORKER_ORDER = { busy: 0, online: 1, idle: 2, offline: 3 };
 
-function el(tag, className, text) {
+export function el(tag, className, text) {
   const node = document.createElement(tag);
   if (className) node.className = className;
   if (text != null) node.textContent = text;
@@ -26,7 +29,7 @@ function el(tag, className, text) {
 }
 
 /** Write text only when it changed (no DOM work for unchanged cells). */
-function setText(node, text) {
+export function setText(node, text) {
   const value = text == null ? "" : String(text);
   if (node.textContent !== value) node.textContent = value;
 }
@@ -36,18 +39,53 @@ export function badge(state) {
   return b;
 }
 
+/** A same-page link that changes the view's filters (followed by the page itself). */
+export function navLink(className, text, href) {
+  const a = el("a", className, text);
+  a.href = href;
+  a.dataset.nav = "";
+  return a;
+}
+
+/** Whether a click should be left to the browser (new tab, new window, download…). */
+export function isModifiedClick(ev) {
+  return ev.defaultPrevented || ev.button !== 0 || ev.metaKey || ev.ctrlKey || ev.shiftKey || ev.altKey;
+}
+
 export class JobsTable {
-  constructor(root) {
+  /**
+   * @param {HTMLElement} root
+   * @param {{
+   *   onState: (state: string) => void,
+   *   onOpen: (jobId: string, opener: HTMLElement) => void,
+   *   onMore: () => void,
+   *   jobHref: (jobId: string) => string,
+   * }} actions
+   */
+  constructor(root, actions) {
+    this.actions = actions;
+    this.table = root.querySelector("[data-jobs-table]");
     this.body = root.querySelector("[data-jobs-body]");
     this.empty = root.querySelector("[data-jobs-empty]");
     this.more = root.querySelector("[data-jobs-more]");
+    this.moreButton = root.querySelector("[data-load-more]");
+    this.error = root.querySelector("[data-jobs-error]");
     this.chips = root.querySelector("[data-state-chips]");
     /** @type {Map<string, HTMLDivElement>} */
     this.rows = new Map();
-    this.filter = { state: "", search: "" };
-    this.filterChanged = true;
+    this.filter = { state: "" };
+    this.filtered = false;
+    this.cap = MAX_ROWS;
+    this.shown = 0;
+    this.hidden = 0;
+    this.loading = true; // the first page is on its way
+    this.busy = false; // "load more" is on its way
+    this.openId = "";
+    this.changed = true;
     this.chipEls = new Map();
     this.buildChips();
+    this.moreButton.addEventListener("click", () => this.actions.onMore());
+    this.body.addEventListener("click", (ev) => this.onClick(ev));
   }
 
   buildChips() {
@@ -56,38 +94,96 @@ export class JobsTable {
       b.type = "button";
       b.dataset.stateFilter = state || "all";
       b.setAttribute("aria-pressed", state === this.filter.state ? "true" : "false");
-      const label = el("span", "chip-label", state ? STATE_LABEL[state] : "All");
-      const count = el("span", "chip-count", "0");
-      b.append(label, count);
-      b.addEventListener("click", () => this.setState(state));
+      b.append(el("span", "chip-label", state ? STATE_LABEL[state] : "All"));
+      // Pressing the active filter again clears it.
+      b.addEventListener("click", () => this.actions.onState(state === this.filter.state ? "" : state));
       this.chips.append(b);
-      this.chipEls.set(state, { button: b, count });
+      this.chipEls.set(state, b);
     }
   }
 
-  setState(state) {
-    if (this.filter.state === state) state = "";
-    this.filter.state = state;
-    for (const [s, c] of this.chipEls) c.button.setAttribute("aria-pressed", s === state ? "true" : "false");
-    this.filterChanged = true;
+  /** The list's filter changed (from the URL): show it; the rows come with the next page. */
+  setFilter(filter, filtered) {
+    this.filter = { ...filter };
+    this.filtered = filtered;
+    for (const [s, b] of this.chipEls) b.setAttribute("aria-pressed", s === filter.state ? "true" : "false");
+    this.changed = true;
   }
 
-  setSearch(text) {
-    this.filter.search = text.trim();
-    this.filterChanged = true;
+  /** A first page is on its way (true) or has arrived (false). */
+  setLoading(loading) {
+    this.loading = loading;
+    this.table.setAttribute("aria-busy", loading ? "true" : "false");
+    if (!loading) this.cap = MAX_ROWS;
+    this.changed = true;
+  }
+
+  setBusy(busy) {
+    this.busy = busy;
+    this.changed = true;
+  }
+
+  /** An error sentence above the table, or "" to hide it. */
+  setError(message) {
+    setText(this.error, message);
+    this.error.hidden = !message;
+  }
+
+  /** Show `n` more rows than are shown now (they are already loaded). */
+  showMore(n) {
+    this.cap = Math.max(this.cap, this.shown) + n;
+    this.changed = true;
+  }
+
+  /** Show at least `n` rows (when as many match). */
+  showAtLeast(n) {
+    this.cap = Math.max(this.cap, n);
+    this.changed = true;
+  }
+
+  /** The job whose details are open ("" for none): its row is highlighted. */
+  setOpen(jobId) {
+    if (this.openId === jobId) return;
+    const before = this.rows.get(this.openId);
+    if (before) this.markOpen(before, false);
+    this.openId = jobId;
+    const now = this.rows.get(jobId);
+    if (now) this.markOpen(now, true);
+  }
+
+  /** The link of a job's row, if it is shown. */
+  rowLink(jobId) {
+    const tr = this.rows.get(jobId);
+    return tr ? tr._cells.link : null;
+  }
+
+  markOpen(tr, open) {
+    tr.classList.toggle("is-open", open);
+    if (open) tr._cells.link.setAttribute("aria-current", "true");
+    else tr._cells.link.removeAttribute("aria-current");
+  }
+
+  onClick(ev) {
+    const tr = ev.target instanceof Element ? ev.target.closest(".job-row") : null;
+    if (!tr || !tr.dataset.jobId) return;
+    const link = ev.target.closest("a");
+    if (link && isModifiedClick(ev)) return; // a new tab gets the link's URL
+    if (!link && String(window.getSelection() || "")) return; // selecting text, not opening
+    ev.preventDefault();
+    this.actions.onOpen(tr.dataset.jobId, tr._cells.link);
   }
 
   clear() {
     this.body.replaceChildren();
     this.rows.clear();
-    this.filterChanged = true;
+    this.changed = true;
   }
 
   render(store) {
-    if (!store.jobsChanged && !this.filterChanged) return;
+    if (!store.jobsChanged && !this.changed) return;
     store.jobsChanged = false;
-    this.filterChanged = false;
-    const { rows, total } = store.visibleJobs(this.filter, MAX_ROWS);
+    this.changed = false;
+    const { rows, total } = store.visibleJobs(this.cap);
     // Reconcile: walk the desired order, reusing keyed rows in place.
     const keep = new Set();
     let cursor = this.body.firstChild;
@@ -97,7 +193,7 @@ export class JobsTable {
       if (!tr) {
         tr = this.createRow(job);
         this.rows.set(job.id, tr);
-      } else if (tr._v !== job.v) {
+      } else if (tr._job !== job || tr._v !== job.v) {
         this.fillRow(tr, job);
       }
       if (tr === cursor) cursor = cursor.nextSibling;
@@ -114,16 +210,60 @@ export class JobsTable {
         this.rows.delete(id);
       }
     }
-    const filtered = this.filter.state || this.filter.search;
-    this.empty.hidden = rows.length > 0;
-    if (!rows.length) {
-      setText(this.empty.querySelector("strong"), filtered && store.jobs.size ? "No jobs match these filters." : "Waiting for jobs…");
+    this.shown = rows.length;
+    this.hidden = total - rows.length;
+    this.renderEmpty(store, rows.length);
+    this.renderFoot(store, total);
+  }
+
+  renderEmpty(store, n) {
+    this.empty.hidden = n > 0;
+    if (n) return;
+    let title;
+    let sub;
+    if (this.loading) {
+      title = "Loading jobs…";
+      sub = "";
+    } else if (this.filtered && store.cursor) {
+      title = "No jobs match these filters among the newest ones.";
+      sub = "Load more to search older jobs.";
+    } else if (this.filtered) {
+      title = "No jobs match these filters.";
+      sub = "Matching jobs appear here the moment they change.";
+    } else {
+      title = "Waiting for jobs…";
+      sub = "Job events appear here the moment they are ingested.";
     }
-    const hidden = total - rows.length;
-    setText(this.more, hidden > 0 ? `Showing the newest ${formatInt(rows.length)} of ${formatInt(total)} jobs · ${formatInt(hidden)} more not shown` : "");
+    setText(this.empty.querySelector("strong"), title);
+    setText(this.empty.querySelector("[data-jobs-empty-sub]"), sub);
+  }
+
+  renderFoot(store, total) {
+    const shown = this.shown;
+    const hidden = this.hidden;
+    let text = "";
+    let more = "end";
+    if (this.loading) {
+      more = "loading";
+    } else if (hidden > 0) {
+      more = "hidden";
+      text = `Showing the newest ${formatInt(shown)} of ${formatInt(total)} jobs · ${formatInt(hidden)} more not shown`;
+    } else if (store.cursor) {
+      more = "history";
+      text = shown ? `Showing ${formatInt(shown)} jobs · older ones are in the history` : "";
+    } else if (store.trimmed) {
+      more = "trimmed";
+      text = `Showing the newest ${formatInt(shown)} jobs · older ones were let go to keep this page light; reload the page to browse them`;
+    } else if (shown) {
+      text = `${formatInt(shown)} job${shown === 1 ? "" : "s"} · the end of the retained history`;
+    }
+    if (this.busy) text = text ? `${text} · loading…` : "Loading…";
+    setText(this.more, text);
     this.more.dataset.hiddenCount = String(Math.max(0, hidden));
-    setText(this.chipEls.get("").count, formatInt(store.jobs.size));
-    for (const s of JOB_STATES) setText(this.chipEls.get(s).count, formatInt(store.stateCounts[s]));
+    this.more.dataset.more = more;
+    const canMore = more === "hidden" || more === "history";
+    this.moreButton.hidden = !canMore;
+    this.moreButton.disabled = this.busy;
   }
 
   createRow(job) {
@@ -132,7 +272,6 @@ export class JobsTable {
     const tr = el("div", "job-row");
     tr.setAttribute("role", "row");
     tr.dataset.jobId = job.id;
-    if (job.externalId != null) tr.dataset.externalId = String(job.externalId);
     const cell = (cls) => {
       const c = el("div", cls);
       c.setAttribute("role", "cell");
@@ -140,13 +279,13 @@ export class JobsTable {
     };
     const stateTd = cell("c-state");
     const nameTd = cell("c-name");
-    const name = el("div", "job-name");
+    const link = el("a", "job-name job-link");
     const sub = el("div", "job-sub mono");
     const err = el("div", "job-error");
-    nameTd.append(name, sub, err);
+    nameTd.append(link, sub, err);
     tr._cells = {
       state: stateTd,
-      name,
+      link,
       sub,
       err,
       queue: cell("c-queue"),
@@ -158,18 +297,24 @@ export class JobsTable {
     const c = tr._cells;
     tr.append(stateTd, nameTd, c.queue, c.worker, c.attempt, c.duration, c.updated);
     this.fillRow(tr, job);
+    if (job.id === this.openId) this.markOpen(tr, true);
     return tr;
   }
 
   fillRow(tr, job) {
     const c = tr._cells;
+    if (tr._job !== job) {
+      c.link.href = this.actions.jobHref(job.id);
+      tr._job = job;
+    }
+    if (job.externalId != null && tr.dataset.externalId !== String(job.externalId)) tr.dataset.externalId = String(job.externalId);
     if (tr._state !== job.state) {
       c.state.replaceChildren(badge(job.state));
       tr.dataset.state = job.state;
       tr._state = job.state;
     }
-    setText(c.name, job.name || "(unnamed)");
-    if (job.name && c.name.title !== job.name) c.name.title = job.name;
+    setText(c.link, job.name || "(unnamed)");
+    if (job.name && c.link.title !== job.name) c.link.title = job.name;
     setText(c.sub, job.externalId != null ? job.externalId : job.id);
     const showError = (job.state === "failed" || job.state === "retrying") && job.error;
     const errText = showError ? String(job.error) : "";
@@ -187,6 +332,78 @@ export class JobsTable {
   }
 }
 
+/**
+ * The filters other than state and search (queue, task name, worker), each with a
+ * button that removes it. A worker filter is the worker's view: its state and load
+ * above its recent jobs; a queue filter shows the queue's depth.
+ */
+export class ScopeBar {
+  /** @param {HTMLElement} root @param {{onRemove: (key: string) => void}} actions */
+  constructor(root, actions) {
+    this.node = root.querySelector("[data-scope]");
+    this.actions = actions;
+    this.filter = null;
+    this.items = new Map();
+  }
+
+  setFilter(filter) {
+    this.filter = { ...filter };
+    this.node.replaceChildren();
+    this.items.clear();
+    const scopes = [
+      ["worker", "Worker"],
+      ["queue", "Queue"],
+      ["name", "Task"],
+    ];
+    for (const [key, label] of scopes) {
+      const value = filter[key];
+      if (!value) continue;
+      const item = el("div", `scope-item scope-${key}`);
+      item.dataset.scope = key;
+      const head = el("div", "scope-head");
+      head.append(el("span", "scope-label", label), el("span", "scope-value mono", value));
+      const remove = el("button", "btn btn-ghost btn-sm scope-remove", "×");
+      remove.type = "button";
+      remove.setAttribute("aria-label", `Remove the ${label.toLowerCase()} filter ${value}`);
+      remove.addEventListener("click", () => this.actions.onRemove(key));
+      head.append(remove);
+      const detail = el("div", "scope-detail muted small");
+      detail.dataset.scopeDetail = key;
+      item.append(head, detail);
+      this.node.append(item);
+      this.items.set(key, detail);
+    }
+    this.node.hidden = this.items.size === 0;
+  }
+
+  render(store, nowMs) {
+    const worker = this.items.get("worker");
+    if (worker) {
+      const w = store.workerByExternalId(this.filter.worker);
+      let text = "No worker events seen from it.";
+      if (w) {
+        const active = w.activeJobs == null ? "—" : formatInt(w.activeJobs);
+        const parts = [w.state, w.concurrency != null ? `${active} / ${w.concurrency} active` : `${active} active`];
+        if (w.queues && w.queues.length) parts.push(`queues: ${w.queues.join(", ")}`);
+        parts.push(w.lastHeartbeatMs == null ? "no heartbeat yet" : `last heartbeat ${formatAgo(nowMs - w.lastHeartbeatMs)}`);
+        text = parts.join(" · ");
+        worker.dataset.state = w.state;
+      }
+      setText(worker, text);
+    }
+    const queue = this.items.get("queue");
+    if (queue) {
+      const q = store.queues.get(this.filter.queue);
+      let text = "No snapshot of this queue yet.";
+      if (q) {
+        text = `${formatInt(q.depth)} waiting`;
+        if (q.consumers != null) text += ` · ${formatInt(q.consumers)} consumer${q.consumers === 1 ? "" : "s"}`;
+      }
+      setText(queue, text);
+    }
+  }
+}
+
 export class WorkersPanel {
   constructor(root) {
     this.list = root.querySelector("[data-workers]");
@@ -194,6 +411,20 @@ export class WorkersPanel {
     this.count = root.querySelector("[data-workers-count]");
     /** @type {Map<string, HTMLLIElement>} */
     this.items = new Map();
+    this.selected = ""; // the worker filter: that worker's item is marked current
+  }
+
+  /** Mark the worker whose jobs the list shows (by externalId, "" for none). */
+  setSelected(externalId) {
+    this.selected = externalId || "";
+    for (const li of this.items.values()) this.markSelected(li);
+  }
+
+  markSelected(li) {
+    const on = !!this.selected && li._externalId === this.selected;
+    li.classList.toggle("is-selected", on);
+    if (on) li._cells.host.setAttribute("aria-current", "true");
+    else li._cells.host.removeAttribute("aria-current");
   }
 
   clear() {
@@ -243,7 +474,10 @@ export class WorkersPanel {
     const top = el("div", "worker-top");
     const dot = el("span", "worker-dot");
     dot.setAttribute("aria-hidden", "true");
-    const host = el("span", "worker-host mono");
+    // The worker's view: the jobs list filtered on it (a job's workerId is its externalId).
+    const host = w.externalId ? navLink("worker-host mono", null, viewUrl({ filter: { worker: w.externalId } })) : el("span", "worker-host mono");
+    li._externalId = w.externalId || "";
+    if (w.externalId) li.dataset.externalId = w.externalId;
     const state = el("span", "worker-state");
     top.append(dot, host, state);
     const bottom = el("div", "worker-bottom muted small");
@@ -252,13 +486,15 @@ export class WorkersPanel {
     bottom.append(jobs, ago);
     li.append(top, bottom);
     li._cells = { host, state, jobs, ago };
+    this.markSelected(li);
     return li;
   }
 
   fillItem(li, w) {
     const c = li._cells;
-    setText(c.host, w.hostname || w.id);
-    if (w.hostname && w.hostname !== w.id) c.host.title = w.id;
+    setText(c.host, w.hostname || w.externalId || w.id);
+    const title = w.externalId ? `Jobs of ${w.externalId}` : w.id;
+    if (c.host.title !== title) c.host.title = title;
     setText(c.state, w.state);
     li.dataset.state = w.state;
     li.classList.toggle("is-offline", w.state === "offline");
@@ -315,7 +551,8 @@ export class QueuesPanel {
   createItem(q) {
     const li = el("li", "queue");
     li.dataset.queueName = q.name;
-    const name = el("span", "queue-name mono");
+    const name = navLink("queue-name mono", null, viewUrl({ filter: { queue: q.name } }));
+    name.title = `Jobs of queue ${q.name}`;
     const depth = el("span", "queue-depth num");
     const consumers = el("span", "queue-consumers muted small");
     const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
@@ -365,9 +602,11 @@ export class Stats {
     setText(n.rate, formatRate(store.rate(nowMs)));
     setText(n.events, formatInt(store.eventCount));
     n.events.dataset.count = String(store.eventCount);
-    setText(n.jobs, formatInt(store.jobs.size));
-    setText(n.active, formatInt(store.stateCounts.active));
-    setText(n.failed, formatInt(store.stateCounts.failed));
+    // The jobs the list holds ("+": more are in the history, behind "Load more").
+    const listed = store.listed;
+    setText(n.jobs, formatInt(listed.total) + (store.cursor ? "+" : ""));
+    setText(n.active, formatInt(listed.counts.active));
+    setText(n.failed, formatInt(listed.counts.failed));
     let online = 0;
     for (const w of store.workers.values()) if (w.state !== "offline") online++;
     setText(n.workers, formatInt(online));
