@@ -111,3 +111,34 @@ def test_login_page_carries_only_a_safe_next(client):
     assert response.headers["Cache-Control"] == "no-store"
     assert "default-src 'self'" in response.headers["Content-Security-Policy"]
     assert b"/connections/abc" in client.get("/login?next=/connections/abc").data
+
+
+def live_page(client) -> str:
+    from flask import render_template
+
+    app = client.application
+    with app.test_request_context("/connections/0b6f3b9e-6a1b-4c8e-9d3e-2f4a5b6c7d8e"):
+        return render_template("live.html", connection_id="0b6f3b9e-6a1b-4c8e-9d3e-2f4a5b6c7d8e")
+
+
+def test_live_page_is_a_csp_safe_shell(client):
+    """The CSP allows no inline script or style: only module scripts from /static."""
+    html = live_page(client)
+    scripts = re.findall(r"<script\b[^>]*>(.*?)</script>", html, flags=re.S)
+    assert scripts == [""]  # one script element, with no inline code
+    assert re.findall(r"<script\b([^>]*)>", html) == [' type="module" src="/static/js/live.js"']
+    assert "style=" not in html and "<style" not in html
+    assert not re.search(r"\son[a-z]+=", html)  # no inline event handlers
+
+
+def test_live_page_has_the_job_index_controls(client):
+    html = live_page(client)
+    # "Load more" through the history, the filters bar, the job drawer.
+    assert re.search(r'<button type="button"[^>]*data-load-more[^>]*>Load more</button>', html)
+    assert "data-scope" in html and "data-jobs-error" in html and 'role="alert"' in html
+    drawer = re.search(r"<aside[^>]*data-drawer[^>]*>", html)
+    assert drawer and 'role="dialog"' in drawer[0] and 'aria-labelledby="drawer-title"' in drawer[0]
+    assert " hidden" in drawer[0]  # closed until a job is opened
+    assert 'aria-label="Close job details"' in html
+    # The search box has a label naming what it searches.
+    assert re.search(r'<label class="sr-only" for="job-search">Search jobs by job id', html)
