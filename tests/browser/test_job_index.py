@@ -470,3 +470,35 @@ def test_joins_the_stream_without_gaps_while_events_flow(short_server, account, 
     )
     listed = json.loads(response.text())["data"]
     assert len(listed) == 80
+
+
+def test_an_unavailable_index_is_retried(short_server, account, page):
+    cid = account.connection_id
+    send(short_server, account, [job_event(cid, "u-1", "queued")])
+    calls: list[str] = []
+
+    def unavailable(route: Any) -> None:
+        calls.append(route.request.url)
+        route.fulfill(
+            status=503,
+            headers={"Retry-After": "2"},
+            content_type="application/json",
+            body=json.dumps(
+                {"error": {"code": "UNAVAILABLE", "message": "Redis is away.", "details": {}}}
+            ),
+        )
+
+    page.route("**/api/connections/*/jobs?*", unavailable)
+    login_cookie(page, short_server.url, account)
+    page.goto(f"{short_server.url}/connections/{cid}")
+    alert = page.locator("[data-jobs-error]")
+    expect(alert).to_contain_text("Could not load the jobs: Redis is away. Trying again in")
+    expect(page.locator("[data-indicator]")).to_have_attribute("data-state", "reconnecting")
+    expect(page.locator("[data-jobs-empty]")).to_contain_text("Loading jobs…")
+    page.unroute("**/api/connections/*/jobs?*")
+    expect(page.locator("[data-indicator]")).to_have_attribute("data-state", "live")
+    wait_counts(page, rows=1, events=0)
+    expect(alert).to_be_hidden()
+    assert calls
+    send(short_server, account, [job_event(cid, "u-1", "active")])
+    expect(job_row(page, "u-1").locator(".badge")).to_have_text("Active")

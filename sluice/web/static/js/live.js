@@ -176,7 +176,7 @@ function loadFailed(res, retry) {
   }
   if (res.status === 404) {
     client.stop();
-    showIndicator(root, "gone");
+    client.setStatus("gone");
     jobs.setLoading(false);
     jobs.setError("This connection does not exist any more.");
     scheduleRender();
@@ -188,6 +188,8 @@ function loadFailed(res, retry) {
     scheduleRender();
     return;
   }
+  // Through the client, so that its "live" once the stream reopens is shown again.
+  client.setStatus("reconnecting");
   const delay = Math.min(8000, 500 * 2 ** retryAttempt++);
   jobs.setError(`Could not load the jobs: ${errorMessage(res)} Trying again in ${Math.ceil(delay / 1000)} s…`);
   retryTimer = setTimeout(retry, delay);
