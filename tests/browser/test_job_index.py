@@ -296,6 +296,14 @@ def test_job_drawer_shows_timeline_arguments_traceback_and_links(short_server, a
     page.go_back()
     expect(drawer).to_be_visible()
 
+    # A filter changed while it is open leaves it open, and focus where it was.
+    page.click('[data-state-filter="failed"]')
+    expect(page).to_have_url(re.compile(r"\?state=failed&job="))
+    expect(page.locator('[data-state-filter="failed"]')).to_be_focused()
+    expect(drawer).to_be_visible()
+    page.click('[data-state-filter="failed"]')
+    expect(page).to_have_url(re.compile(r"\?job="))
+    page.locator("[data-drawer-title]").focus()
     # Escape closes it, focus returns to the row's link, the address loses `job`.
     page.keyboard.press("Escape")
     expect(drawer).to_be_hidden()

@@ -272,7 +272,7 @@ function syncDrawer(focus) {
     jobs.setOpen("");
     return;
   }
-  drawer.open(view.job, { opener, focus });
+  if (view.job !== drawer.ref) drawer.open(view.job, { opener, focus });
   opener = null;
   jobs.setOpen(drawer.job ? drawer.job.id : view.job);
 }
