@@ -97,10 +97,19 @@ def test_a_job_with_every_field_byte_for_byte():
         '{"x":[3]}',
         "",  # result null: not sent
         "Traceback (most recent call last):\nValueError: boom",
-        # The job as lists show it: its data without the stacktrace.
-        dumps({k: v for k, v in data.items() if k != "stacktrace"}),
+        # The job as lists show it: its data without the stacktrace, in the
+        # stream data's order and form.
+        '{"id":"052aa4f6-4427-5a41-b5e5-c8504d5e3ddd","externalId":"task-1",'
+        '"name":"tasks.add","state":"failed","previousState":"active",'
+        '"timestamp":"2026-03-01T12:00:00.000Z","queue":"default","workerId":"celery@w1",'
+        '"attempt":2,"error":"ValueError(\'boom\')","extensions":{"args":"(1, 2)",'
+        '"kwargs":{"x":[3]},"result":null,"other":1}}',
     )
-    assert "stacktrace" not in json.loads(index_fields(name, data)[-1])
+    assert stable_id(CONN, "job", "task-1") == "052aa4f6-4427-5a41-b5e5-c8504d5e3ddd"
+    assert (
+        dumps(data).replace(',"stacktrace":' + dumps(data["stacktrace"]), "")
+        == (index_fields(name, data)[LISTED])
+    )
 
 
 def test_a_bare_job_has_empty_fields_and_a_two_key_entry():
@@ -181,7 +190,17 @@ def test_no_extensions_at_all():
 def test_an_empty_or_null_traceback_is_not_sent(stacktrace):
     _, data = job_data(state="failed")
     data["stacktrace"] = stacktrace
-    assert index_fields(c.JOB_STATE_CHANGE, data)[TRACE] == ""
+    fields = index_fields(c.JOB_STATE_CHANGE, data)
+    assert fields[TRACE] == ""
+    # Still left out of the job as lists show it.
+    assert json.loads(fields[LISTED]) == {k: v for k, v in data.items() if k != "stacktrace"}
+
+
+def test_without_a_stacktrace_the_listed_job_is_the_data_itself():
+    """ "" tells the script to store the stream's data as is (no second copy)."""
+    _, data = job_data(state="completed", queue="q", extensions={"result": 3})
+    assert "stacktrace" not in data
+    assert index_fields(c.JOB_STATE_CHANGE, data)[LISTED] == ""
 
 
 # -- index_fields: workers, queues, the rest -----------------------------------------
