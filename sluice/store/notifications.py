@@ -69,19 +69,26 @@ def _unavailable(exc: BaseException) -> StoreUnavailable:
     return StoreUnavailable(f"{type(exc).__name__}: {exc}")
 
 
-class NodeNotifications:
-    """Notifications from one Redis node, on one pub/sub connection."""
+class _Subscriber:
+    """What both kinds share: the channels wanted, recorded for `poll` to send."""
 
-    def __init__(self, client: redis.Redis) -> None:
-        self.redis = client
+    def __init__(self) -> None:
         self.wanted = _Wanted()
-        self._pubsub: Any = None
 
     def listen(self, channel: bytes, key: bytes) -> None:
         self.wanted.listen(channel, key)
 
     def unlisten(self, channel: bytes) -> None:
         self.wanted.unlisten(channel)
+
+
+class NodeNotifications(_Subscriber):
+    """Notifications from one Redis node, on one pub/sub connection."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        super().__init__()
+        self.redis = client
+        self._pubsub: Any = None
 
     def poll(self, timeout: float) -> set[bytes]:
         """Stream keys notified or confirmed, waiting up to `timeout` s for the first."""
@@ -107,23 +114,17 @@ class NodeNotifications:
         _reset(pubsub)
 
 
-class ClusterNotifications:
+class ClusterNotifications(_Subscriber):
     """Notifications from a Redis Cluster: one pub/sub connection per primary
     that owns a watched channel, each channel subscribed on its slot's owner."""
 
     def __init__(self, cluster: RedisCluster) -> None:
+        super().__init__()
         self.cluster = cluster
-        self.wanted = _Wanted()
         self._pubsubs: dict[str, Any] = {}  # node name -> its PubSub
         self._at: dict[bytes, str] = {}  # channel -> node it is subscribed at
         self._refresh = False  # re-read the slot map before the next changes
         self._reconciled = time.monotonic()
-
-    def listen(self, channel: bytes, key: bytes) -> None:
-        self.wanted.listen(channel, key)
-
-    def unlisten(self, channel: bytes) -> None:
-        self.wanted.unlisten(channel)
 
     def poll(self, timeout: float) -> set[bytes]:
         try:

