@@ -103,9 +103,9 @@ def test_installed_sluice_serves_from_any_directory(installed, redis_url, tmp_pa
         def healthy() -> bool:
             assert process.poll() is None, process.stderr.read().decode()[-2000:]
             try:
-                return requests.get(base + "/api/health", timeout=2).status_code == 200
-            except requests.ConnectionError:
-                return False
+                return requests.get(base + "/api/health", timeout=5).status_code == 200
+            except (requests.ConnectionError, requests.Timeout):
+                return False  # not listening yet, or a worker still booting on a busy machine
 
         wait_until(healthy, timeout=30, what="the installed server to answer /api/health")
         page = requests.get(base + "/login", timeout=5)
