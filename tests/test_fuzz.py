@@ -16,15 +16,26 @@ Properties, for every request:
   valid UTF-8) and exactly `accepted` entries;
 - the stream endpoint rejects event ids that are not Redis stream ids (two
   ASCII decimal uint64 parts), accepts fully valid requests, and never leaves
-  the process's stream reader broken (a canary stream keeps receiving).
+  the process's stream reader broken (a canary stream keeps receiving);
+- the job index's reads (`/api/connections/<id>/jobs`, `…/jobs/<job>`,
+  `…/workers`, `…/queues`) answer only 200/400/401/404 as docs/api.md says
+  (405 for other methods): 401 before 400, a 400 names exactly the bad
+  parameters, a page's jobs pass its filters and, on a connection whose jobs
+  are known, are exactly the next ones; and after random valid events, every
+  job, worker and queue in the index is what the stream's latest event of it
+  says (detail, timeline, arguments, list order and filters, snapshots).
 
 Inputs: wrong JSON types everywhere, lone surrogates (escaped ``\\ud800`` and
 raw invalid UTF-8), deep nesting, NaN/Infinity/1e999, huge numbers and
 strings, odd ids, odd headers, random bytes; ingest batches start from valid
-events and mutate one field at a time, or are random JSON.
+events and mutate one field at a time, or are random JSON. Query parameters
+are strings, so there: percent-encoded surrogates and invalid UTF-8, NUL,
+non-ASCII digits, signs, float forms, values on each side of every bound,
+100,000 characters, repeated and bare parameters.
 
 A corpus at the end pins one known input per failure class the fuzzers found
-(on 4488922, before the strict parser), checked with the same properties.
+(on 4488922, before the strict parser), checked with the same properties, and
+the job index's odd inputs (one known bug there is an xfail(strict=True)).
 
 Runs are derandomized and use no example database, so CI is reproducible
 (SLUICE_FUZZ_SCALE=N runs N times the examples; SLUICE_FUZZ_RANDOM=1 new ones).
@@ -42,15 +53,17 @@ import traceback
 import uuid
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, unquote_to_bytes, urlencode, urljoin, urlsplit
+from urllib.parse import parse_qsl, quote, unquote_to_bytes, urlencode, urljoin, urlsplit
 
 import pytest
 import redis
+import werkzeug.urls  # noqa: F401 - registers the "werkzeug.url_quote" error handler
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 
 import sluice.schema as schema_module
+from sluice import contract
 from tests.conftest import make_account
 from tests.sse import SSEStream, open_stream
 from tests.util import job_event, queue_event, raw_redis, worker_event
@@ -1021,6 +1034,775 @@ def _stream_key(connection_id: str) -> str:
     return Keys.stream(connection_id)
 
 
+# -- the job index: GET /api/connections/<id>/jobs, /jobs/<job>, /workers, /queues --------
+#
+# Three connections of their own (the ingest fuzzer above fills the main one
+# with random external ids, so existence could not be predicted there):
+# A holds known jobs, workers and queues; B is someone else's; C takes the
+# consistency property's random events.
+
+ISO_MS_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+STREAM_ID_RE = re.compile(r"^\d+-\d+$")
+JOB_STATES = list(contract.JOB_STATES)
+#: The query parameters of the list, as the docs name them.
+LIST_PARAMS = ["state", "queue", "name", "worker", "q", "limit", "cursor"]
+#: External ids of A's odd jobs (each reachable by a percent-encoded path).
+ODD_XIDS = [
+    "a/b",
+    "trail/",
+    "a//b",
+    "é",
+    "sp ace",
+    "a%2Fb",
+    "%ED%A0%80",
+    "nul\x00x",
+    "?x#y&z=1",
+    "..",
+    ".",
+    "\U0001f600",
+    "\u0661\u0662",
+    "x" * contract.MAX_EXTERNAL_ID,
+]
+
+
+@dataclass
+class JobsEnv:
+    a: Any  # tests.conftest.Account
+    b: Any
+    c: Any
+    session_a: Any  # logged-in test clients
+    session_b: Any
+    xids: set[str]  # A's external ids
+    ids: dict[str, str]  # A's job id -> external id
+    #: A's jobs as its ingest left them (the latest data of each), newest update first.
+    a_jobs: list[dict]
+
+
+def _a_jobs(cid: str) -> list[dict]:
+    events = []
+    for i in range(240):
+        state = "failed" if i % 10 == 0 else ("queued", "active", "completed", "retrying")[i % 4]
+        fields: dict[str, Any] = {}
+        if i % 7:
+            fields["queue"] = f"q{i % 3}"
+        if state != "queued":
+            fields["workerId"] = f"w{i % 4}@host"
+        if state == "failed":
+            fields["error"] = f"boom {i}"
+        if i % 3 == 0:  # a transition first: a timeline of two
+            events.append(job_event(cid, f"job-{i}", "queued", name=f"tasks.t{i % 5}"))
+        events.append(job_event(cid, f"job-{i}", state, name=f"tasks.t{i % 5}", **fields))
+    events += [job_event(cid, xid, "completed", name="odd.names") for xid in ODD_XIDS]
+    events += [worker_event(cid, f"w{i}@host", "busy", activeJobs=i) for i in range(4)]
+    events += [queue_event(cid, f"q{i}", 10 * i) for i in range(3)]
+    return events
+
+
+@pytest.fixture(scope="module")
+def jobs_env(fz: Fuzz, redis_url):
+    from sluice.schema import stable_id
+
+    a, b, c = (make_account(redis_url, name) for name in ("jobs A", "jobs B", "jobs C"))
+    a_events = _a_jobs(a.connection_id)
+    for account, events in (
+        (a, a_events),
+        (b, [job_event(b.connection_id, "job-1", "failed", queue="q0")]),
+    ):
+        for ev in events:
+            ev["connectionId"] = account.connection_id
+        response = fz.client().post(
+            "/api/ingest",
+            json={"events": events},
+            headers={"Authorization": f"Bearer {account.api_key}"},
+        )
+        assert response.status_code == 202, response.get_data()
+        assert response.get_json()["accepted"] == len(events)
+    xids = {f"job-{i}" for i in range(240)} | set(ODD_XIDS)
+    latest: dict[str, dict] = {}
+    for ev in a_events:
+        if ev["type"] == "job_state_change":
+            latest.pop(ev["job"]["externalId"], None)  # re-inserted last: newest
+            latest[ev["job"]["externalId"]] = dict(
+                ev["job"], id=stable_id(a.connection_id, "job", ev["job"]["externalId"])
+            )
+    return JobsEnv(
+        a=a,
+        b=b,
+        c=c,
+        session_a=fz.client(logged_in=True, account=a),
+        session_b=fz.client(logged_in=True, account=b),
+        xids=xids,
+        ids={stable_id(a.connection_id, "job", x): x for x in xids},
+        a_jobs=list(latest.values())[::-1],
+    )
+
+
+# Who asks, and for which connection.
+READERS = ["key_a", "key_a", "session_a", "session_a", "key_b", "session_b", "none", "bad"]
+
+
+def reader(env: JobsEnv, fz: Fuzz, who: str, bad_header: str | None) -> tuple[Any, dict, str]:
+    """(client, headers, the connection id it may read or "")."""
+    if who == "key_a":
+        return fz.client(), {"Authorization": f"Bearer {env.a.api_key}"}, env.a.connection_id
+    if who == "key_b":
+        return fz.client(), {"Authorization": f"Bearer {env.b.api_key}"}, env.b.connection_id
+    if who == "session_a":
+        return env.session_a, {}, env.a.connection_id
+    if who == "session_b":
+        return env.session_b, {}, env.b.connection_id
+    if who == "bad":  # a malformed or unknown key, with or without A's session
+        client = env.session_a if bad_header and "x" in bad_header else fz.client()
+        return client, {"Authorization": bad_header}, ""
+    return fz.client(), {}, ""
+
+
+def connection_segment(draw, env: JobsEnv) -> str:
+    """The path's connection id, raw (percent-encoded where it needs to be)."""
+    kind = draw(st.sampled_from(["a"] * 6 + ["a_form", "b", "random", "odd"]), "cid_kind")
+    if kind == "a":
+        return env.a.connection_id
+    if kind == "a_form":
+        return draw(st.sampled_from(id_forms(env.a.connection_id)), "cid_form")
+    if kind == "b":
+        return env.b.connection_id
+    if kind == "random":
+        return str(uuid.UUID(int=draw(st.integers(0, 2**128 - 1), "cid_int")))
+    return draw(st.sampled_from([i for i in ODD_IDS if i]), "cid_odd")
+
+
+def expected_connection(raw: str, readable: str) -> tuple[str, set[str]] | int:
+    """What the connection part of a request must give: 401/404 (an int), or
+    ("ok", set()) / ("bad", {"id"}) once past it. `readable` is the connection
+    the credentials may read ("" for none)."""
+    decoded = unquote_to_bytes(raw).decode("utf-8", "replace")
+    if "/" in decoded or not decoded:
+        return 404  # another path altogether
+    if not readable:
+        return 401  # 401 before any 400
+    try:
+        canonical = str(uuid.UUID(decoded))
+    except ValueError:
+        return ("bad", {"id"})
+    return ("ok", set()) if canonical == readable else 404
+
+
+def _first_args(query: str) -> dict[str, str]:
+    """The parameters as Flask's request.args gives them: the first of each name."""
+    first: dict[str, str] = {}
+    for key, value in parse_qsl(query, keep_blank_values=True, errors="werkzeug.url_quote"):
+        first.setdefault(key, value)
+    return first
+
+
+def _digits_value(raw: str) -> int | None:
+    """An ASCII decimal's value (None if it is not one); huge ones are capped."""
+    if not (raw.isascii() and raw.isdigit()):
+        return None
+    stripped = raw.lstrip("0")
+    return 2**64 if len(stripped) > 20 else int(stripped or "0")
+
+
+def expected_query(first: dict[str, str]) -> tuple[set[str], set[str]]:
+    """From docs/api.md alone: the parameters a 400 must name, and those it may
+    (leading zeros past 4 / 16 characters: the docs give a range, not a length)."""
+    must: set[str] = set()
+    may: set[str] = set()
+    for key in ("state", "queue", "name", "worker", "q"):
+        value = first.get(key, "")
+        if value and (
+            len(value) > contract.MAX_QUERY or (key == "state" and value not in JOB_STATES)
+        ):
+            must.add(key)
+    limit = first.get("limit", "")
+    if limit:
+        n = _digits_value(limit)
+        if n is None or not 1 <= n <= contract.JOBS_PAGE_MAX:
+            must.add("limit")
+        elif len(limit) > 4:
+            may.add("limit")
+    cursor = first.get("cursor", "")
+    if cursor:
+        n = _digits_value(cursor)
+        if n is None or n > contract.MAX_INTEGER:
+            must.add("cursor")
+        elif len(cursor) > 16:
+            may.add("cursor")
+    return must, may
+
+
+def known_q_over_512(first: dict[str, str]) -> bool:
+    """Known bug (see test_corpus_jobs_q_up_to_1024): a `q` of 513 to 1,024
+    characters is a 400 naming "job" instead of a search."""
+    return contract.MAX_EXTERNAL_ID < len(first.get("q", "")) <= contract.MAX_QUERY
+
+
+def passes(job: dict, first: dict[str, str], exact: set[str]) -> bool:
+    """Does `job` pass the query's filters and search (docs/api.md)?"""
+    for key, field in (
+        ("state", "state"),
+        ("queue", "queue"),
+        ("name", "name"),
+        ("worker", "workerId"),
+    ):
+        if first.get(key) and job.get(field) != first[key]:
+            return False
+    q = first.get("q")
+    return (
+        not q or job["id"] in exact or job["externalId"].startswith(q) or job["name"].startswith(q)
+    )
+
+
+def exact_ids(first: dict[str, str], connection_id: str) -> set[str]:
+    """The job ids a `q` names exactly: itself, and its external id's job."""
+    from sluice.schema import stable_id
+
+    q = first.get("q")
+    return {q, stable_id(connection_id, "job", q)} if q else set()
+
+
+def check_page(body: dict, first: dict[str, str], connection_id: str, where: str) -> None:
+    """A 200 page: its shape, and every job on it passes the filters."""
+    assert set(body) == {"data", "nextCursor", "streamId"}, f"{where}: {body!r:.300}"
+    assert STREAM_ID_RE.match(body["streamId"]), f"{where}: streamId {body['streamId']!r}"
+    cursor = body["nextCursor"]
+    assert cursor is None or (cursor.isascii() and cursor.isdigit()), f"{where}: {cursor!r}"
+    limit = int(first["limit"]) if first.get("limit") else contract.JOBS_PAGE_DEFAULT
+    assert isinstance(body["data"], list) and len(body["data"]) <= limit, where
+    exact = exact_ids(first, connection_id)
+    for job in body["data"]:
+        assert isinstance(job, dict) and ISO_MS_RE.match(job.get("updatedAt", "")), (
+            f"{where}: {job!r:.300}"
+        )
+        assert passes(job, first, exact), f"{where}: a job that does not match: {job!r:.300}"
+    ids = [job["id"] for job in body["data"]]
+    assert len(ids) == len(set(ids)), f"{where}: a job twice on one page"
+    stamps = [job["updatedAt"] for job in body["data"]]
+    assert stamps == sorted(stamps, reverse=True), f"{where}: not newest first: {stamps}"
+
+
+def check_a_page(env: JobsEnv, page: list[dict], cursor: Any, rest: list[dict], first, where):
+    """On A, whose jobs are known: a page is exactly the next `limit` jobs of `rest`
+    (A's matching jobs below the cursor, newest first) and a cursor follows when
+    more remain. Exact without `q`, and with `q` alone; a search with filters
+    looks at the most recent jobs of each name only (docs), so its page is a
+    subset, in order."""
+    limit = int(first["limit"]) if first.get("limit") else contract.JOBS_PAGE_DEFAULT
+    got = [job["externalId"] for job in page]
+    want = [job["externalId"] for job in rest]
+    filtered = any(first.get(k) for k in ("state", "queue", "name", "worker"))
+    if first.get("q") and filtered:
+        assert all(x in want for x in got), f"{where}: {got} not among {want[:20]}"
+        assert [x for x in want if x in got] == got, f"{where}: order {got}"
+        return
+    assert got == want[:limit], f"{where}: got {got[:10]}..., want {want[:10]}..."
+    if len(want) > limit:
+        assert cursor is not None, f"{where}: more jobs match, but nextCursor is null"
+    for job in page:  # what each job is: its latest event's data
+        known = next(j for j in rest if j["externalId"] == job["externalId"])
+        for key in ("id", "state", "name", "queue", "workerId", "error"):
+            assert job.get(key) == known.get(key), f"{where}: {key} of {job!r:.300}"
+
+
+GOOD_PARAM_VALUES: dict[str, list[str]] = {
+    "state": JOB_STATES,
+    "queue": ["q0", "q1", "q2", "nope", "default"],
+    "name": ["tasks.t0", "tasks.t3", "odd.names", "nope"],
+    "worker": ["w0@host", "w3@host", "nope"],
+    "q": ["job-1", "job-", "job-23", "tasks.", "tasks.t4", "a/", "é", "nul\x00", ".", "x" * 512],
+    "limit": ["1", "2", "3", "50", "199", "200", "0200"],
+    "cursor": ["0", "1", "10", "200", "100000", str(2**53)],
+}
+#: Values on each side of each documented bound.
+BOUNDARY_PARAM_VALUES: dict[str, list[str]] = {
+    "state": ["", "failed ", "Failed", "fail", "unknown", "cancelled", "canceled"],
+    "limit": ["0", "1", "200", "201", "0200", "0201", "1000", "-0", "00", "1" + "0" * 20],
+    "cursor": ["-1", "0", str(2**53), str(2**53 + 1), "0" * 15 + "1", "0" * 16 + "1", "1" * 17],
+    **{
+        key: ["x" * 1024, "x" * 1025, "é" * 1024, "é" * 1025, "x" * 512, "x" * 513, " ", "\x00"]
+        for key in ("queue", "name", "worker", "q")
+    },
+}
+#: Raw (already percent-encoded) query values of every odd kind.
+ODD_PARAM_VALUES = [
+    "",
+    "%00",
+    "a%00b",
+    "%ED%A0%80",  # a surrogate, UTF-8 encoded (invalid): stays percent-encoded
+    "%ED%B0%80x",
+    "%FF",
+    "%C0%AF",
+    "%",
+    "%zz",
+    "%D9%A1%D9%A2",  # Arabic-Indic 12
+    "%EF%BC%91",  # fullwidth 1
+    "%C2%B2",  # superscript 2
+    "-1",
+    "-0",
+    "1.5",
+    "5.0",
+    "1e2",
+    "0x10",
+    "%2B5",
+    "+5",  # "+" is a space in a query
+    " 5",
+    "9" * 30,
+    "9" * 5000,
+    "9007199254740993",
+    "00005",
+    "00000000000000001",
+    "x" * 512,
+    "x" * 513,
+    "x" * 1024,
+    "x" * 1025,
+    "%C3%A9" * 1024,  # 1,024 characters, 2,048 bytes
+    "%C3%A9" * 1025,
+    "%F0%9F%98%80" * 1024,
+    "y" * 100_000,
+    "null",
+    "%5B%5D",
+    "%7B%7D",
+    "FAILED",
+    "failed%20",
+    "%E2%80%AEfailed",
+    "%26",
+    "%3D",
+]
+ODD_PARAM_NAMES = ["State", "%73tate", "limit%00", "unknown", "q%5B%5D", "", "cursor "]
+
+
+@st.composite
+def jobs_query(draw) -> str:
+    """A raw query string: known and odd parameters, some repeated, some bare."""
+    pairs = []
+    for _ in range(draw(st.integers(0, 5), "n_params")):
+        name = draw(st.one_of(st.sampled_from(LIST_PARAMS), st.sampled_from(ODD_PARAM_NAMES)))
+        name = quote(name, safe="%") if "%" in name else quote(name, safe="")
+        kind = draw(st.sampled_from(["good", "good", "boundary", "odd", "text"]))
+        key = unquote_to_bytes(name).decode("utf-8", "replace")
+        if kind == "good" and key in GOOD_PARAM_VALUES:
+            value = quote(draw(st.sampled_from(GOOD_PARAM_VALUES[key])), safe="")
+        elif kind == "boundary" and key in BOUNDARY_PARAM_VALUES:
+            value = quote(draw(st.sampled_from(BOUNDARY_PARAM_VALUES[key])), safe="")
+        elif kind == "text":
+            value = quote(draw(st.text(max_size=8)), safe="")
+        else:
+            value = draw(st.sampled_from(ODD_PARAM_VALUES))
+        pairs.append(name if draw(one_in(12)) else f"{name}={value}")
+    return "&".join(pairs)
+
+
+def _jobs_get(fz, client, headers, path, query, note=""):
+    return send(fz, client, "GET", path, headers=headers, query=query, note=note)
+
+
+@fuzz(250)
+@given(data=st.data())
+def test_fuzz_jobs_list(fz: Fuzz, jobs_env: JobsEnv, data):
+    """GET /api/connections/<id>/jobs: 200/400/401/404 as documented; a 400 names
+    exactly the bad parameters; a 200 is a page whose jobs pass its filters."""
+    env = jobs_env
+    who = data.draw(st.sampled_from(READERS), "who")
+    client, headers, readable = reader(
+        env, fz, who, data.draw(st.sampled_from(AUTH_HEADERS), "bad_header")
+    )
+    segment = connection_segment(data.draw, env)
+    query = data.draw(jobs_query(), "query")
+    path = f"/api/connections/{segment}/jobs"
+    response = _jobs_get(fz, client, headers, path, query, note=f"who={who}")
+    status = response.status_code
+    where = f"GET {path[:120]}?{query[:200]} who={who} -> {status} {response.get_data()[:300]!r}"
+    assert status in (200, 400, 401, 404), where
+    verdict = expected_connection(segment, readable)
+    if isinstance(verdict, int):
+        assert status == verdict, where
+        return
+    first = _first_args(query)
+    if verdict[0] == "bad":
+        must, may = {"id"}, set()
+    else:
+        must, may = expected_query(first)
+    if status == 200:
+        assert not must, where
+        body = response.get_json()
+        check_page(body, first, readable, where)
+        on_a = readable == env.a.connection_id and not first.get("cursor")
+        exact = exact_ids(first, readable)
+        rest = [j for j in env.a_jobs if passes(j, first, exact)] if on_a else []
+        if on_a:
+            check_a_page(env, body["data"], body["nextCursor"], rest, first, where)
+        next_cursor = body["nextCursor"]
+        if next_cursor is not None and data.draw(st.booleans(), "follow"):
+            # The next page: none of this page's jobs again, all older.
+            follow = urlencode({**first, "cursor": next_cursor})
+            nxt = _jobs_get(fz, client, headers, path, follow, note="next page")
+            assert nxt.status_code == 200, (where, nxt.get_data()[:300])
+            later = nxt.get_json()
+            check_page(later, {**first, "cursor": next_cursor}, readable, where + " (next page)")
+            this = body["data"]
+            assert not {j["id"] for j in this} & {j["id"] for j in later["data"]}, where
+            if this and later["data"]:
+                assert later["data"][0]["updatedAt"] <= this[-1]["updatedAt"], where
+            if on_a and this:
+                seen = [j["externalId"] for j in rest].index(this[-1]["externalId"])
+                check_a_page(
+                    env,
+                    later["data"],
+                    later["nextCursor"],
+                    rest[seen + 1 :],
+                    first,
+                    where + " (next page)",
+                )
+        return
+    assert status == 400, where
+    details = set(response.get_json()["error"]["details"])
+    if not must and not may and details == {"job"} and known_q_over_512(first):
+        event("known bug: q of 513-1,024 characters")
+        return
+    assert must, f"{where}: a valid query refused"
+    assert must <= details <= must | may, f"{where}: expected {sorted(must)} (+{sorted(may)})"
+
+
+#: Raw path parts after /jobs/ (percent-encoded where that is the point).
+ODD_JOB_REFS = [
+    "%ED%A0%80",
+    "%ED%B0%80x",
+    "%ED%A0%80%ED%B0%80",
+    "%FF",
+    "%C0%AF",
+    "%00",
+    "a%00b",
+    "%2F",
+    "%2Fx",
+    "a%2Fb",
+    "a/b",
+    "a/",
+    "a//b",
+    "//",
+    "/x",
+    "..",
+    "%2e%2e",
+    ".",
+    "%20",
+    "x" * 512,
+    "x" * 513,
+    "x" * 2000,
+    "%F0%9F%98%80" * 512,
+    "%F0%9F%98%80" * 513,
+    "%D9%A1%D9%A2",
+    "00000000-0000-0000-0000-000000000000",
+    "a" * 10_000,
+    "%25",
+    "%25ED%25A0%2580",  # the literal external id "%ED%A0%80"
+    "?",
+    "%3F",
+    "job-1%3Fx",
+    "%E2%80%AE",
+]
+
+
+@fuzz(200)
+@given(data=st.data())
+def test_fuzz_job_detail(fz: Fuzz, jobs_env: JobsEnv, data):
+    """GET /api/connections/<id>/jobs/<anything>: 200 for a job of the connection
+    (by id or external id), 404 for none, 400 past 512 characters; never a 500."""
+    env = jobs_env
+    who = data.draw(st.sampled_from(READERS), "who")
+    client, headers, readable = reader(
+        env, fz, who, data.draw(st.sampled_from(AUTH_HEADERS), "bad_header")
+    )
+    segment = connection_segment(data.draw, env)
+    kind = data.draw(st.sampled_from(["xid", "xid", "id", "id_upper", "odd", "odd", "text"]))
+    if kind == "xid":
+        ref = quote(data.draw(st.sampled_from(sorted(env.xids)), "xid"), safe="")
+    elif kind in ("id", "id_upper"):
+        ref = data.draw(st.sampled_from(sorted(env.ids)), "id")
+        ref = ref.upper() if kind == "id_upper" else ref
+    elif kind == "text":
+        ref = quote(data.draw(st.text(min_size=1, max_size=12), "text"), safe="")
+    else:
+        ref = data.draw(st.sampled_from(ODD_JOB_REFS), "ref")
+    path = f"/api/connections/{segment}/jobs/{ref}"
+    query = data.draw(st.sampled_from(["", "x=1", "state=bogus", "limit=0", "%00"]), "query")
+    response = _jobs_get(fz, client, headers, path, query, note=f"who={who}")
+    status = response.status_code
+    where = f"GET {path[:160]} who={who} -> {status} {response.get_data()[:300]!r}"
+    assert status in (200, 400, 401, 404), where
+    job = unquote_to_bytes(ref).decode("utf-8", "replace")
+    if job.startswith("/"):
+        # Not a route: the path converter takes no leading slash (so an external
+        # id that starts with "/" is reachable by its job id only).
+        assert status == 404, where
+        return
+    verdict = expected_connection(segment, readable)
+    if isinstance(verdict, int):
+        assert status == verdict, where
+        return
+    if verdict[0] == "bad":
+        assert status == 400 and set(response.get_json()["error"]["details"]) == {"id"}, where
+        return
+    if len(job) > contract.MAX_EXTERNAL_ID:
+        assert status == 400, where
+        assert set(response.get_json()["error"]["details"]) == {"job"}, where
+        return
+    found = readable == env.a.connection_id and (job in env.xids or job in env.ids)
+    if readable == env.b.connection_id:
+        found = job in ("job-1", stable_id_b(env))
+    assert status == (200 if found else 404), where
+    if status == 200:
+        body = response.get_json()
+        assert set(body) == {"data", "streamId"}, where
+        got = body["data"]
+        assert got["id"] == job or got["externalId"] == job, where
+        assert isinstance(got["timeline"], list) and 1 <= len(got["timeline"]) <= 50, where
+        assert got["timeline"][-1]["state"] == got["state"], where
+
+
+def stable_id_b(env: JobsEnv) -> str:
+    from sluice.schema import stable_id
+
+    return stable_id(env.b.connection_id, "job", "job-1")
+
+
+@fuzz(100)
+@given(data=st.data())
+def test_fuzz_workers_and_queues(fz: Fuzz, jobs_env: JobsEnv, data):
+    """GET …/workers and …/queues: 200 (the latest snapshots, most recent first),
+    400 for an id that is no UUID, 401 without credentials, 404 for anyone else's;
+    other methods 405."""
+    env = jobs_env
+    who = data.draw(st.sampled_from(READERS), "who")
+    client, headers, readable = reader(
+        env, fz, who, data.draw(st.sampled_from(AUTH_HEADERS), "bad_header")
+    )
+    segment = connection_segment(data.draw, env)
+    what = data.draw(st.sampled_from(["workers", "queues"]), "what")
+    tail = data.draw(st.sampled_from(["", "", "", "/", "/x", "%2F"]), "tail")
+    method = data.draw(st.sampled_from(["GET"] * 6 + ["POST", "DELETE", "PUT"]), "method")
+    query = data.draw(st.one_of(st.just(""), jobs_query()), "query")
+    path = f"/api/connections/{segment}/{what}{tail}"
+    response = send(fz, client, method, path, headers=headers, query=query, note=f"who={who}")
+    status = response.status_code
+    where = f"{method} {path[:160]} who={who} -> {status} {response.get_data()[:300]!r}"
+    if unquote_to_bytes(tail) not in (b"", b"/"):
+        assert status == 404, where  # not a route
+        return
+    verdict = expected_connection(segment, readable)
+    if verdict == 404 and "/" in unquote_to_bytes(segment).decode("utf-8", "replace"):
+        assert status == 404, where
+        return
+    if method != "GET":
+        assert status == 405, where  # a known path: 405 before anything else
+        return
+    if isinstance(verdict, int):
+        assert status == verdict, where
+        return
+    if verdict[0] == "bad":
+        assert status == 400 and set(response.get_json()["error"]["details"]) == {"id"}, where
+        return
+    assert status == 200, where
+    body = response.get_json()
+    assert set(body) == {"data", "streamId"} and STREAM_ID_RE.match(body["streamId"]), where
+    # (Most recently seen first; one batch's snapshots share a millisecond, so
+    # their order among themselves is not the events' order: compared as sets.)
+    if readable == env.a.connection_id:
+        if what == "workers":
+            got = sorted((w["externalId"], w["activeJobs"]) for w in body["data"])
+            assert got == [(f"w{i}@host", i) for i in range(4)], where
+        else:
+            got = sorted((q["name"], q["depth"]) for q in body["data"])
+            assert got == [("q0", 0), ("q1", 10), ("q2", 20)], where
+    else:
+        assert body["data"] == [], where
+
+
+# -- the job index agrees with the stream ------------------------------------------------
+
+JOB_EXTRAS = ("updatedAt", "timeline", "args", "kwargs", "result", "traceback")
+
+
+@st.composite
+def index_events(draw, connection_id: str, token: str) -> list[dict]:
+    """Valid events of a few jobs, workers and queues whose names start with `token`
+    (so that one example's jobs are found apart from every other's)."""
+    events = []
+    for _ in range(draw(st.integers(1, 8), "n_events")):
+        event = draw(valid_event(connection_id))
+        payload = event[PAYLOAD_OF[event["type"]]]
+        if event["type"] == "job_state_change":
+            suffix = draw(
+                st.one_of(st.sampled_from(["a", "b", "c", "a/b", "é", "x y"]), st.text(max_size=6))
+            )
+            payload["externalId"] = token + suffix
+            if draw(one_in(3)):
+                ext = payload.setdefault("extensions", {})
+                for key in ("args", "kwargs", "result"):
+                    if draw(st.booleans()):
+                        ext[key] = draw(
+                            st.one_of(
+                                st.none(),
+                                st.text(max_size=8),
+                                st.integers(-5, 5),
+                                st.just([1, "x"]),
+                            )
+                        )
+            if draw(one_in(4)):
+                payload["stacktrace"] = draw(
+                    st.sampled_from(["", 'File "x.py", line 1\nE: x', "t"])
+                )
+            if draw(one_in(6)):
+                payload["error"] = draw(st.sampled_from(["", "e" * 600, "boom"]))
+        elif event["type"] == "queue_snapshot":
+            payload["name"] = token + draw(st.sampled_from(["q1", "q2"]))
+        else:
+            payload["externalId"] = token + draw(st.sampled_from(["w1", "w2"]))
+        events.append(event)
+    return events
+
+
+def expected_timeline(events: list[dict]) -> list[dict]:
+    """docs/api.md's timeline of one job's events (stream data, oldest first),
+    before its bound in bytes (see check_timeline)."""
+    out = []
+    for i, d in enumerate(events):
+        entry: dict[str, Any] = {"state": d["state"], "timestamp": d["timestamp"]}
+        for key in ("workerId", "attempt"):
+            if d.get(key) is not None:
+                entry[key] = d[key]
+        if d.get("error"):
+            entry["error"] = d["error"][: contract.MAX_TIMELINE_ERROR]
+        entry["previousState"] = events[i - 1]["state"] if i else d.get("previousState")
+        out.append(entry)
+    return out[-contract.MAX_TIMELINE :]
+
+
+def _json_bytes(entries: list[dict]) -> int:
+    return sum(
+        len(json.dumps(e, separators=(",", ":"), ensure_ascii=False).encode()) for e in entries
+    )
+
+
+def check_timeline(got: list[dict], events: list[dict], where: str) -> None:
+    """The last 50 transitions, and at most 16 KiB of them (the newest one always):
+    the newest entries of the expected ones, as many as fit."""
+    want = expected_timeline(events)
+    assert 1 <= len(got) <= len(want) and got == want[len(want) - len(got) :], (
+        f"{where}: timeline {got!r:.500} is not the newest of {want!r:.500}"
+    )
+    limit = contract.MAX_TIMELINE_BYTES
+    if len(got) > 1:
+        assert _json_bytes(got) <= limit, f"{where}: a timeline of {_json_bytes(got)} bytes"
+    if len(got) < len(want):  # one more would not have fitted (with separators)
+        more = want[len(want) - len(got) - 1 :]
+        assert _json_bytes(more) + len(more) - 1 > limit, f"{where}: timeline cut short"
+
+
+@fuzz(60)
+@given(data=st.data())
+def test_fuzz_job_index_agrees_with_the_stream(fz: Fuzz, jobs_env: JobsEnv, data):
+    """Random valid events in one to three batches; then every job, worker and
+    queue they name is, in the index, what the stream's latest event of it says:
+    the detail (by external id and by id), its timeline, arguments and traceback,
+    the list (a search by the example's prefix, newest first, and by state), and
+    the workers' and queues' snapshots."""
+    account = jobs_env.c
+    cid = account.connection_id
+    token = uuid.uuid4().hex[:12] + "-"
+    key = _stream_key(cid)
+    last = fz.r.xrevrange(key, count=1)
+    since = last[0][0].decode() if last else "0-0"
+    auth = {"Authorization": f"Bearer {account.api_key}"}
+    posted: list[dict] = []
+    for _ in range(data.draw(st.integers(1, 3), "n_batches")):
+        events = data.draw(index_events(cid, token), "batch")
+        posted += events
+        body = encode({"events": events}, ascii_only=not data.draw(one_in(3)))
+        post_ingest_to(fz, account, body, auth)
+    # The oracle: the stream's entries since the example began, in order.
+    stream = [
+        (fields[b"t"].decode(), json.loads(fields[b"d"]))
+        for _, fields in fz.r.xrange(key, min="(" + since)
+    ]
+    jobs: dict[str, list[dict]] = {}
+    order: list[str] = []  # external ids, by their latest event
+    snapshots: dict[str, dict[str, dict]] = {"workers": {}, "queues": {}}
+    for name, d in stream:
+        if name == contract.JOB_STATE_CHANGE:
+            jobs.setdefault(d["externalId"], []).append(d)
+            if d["externalId"] in order:
+                order.remove(d["externalId"])
+            order.append(d["externalId"])
+        elif name == contract.QUEUE_SNAPSHOT:
+            snapshots["queues"][d["name"]] = d
+        else:
+            snapshots["workers"][d["externalId"]] = d
+    client = fz.client()
+    base = f"/api/connections/{cid}"
+    details = {}
+    for xid, events in jobs.items():
+        response = send(fz, client, "GET", f"{base}/jobs/{quote(xid, safe='')}", headers=auth)
+        assert response.status_code == 200, (xid, response.get_data()[:300])
+        job = response.get_json()["data"]
+        where = f"job {xid!r} after {len(events)} events"
+        # The latest event's data, but for its stacktrace (the detail's `traceback`).
+        latest = {k: v for k, v in events[-1].items() if k != "stacktrace"}
+        assert {k: v for k, v in job.items() if k not in JOB_EXTRAS} == latest, where
+        assert ISO_MS_RE.match(job["updatedAt"]), where
+        check_timeline(job["timeline"], events, where)
+        for field in ("args", "kwargs", "result"):
+            sent = [
+                (e.get("extensions") or {}).get(field)
+                for e in events
+                if (e.get("extensions") or {}).get(field) is not None
+            ]
+            assert job.get(field, "absent") == (sent[-1] if sent else "absent"), (where, field)
+        traces = [e["stacktrace"] for e in events if e.get("stacktrace")]
+        assert job.get("traceback", "absent") == (traces[-1] if traces else "absent"), where
+        by_id = send(fz, client, "GET", f"{base}/jobs/{job['id']}", headers=auth)
+        assert by_id.status_code == 200 and by_id.get_json()["data"] == job, where
+        details[xid] = job
+    # Events of the example that the stream does not hold (duplicates) are not indexed either.
+    for ev in posted:
+        xid = ev.get("job", {}).get("externalId")
+        if xid is not None and xid not in jobs:
+            gone = send(fz, client, "GET", f"{base}/jobs/{quote(xid, safe='')}", headers=auth)
+            assert gone.status_code == 404, (xid, gone.get_data()[:300])
+    # The list: the example's jobs by their prefix, newest update first; by state.
+    page = send(
+        fz, client, "GET", f"{base}/jobs", headers=auth, query=urlencode({"q": token, "limit": 200})
+    )
+    assert page.status_code == 200, page.get_data()[:300]
+    listed = page.get_json()["data"]
+    assert [j["externalId"] for j in listed] == order[::-1], "the list's order"
+    for j in listed:
+        want = {k: v for k, v in details[j["externalId"]].items() if k not in JOB_EXTRAS[1:]}
+        assert j == want, f"the list's {j['externalId']!r} differs from its detail"
+    for state in sorted({events[-1]["state"] for events in jobs.values()}):
+        page = send(
+            fz,
+            client,
+            "GET",
+            f"{base}/jobs",
+            headers=auth,
+            query=urlencode({"q": token, "state": state, "limit": 200}),
+        )
+        want = [x for x in order[::-1] if jobs[x][-1]["state"] == state]
+        assert [j["externalId"] for j in page.get_json()["data"]] == want, state
+    # Workers and queues: the latest snapshot of each, most recently seen first.
+    for what, key_field in (("workers", "externalId"), ("queues", "name")):
+        response = send(fz, client, "GET", f"{base}/{what}", headers=auth)
+        assert response.status_code == 200, response.get_data()[:300]
+        ours = {
+            s[key_field]: s for s in response.get_json()["data"] if s[key_field].startswith(token)
+        }
+        assert ours == snapshots[what], what  # (order: see test_fuzz_workers_and_queues)
+
+
+def post_ingest_to(fz: Fuzz, account: Any, body: bytes, headers: dict) -> None:
+    response = send(fz, fz.client(), "POST", "/api/ingest", body=body, headers=headers)
+    assert response.status_code == 202, response.get_data()[:300]
+
+
 # -- system endpoints and pages ------------------------------------------------------
 
 
@@ -1158,6 +1940,9 @@ SEGMENTS = [
     "debug",
     "stats",
     "static",
+    "jobs",
+    "workers",
+    "queues",
     "js",
     "app.css",
     "..",
@@ -1207,6 +1992,10 @@ KNOWN_PATHS = [
     "/api/health",
     "/api/config",
     "/api/debug/stats",
+    "/api/connections/00000000-0000-0000-0000-000000000000/jobs",
+    "/api/connections/00000000-0000-0000-0000-000000000000/jobs/x/y",
+    "/api/connections/00000000-0000-0000-0000-000000000000/workers",
+    "/api/connections/00000000-0000-0000-0000-000000000000/queues/",
     "/api//ingest",
     "//api/ingest",
     "/api/ingest/",
@@ -1756,3 +2545,67 @@ def test_corpus_stream_event_ids(server, stream_env, event_id, where):
         assert not problems, "; ".join(problems)
     finally:
         stream.close()
+
+
+#: GET requests on the job index, as (path after the connection, query, status,
+#: the parameters a 400 names), on connection A with its key.
+JOBS_CORPUS = [
+    ("/jobs", "limit=%ED%A0%80", 400, {"limit"}),  # a surrogate, percent-encoded
+    ("/jobs", "limit=%D9%A5", 400, {"limit"}),  # Arabic-Indic 5
+    ("/jobs", "limit=1.5&cursor=-1", 400, {"limit", "cursor"}),
+    ("/jobs", "cursor=9007199254740993", 400, {"cursor"}),
+    ("/jobs", "cursor=" + "9" * 5000, 400, {"cursor"}),
+    ("/jobs", "state=%00", 400, {"state"}),
+    ("/jobs", "queue=" + "x" * 1025, 400, {"queue"}),
+    ("/jobs", "limit=5&limit=x", 200, None),  # the first of a repeated parameter
+    ("/jobs", "q=%00&worker=%ED%A0%80", 200, None),
+    ("/jobs/%ED%A0%80", "", 404, None),
+    ("/jobs/%25ED%25A0%2580", "", 200, None),  # the external id "%ED%A0%80"
+    ("/jobs/" + "x" * 2000, "", 400, {"job"}),
+    ("/jobs/%00", "", 404, None),
+    ("/jobs/nul%00x", "", 200, None),
+    ("/jobs/a%2Fb", "", 200, None),  # the external id "a/b"
+    ("/jobs/a//b", "", 200, None),
+    ("/jobs/%2Fx", "", 404, None),
+    ("/workers/", "", 200, None),
+    ("/queues", "limit=0", 200, None),
+]
+
+
+@pytest.mark.parametrize(("tail", "query", "status", "fields"), JOBS_CORPUS)
+def test_corpus_jobs(fz: Fuzz, jobs_env: JobsEnv, tail, query, status, fields):
+    env = jobs_env
+    response = send(
+        fz,
+        fz.client(),
+        "GET",
+        f"/api/connections/{env.a.connection_id}{tail}",
+        headers={"Authorization": f"Bearer {env.a.api_key}"},
+        query=query,
+    )
+    assert response.status_code == status, response.get_data()[:300]
+    if fields is not None:
+        assert set(response.get_json()["error"]["details"]) == fields
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known bug: `q` goes through job_refs, which takes at most 512 characters, "
+    "so a search of 513 to 1,024 characters (documented: up to 1,024; task names "
+    "are up to 1,024) is a 400 naming 'job'",
+)
+@pytest.mark.parametrize("length", [513, contract.MAX_QUERY])
+def test_corpus_jobs_q_up_to_1024(fz: Fuzz, jobs_env: JobsEnv, length):
+    env = jobs_env
+    response = send(
+        fz,
+        fz.client(),
+        "GET",
+        f"/api/connections/{env.a.connection_id}/jobs",
+        headers={"Authorization": f"Bearer {env.a.api_key}"},
+        query="q=" + "x" * length,
+    )
+    assert response.status_code == 200, response.get_data()[:300]
+    if length == contract.MAX_EXTERNAL_ID + 1:
+        # "x" * 512 is one of A's external ids: a longer prefix matches nothing.
+        assert response.get_json()["data"] == []
