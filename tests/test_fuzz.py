@@ -1623,15 +1623,18 @@ JOB_EXTRAS = ("updatedAt", "timeline", "args", "kwargs", "result", "traceback")
 
 @st.composite
 def index_events(draw, connection_id: str, token: str) -> list[dict]:
-    """Valid events of a few jobs, workers and queues whose names start with `token`
-    (so that one example's jobs are found apart from every other's)."""
+    """Valid events of a few jobs (mostly one: long timelines), workers and queues
+    whose names start with `token` (so that one example's jobs are found apart
+    from every other's)."""
     events = []
-    for _ in range(draw(st.integers(1, 8), "n_events")):
+    for _ in range(draw(st.integers(1, 12), "n_events")):
         event = draw(valid_event(connection_id))
         payload = event[PAYLOAD_OF[event["type"]]]
         if event["type"] == "job_state_change":
             suffix = draw(
-                st.one_of(st.sampled_from(["a", "b", "c", "a/b", "é", "x y"]), st.text(max_size=6))
+                st.one_of(
+                    st.sampled_from(["a"] * 4 + ["b", "c", "a/b", "é", "x y"]), st.text(max_size=6)
+                )
             )
             payload["externalId"] = token + suffix
             if draw(one_in(3)):
@@ -1650,8 +1653,11 @@ def index_events(draw, connection_id: str, token: str) -> list[dict]:
                 payload["stacktrace"] = draw(
                     st.sampled_from(["", 'File "x.py", line 1\nE: x', "t"])
                 )
-            if draw(one_in(6)):
-                payload["error"] = draw(st.sampled_from(["", "e" * 600, "boom"]))
+            if draw(one_in(3)):
+                # 600 emoji: a timeline entry of ~2 KB, so a few reach its 16 KiB
+                payload["error"] = draw(
+                    st.sampled_from(["", "boom", "e" * 600, "\U0001f600" * 600])
+                )
         elif event["type"] == "queue_snapshot":
             payload["name"] = token + draw(st.sampled_from(["q1", "q2"]))
         else:
@@ -2609,3 +2615,31 @@ def test_corpus_jobs_q_up_to_1024(fz: Fuzz, jobs_env: JobsEnv, length):
     if length == contract.MAX_EXTERNAL_ID + 1:
         # "x" * 512 is one of A's external ids: a longer prefix matches nothing.
         assert response.get_json()["data"] == []
+
+
+def test_corpus_job_timeline_bytes(fz: Fuzz, jobs_env: JobsEnv):
+    """A timeline of ~2 KB entries (500-character errors of 4-byte characters):
+    the newest that fit in 16 KiB, as the stream's events say."""
+    account = jobs_env.c
+    cid = account.connection_id
+    xid = "long-timeline-" + uuid.uuid4().hex
+    auth = {"Authorization": f"Bearer {account.api_key}"}
+    states = ["queued", "active", "retrying", "active", "failed"] * 3
+    events = [
+        job_event(cid, xid, state, error="\U0001f600" * 600, attempt=i + 1)
+        for i, state in enumerate(states)
+    ]
+    for ev in events:
+        ev["connectionId"] = cid
+    post_ingest_to(fz, account, encode({"events": events}), auth)
+    data = [
+        json.loads(fields[b"d"])
+        for _, fields in fz.r.xrange(_stream_key(cid))
+        if json.loads(fields[b"d"]).get("externalId") == xid
+    ]
+    assert len(data) == len(states)
+    response = send(fz, fz.client(), "GET", f"/api/connections/{cid}/jobs/{xid}", headers=auth)
+    assert response.status_code == 200, response.get_data()[:300]
+    timeline = response.get_json()["data"]["timeline"]
+    assert 1 < len(timeline) < len(states)  # cut by bytes, not by count
+    check_timeline(timeline, data, xid)
