@@ -157,10 +157,10 @@ class Settings:
     )
     job_index_max_bytes: int = setting(
         "SLUICE_JOB_INDEX_MAX_BYTES",
-        268_435_456,
+        1_073_741_824,
         minimum=1_048_576,
-        doc="Bytes of job data the index keeps per connection; past it the least recently "
-        "updated jobs go first.",
+        doc="Bytes of job data the index keeps per connection (as counted at ingest; Redis "
+        "uses about four times that); past it the least recently updated jobs go first.",
     )
     dedupe_ttl_seconds: int = setting(
         "SLUICE_DEDUPE_TTL_SECONDS",

@@ -1231,12 +1231,6 @@ def expected_query(first: dict[str, str]) -> tuple[set[str], set[str]]:
     return must, may
 
 
-def known_q_over_512(first: dict[str, str]) -> bool:
-    """Known bug (see test_corpus_jobs_q_up_to_1024): a `q` of 513 to 1,024
-    characters is a 400 naming "job" instead of a search."""
-    return contract.MAX_EXTERNAL_ID < len(first.get("q", "")) <= contract.MAX_QUERY
-
-
 def passes(job: dict, first: dict[str, str], exact: set[str]) -> bool:
     """Does `job` pass the query's filters and search (docs/api.md)?"""
     for key, field in (
@@ -1456,9 +1450,6 @@ def test_fuzz_jobs_list(fz: Fuzz, jobs_env: JobsEnv, data):
         return
     assert status == 400, where
     details = set(response.get_json()["error"]["details"])
-    if not must and not may and details == {"job"} and known_q_over_512(first):
-        event("known bug: q of 513-1,024 characters")
-        return
     assert must, f"{where}: a valid query refused"
     assert must <= details <= must | may, f"{where}: expected {sorted(must)} (+{sorted(may)})"
 
@@ -2594,12 +2585,6 @@ def test_corpus_jobs(fz: Fuzz, jobs_env: JobsEnv, tail, query, status, fields):
         assert set(response.get_json()["error"]["details"]) == fields
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: `q` goes through job_refs, which takes at most 512 characters, "
-    "so a search of 513 to 1,024 characters (documented: up to 1,024; task names "
-    "are up to 1,024) is a 400 naming 'job'",
-)
 @pytest.mark.parametrize("length", [513, contract.MAX_QUERY])
 def test_corpus_jobs_q_up_to_1024(fz: Fuzz, jobs_env: JobsEnv, length):
     env = jobs_env

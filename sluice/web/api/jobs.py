@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, request
 
+from ...contract import MAX_EXTERNAL_ID
 from ...errors import NotFound
 from ...jobindex import job_refs, parse_job_query
 from ...schema import parse_uuid
@@ -32,7 +33,9 @@ def _connection(raw_id: str) -> str:
 def list_jobs(connection_id: str) -> Response:
     connection_id = _connection(connection_id)
     query = parse_job_query(request.args)
-    exact = job_refs(connection_id, query.q) if query.q else ("", "")
+    # `q` may name a job exactly (by id or external id) only if it is short enough to be one.
+    is_ref = query.q is not None and len(query.q) <= MAX_EXTERNAL_ID
+    exact = job_refs(connection_id, query.q) if is_ref and query.q else ("", "")
     return jsonify(jobs.list_jobs(state().redis, connection_id, query, exact))
 
 
