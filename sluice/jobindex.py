@@ -23,7 +23,6 @@ INDEX_STRIDE: Final = 14
 JOB, WORKER, QUEUE = "j", "w", "q"
 #: The index fields of an event the index ignores.
 NOT_INDEXED: Final = ("",) * INDEX_STRIDE
-_NOTHING = NOT_INDEXED
 
 
 def _json_or_empty(value: Any) -> str:
@@ -69,10 +68,10 @@ def index_fields(event: str, data: Mapping[str, Any]) -> tuple[str, ...]:
             else "",
         )
     if event in (c.WORKER_HEARTBEAT, c.WORKER_STATE_CHANGE):
-        return (WORKER, data["id"], *_NOTHING[2:])
+        return (WORKER, data["id"], *NOT_INDEXED[2:])
     if event == c.QUEUE_SNAPSHOT:
-        return (QUEUE, data["name"], *_NOTHING[2:])
-    return _NOTHING
+        return (QUEUE, data["name"], *NOT_INDEXED[2:])
+    return NOT_INDEXED
 
 
 # -- queries ---------------------------------------------------------------------

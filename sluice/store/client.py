@@ -12,6 +12,7 @@ domain's `StoreUnavailable` / `StoreRefused` instead.
 from __future__ import annotations
 
 import os
+import weakref
 from typing import Any, cast
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
@@ -100,6 +101,20 @@ def connect(
         url, max_connections=max_connections, timeout=POOL_WAIT, **options
     )
     return redis.Redis(connection_pool=pool)
+
+
+#: Lua scripts per client, made once (EVALSHA, loading the script when Redis
+#: does not know it), not re-hashed on every call; gone with their client.
+_scripts: weakref.WeakKeyDictionary[redis.Redis, dict[str, Any]] = weakref.WeakKeyDictionary()
+
+
+def script(client: redis.Redis, source: str) -> Any:
+    """The registered script of `source` for `client`."""
+    per_client = _scripts.setdefault(client, {})
+    registered = per_client.get(source)
+    if registered is None:
+        registered = per_client[source] = client.register_script(source)
+    return registered
 
 
 def is_cluster(client: object) -> bool:

@@ -8,7 +8,6 @@ a frame is built by concatenation on the way out.
 
 from __future__ import annotations
 
-import weakref
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,10 +20,10 @@ from redis.crc import key_slot
 from ..config import Settings
 from ..contract import CLOSED_EVENT, ENTRY_DATA, ENTRY_EVENT
 from ..errors import StoreRefused, StoreUnavailable
-from ..jobindex import JOB
+from ..jobindex import JOB, NOT_INDEXED
 from ..strictjson import dumps
-from .client import STORE_ERRORS, Redis, is_cluster
-from .jobs import EVENT_STRIDE, INDEX_LUA, NOT_INDEXED, index_args
+from .client import STORE_ERRORS, Redis, is_cluster, script
+from .jobs import EVENT_STRIDE, INDEX_LUA, index_args
 from .keys import Keys
 from .notifications import ClusterNotifications, NodeNotifications
 
@@ -94,15 +93,7 @@ for i = 14, #ARGV, $EVENT_STRIDE do
     first = first or id
     bytes = bytes + size(id, ARGV[i + 1], ARGV[i + 2])
     accepted = accepted + 1
-    local kind = ARGV[i + 3]
-    if kind == "j" then
-      index_job(i, ARGV[i + 2])
-      indexed = indexed + 1
-    elseif kind == "w" then
-      index_snapshot(P .. "$WORKERS", P .. "$WORKERS_SEEN", ARGV[i + 4], ARGV[i + 2])
-    elseif kind == "q" then
-      index_snapshot(P .. "$QUEUES", P .. "$QUEUES_SEEN", ARGV[i + 4], ARGV[i + 2])
-    end
+    if index_event(i, ARGV[i + 2]) then indexed = indexed + 1 end
   else
     duplicates = duplicates + 1
   end
@@ -156,10 +147,6 @@ APPEND_SCRIPT = (
     .replace("$ENTRY_EVENT", ENTRY_EVENT)
     .replace("$ENTRY_DATA", ENTRY_DATA)
     .replace("$EVENT_STRIDE", str(EVENT_STRIDE))
-    .replace("$WORKERS_SEEN", Keys.WORKERS_SEEN)
-    .replace("$WORKERS", Keys.WORKERS)
-    .replace("$QUEUES_SEEN", Keys.QUEUES_SEEN)
-    .replace("$QUEUES", Keys.QUEUES)
 )
 
 #: Seconds a deleted connection's stream is kept, so every reader sees its closing entry.
@@ -169,18 +156,6 @@ CLOSED_STREAM_TTL = 60
 def entry_fields(event: str, data_json: str) -> dict[str, str]:
     """The Redis Stream entry for one event."""
     return {ENTRY_EVENT: event, ENTRY_DATA: data_json}
-
-
-#: The append script per client, made once (EVALSHA, loading the script when
-#: Redis does not know it), not re-hashed on every request; gone with its client.
-_scripts: weakref.WeakKeyDictionary[Redis, Any] = weakref.WeakKeyDictionary()
-
-
-def _append_script(r: Redis) -> Any:
-    script = _scripts.get(r)
-    if script is None:
-        script = _scripts[r] = r.register_script(APPEND_SCRIPT)
-    return script
 
 
 def append_events(
@@ -204,9 +179,9 @@ def append_events(
     args.append(sum(1 for f in fields if f[0] == JOB))
     for (producer_id, name, data, *_), indexed in zip(events, fields, strict=True):
         args.extend((producer_id or "", name, data, *indexed))
-    script = _append_script(r)
+    append = script(r, APPEND_SCRIPT)
     keys = [Keys.stream(connection_id), Keys.seen(connection_id), Keys.stream_meta(connection_id)]
-    accepted, duplicates = script(keys=keys, args=args)
+    accepted, duplicates = append(keys=keys, args=args)
     return int(accepted), int(duplicates)
 
 

@@ -31,13 +31,13 @@ jobs past `SLUICE_JOB_RETENTION_MAX` or older than
 from __future__ import annotations
 
 import json
-import weakref
 from typing import Any
 
 from ..config import Settings
 from ..contract import MAX_SNAPSHOTS, MAX_TIMELINE, MAX_TIMELINE_BYTES
-from ..jobindex import INDEX_STRIDE, NOT_INDEXED, JobQuery
-from .client import Redis, text
+from ..jobindex import INDEX_STRIDE, JobQuery
+from ..timefmt import iso_from_ms
+from .client import Redis, script, text
 from .keys import Keys
 
 #: Index entries a list request examines at most (a filter that matches few of
@@ -229,6 +229,20 @@ local function index_snapshot(hash, seen, member, data)
     end
   end
 end
+-- Index one appended event by its kind ("j", "w", "q", or "" for none);
+-- true for a job event.
+local function index_event(i, data)
+  local kind = ARGV[i + 3]
+  if kind == "j" then
+    index_job(i, data)
+    return true
+  elseif kind == "w" then
+    index_snapshot(P .. "$WORKERS$", P .. "$WORKERS_SEEN$", ARGV[i + 4], data)
+  elseif kind == "q" then
+    index_snapshot(P .. "$QUEUES$", P .. "$QUEUES_SEEN$", ARGV[i + 4], data)
+  end
+  return false
+end
 -- Retention, bounded work per call: the least recently updated jobs past the
 -- byte budget, past the count, then those older than keep_ms.
 local function enforce_retention(budget)
@@ -393,16 +407,6 @@ return left
 """
 )
 
-_scripts: weakref.WeakKeyDictionary[Redis, dict[str, Any]] = weakref.WeakKeyDictionary()
-
-
-def _script(r: Redis, source: str) -> Any:
-    per_client = _scripts.setdefault(r, {})
-    script = per_client.get(source)
-    if script is None:
-        script = per_client[source] = r.register_script(source)
-    return script
-
 
 def index_args(connection_id: str, settings: Settings) -> list[Any]:
     """The append script's index parameters (after its own five)."""
@@ -417,22 +421,14 @@ def index_args(connection_id: str, settings: Settings) -> list[Any]:
     ]
 
 
-__all__ = ["NOT_INDEXED"]
-
 #: ARGV the append script takes per event: producer id, event, data, then the index's.
 EVENT_STRIDE = 3 + INDEX_STRIDE
 
 
 def _job(data: bytes, updated_ms: bytes) -> dict[str, Any]:
     job: dict[str, Any] = json.loads(data)
-    job["updatedAt"] = _iso(int(updated_ms))
+    job["updatedAt"] = iso_from_ms(int(updated_ms))
     return job
-
-
-def _iso(ms: int) -> str:
-    from ..timefmt import iso_from_ms
-
-    return iso_from_ms(ms)
 
 
 def list_jobs(
@@ -454,7 +450,7 @@ def list_jobs(
         PREFIX_IDS,
         PREFIX_NAMES,
     ]
-    stream_id, next_cursor, flat = _script(r, _LIST_LUA)(keys=keys, args=args)
+    stream_id, next_cursor, flat = script(r, _LIST_LUA)(keys=keys, args=args)
     jobs = [_job(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
     return {
         "data": jobs,
@@ -466,7 +462,7 @@ def list_jobs(
 def get_job(r: Redis, connection_id: str, candidates: tuple[str, str]) -> dict[str, Any] | None:
     """The job (its latest data, timeline and what its producer sent of arguments,
     result and traceback), by the first candidate id that exists; None if none."""
-    reply = _script(r, _GET_LUA)(
+    reply = script(r, _GET_LUA)(
         keys=[Keys.stream(connection_id)], args=[Keys.index_prefix(connection_id), *candidates]
     )
     if len(reply) < 2:
@@ -494,7 +490,7 @@ def snapshots(r: Redis, connection_id: str, kind: str) -> dict[str, Any]:
         Keys.index(connection_id, hash_key),
         Keys.index(connection_id, seen_key),
     ]
-    stream_id, values = _script(r, _SNAPSHOTS_LUA)(keys=keys, args=[])
+    stream_id, values = script(r, _SNAPSHOTS_LUA)(keys=keys, args=[])
     return {
         "data": [json.loads(value) for value in values if value is not None],
         "streamId": text(stream_id),
@@ -503,7 +499,7 @@ def snapshots(r: Redis, connection_id: str, kind: str) -> dict[str, Any]:
 
 def purge(r: Redis, connection_id: str) -> None:
     """Delete a connection's whole index, a bounded batch per script call."""
-    script = _script(r, _PURGE_LUA)
+    purge_batch = script(r, _PURGE_LUA)
     keys = [Keys.index(connection_id, Keys.JOBS)]
-    while script(keys=keys, args=[Keys.index_prefix(connection_id), PURGE_BATCH]):
+    while purge_batch(keys=keys, args=[Keys.index_prefix(connection_id), PURGE_BATCH]):
         pass
