@@ -243,3 +243,17 @@ def test_text_stays_human_readable_with_the_id_on_access_lines(redis_url):
     (access,) = [line for line in lines if "text-id-1" in line]
     assert '"GET /api/health HTTP/1.1" 200 ' in access
     assert access.endswith(f'"{USER_AGENT.replace(chr(34), chr(92) + chr(34))}" text-id-1')
+
+
+def test_a_malformed_format_is_refused_at_start_in_one_line(redis_url):
+    server = SluiceServer(redis_url, {"SLUICE_LOG_FORMAT": "xml"})
+    server.log_path.unlink(missing_ok=True)
+    with pytest.raises(RuntimeError, match="gunicorn exited"):
+        server.start()
+    server.stop()
+    lines = [line.decode() for line in read_lines(server)]
+    refused = [line for line in lines if "Not starting" in line]
+    assert len(refused) == 1, lines
+    assert refused[0].endswith(
+        "Not starting: SLUICE_LOG_FORMAT must be 'text' or 'json', got 'xml'"
+    )
