@@ -172,3 +172,14 @@ def test_setup_again_adds_no_second_filter(make_logger):
         (handler,) = [h for h in log.handlers if getattr(h, "_gunicorn", False)]
         assert len(handler.filters) == 1
         assert isinstance(handler.formatter, logging.Formatter)
+
+
+def test_post_request_clears_the_request_id():
+    """gunicorn calls it once a request is over (body closed, access line written): later
+    lines of the same connection's greenlet belong to no request."""
+    token = REQUEST_ID.set("finished")
+    try:
+        gunicorn_conf.post_request(None, None, {}, None)
+        assert REQUEST_ID.get() is None
+    finally:
+        REQUEST_ID.reset(token)
