@@ -24,6 +24,9 @@ TRUE_VALUES = ("1", "true", "yes")
 #: Values SLUICE_ENV may take.
 MODES = ("development", "production")
 
+#: Values SLUICE_LOG_FORMAT may take.
+LOG_FORMATS = ("text", "json")
+
 
 class ConfigError(RuntimeError):
     """A setting is missing or malformed; the service refuses to start."""
@@ -237,6 +240,13 @@ class Settings:
         False,
         doc="Enables `GET /api/debug/stats` (greenlets, listeners) for tests and operators.",
     )
+    log_format: str = setting(
+        "SLUICE_LOG_FORMAT",
+        "text",
+        choices=LOG_FORMATS,
+        doc="`json`: one JSON object per line (the app, gunicorn's error and access logs), "
+        "with a request id; `text`: human-readable.",
+    )
 
     @property
     def is_production(self) -> bool:
@@ -317,6 +327,15 @@ def require_redis_url_in_production(env: Mapping[str, str] | None = None) -> Non
         if f.name in ("env", "redis_url")
     }
     _check_redis_url(read["env"], read["redis_url"])
+
+
+def read_setting(name: str, env: Mapping[str, str] | None = None) -> Any:
+    """One setting (by field name), read and checked as `load_settings` reads it, without
+    the cross-setting rules: for gunicorn's logger, made before the settings are loaded.
+    Raises ConfigError when it is malformed, KeyError for an unknown name."""
+    env = os.environ if env is None else env
+    declared = {f.name: f for f in fields(Settings)}
+    return _parse(declared[name], _types()[name], env)
 
 
 def load_settings(

@@ -32,6 +32,12 @@ backlog = 4096
 accesslog = os.environ.get("SLUICE_ACCESS_LOG") or None
 errorlog = "-"
 loglevel = os.environ.get("SLUICE_LOG_LEVEL", "info")
+# SLUICE_LOG_FORMAT (text or json) for gunicorn's error and access logs too
+# (sluice/gunicorn_log.py); a text access line ends with the request id.
+logger_class = "sluice.gunicorn_log.Logger"
+access_log_format = (
+    '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" %({x-request-id}o)s'
+)
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
 preload_app = False
 
@@ -116,6 +122,14 @@ def post_worker_init(worker: Any) -> None:
             worker.log.info("draining: ended %d streams", ended)
 
     gevent.spawn(watch)
+
+
+def post_request(worker: Any, req: Any, environ: Any, resp: Any) -> None:
+    """The request is over (its body closed, its access line written): what is
+    logged from now on in this connection's greenlet has no request id."""
+    from sluice.logs import REQUEST_ID
+
+    REQUEST_ID.set(None)
 
 
 # gunicorn 27's control socket would be shared by every instance on a machine

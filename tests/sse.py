@@ -191,8 +191,10 @@ def open_stream(
     extra_params: dict[str, str] | None = None,
     timeout: float = 5,
     rcvbuf: int | None = None,
+    headers: dict[str, str] | None = None,
 ) -> SSEStream:
-    """Open `GET /api/events/stream` and read the status line and headers."""
+    """Open `GET /api/events/stream` and read the status line and headers (`headers`:
+    more request headers)."""
     parts = urlsplit(base_url)
     params: dict[str, str] = {}
     if connection_id is not None:
@@ -210,6 +212,7 @@ def open_stream(
         lines.append("Cookie: " + "; ".join(f"{k}={v}" for k, v in cookies.items()))
     if last_event_id is not None:
         lines.append(f"Last-Event-ID: {last_event_id}")
+    lines.extend(f"{name}: {value}" for name, value in (headers or {}).items())
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     if rcvbuf is not None:  # before connect, so the advertised window is small from the start
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
@@ -227,12 +230,12 @@ def open_stream(
     head, _, rest = buf.partition(b"\r\n\r\n")
     status_line, *header_lines = head.decode("latin-1").split("\r\n")
     status = int(status_line.split()[1])
-    headers: dict[str, str] = {}
+    answered: dict[str, str] = {}
     for line in header_lines:
         name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    chunked = headers.get("transfer-encoding", "").lower() == "chunked"
-    return SSEStream(sock, status, headers, rest, chunked)
+        answered[name.strip().lower()] = value.strip()
+    chunked = answered.get("transfer-encoding", "").lower() == "chunked"
+    return SSEStream(sock, status, answered, rest, chunked)
 
 
 def read_error_body(stream: SSEStream, timeout: float = 5) -> dict:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
@@ -13,12 +12,14 @@ from werkzeug.routing import PathConverter
 from ..config import load_settings
 from ..errors import Forbidden
 from ..fanout.hub import Hub
+from ..logs import configure as configure_logging
 from ..store import client as store_client
 from ..store import users
 from ..store.embedded import start_embedded
 from ..store.events import RedisEventLog
 from .errors import register_error_handlers
 from .extensions import SluiceState, limiter, login_manager
+from .request_id import RequestIdMiddleware
 
 
 class AnyTextConverter(PathConverter):
@@ -35,7 +36,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     gevent worker they are created after monkey patching.
     """
     settings = load_settings(overrides=overrides)
-    _configure_logging()
+    configure_logging(settings.log_format)
     app = Flask(__name__, static_folder=None)
     # `/api//ingest` is not `/api/ingest`: no 308 redirect (which werkzeug would
     # build from the Host header); unknown paths are plain 404s.
@@ -96,6 +97,8 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
 
         n = settings.trusted_proxies
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n)  # type: ignore[method-assign]
+    # Outermost: every response, whatever answers it, carries X-Request-ID.
+    app.wsgi_app = RequestIdMiddleware(app.wsgi_app)  # type: ignore[method-assign]
     return app
 
 
@@ -151,12 +154,3 @@ def _security_headers(response: Response) -> Response:
         "default-src 'self'; img-src 'self' data:; style-src 'self'; frame-ancestors 'none'",
     )
     return response
-
-
-def _configure_logging() -> None:
-    root = logging.getLogger("sluice")
-    if not root.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        root.addHandler(handler)
-        root.setLevel(logging.INFO)

@@ -12,6 +12,7 @@ from sluice.config import (
     Settings,
     describe,
     load_settings,
+    read_setting,
     require_redis_url_in_production,
     settings_table_markdown,
 )
@@ -51,6 +52,7 @@ EXPECTED = {
     "SLUICE_REDIS_CLUSTER": ("auto", None),
     "SLUICE_TRUSTED_PROXIES": (0, 0),
     "SLUICE_DEBUG_STATS": (False, None),
+    "SLUICE_LOG_FORMAT": ("text", None),
 }
 
 SETTINGS = describe()
@@ -316,6 +318,36 @@ def test_redis_url_rule_reads_os_environ_by_default(monkeypatch):
 def test_load_settings_reads_os_environ_by_default(monkeypatch):
     monkeypatch.setenv("SLUICE_STREAM_MAXLEN", "123")
     assert load_settings().stream_maxlen == 123
+
+
+# -- One setting on its own (gunicorn's logger) ---------------------------------
+
+
+@pytest.mark.parametrize(
+    "raw, value", [(None, "text"), ("", "text"), ("json", "json"), (" JSON ", "json")]
+)
+def test_read_setting_reads_one_setting_as_load_settings_does(raw, value):
+    env = {} if raw is None else {"SLUICE_LOG_FORMAT": raw}
+    assert read_setting("log_format", env) == value == load_settings(env).log_format
+
+
+def test_read_setting_ignores_the_cross_setting_rules():
+    assert read_setting("log_format", {"SLUICE_ENV": "production"}) == "text"
+    with pytest.raises(ConfigError):
+        load_settings({"SLUICE_ENV": "production"})
+
+
+def test_read_setting_names_a_malformed_value():
+    with pytest.raises(ConfigError) as raised:
+        read_setting("log_format", {"SLUICE_LOG_FORMAT": "xml"})
+    assert str(raised.value) == "SLUICE_LOG_FORMAT must be 'text' or 'json', got 'xml'"
+    with pytest.raises(KeyError):
+        read_setting("no_such_setting", {})
+
+
+def test_read_setting_reads_os_environ_by_default(monkeypatch):
+    monkeypatch.setenv("SLUICE_LOG_FORMAT", "json")
+    assert read_setting("log_format") == "json"
 
 
 # -- Overrides -------------------------------------------------------------------

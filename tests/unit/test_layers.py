@@ -26,9 +26,10 @@ OWNERS: dict[str, tuple[str, ...]] = {
     "gevent": ("fanout/", "web/request.py", "gunicorn_conf.py"),
     "celery": ("integrations/celery/",),
     "kombu": ("integrations/celery/",),
+    "gunicorn": ("gunicorn_conf.py", "gunicorn_log.py"),
 }
 #: Modules that must stay standard-library only.
-STDLIB_ONLY = ("contract.py", "errors.py", "strictjson.py", "timefmt.py")
+STDLIB_ONLY = ("contract.py", "errors.py", "strictjson.py", "timefmt.py", "logs.py")
 
 
 def _relative(path: Path) -> str:
