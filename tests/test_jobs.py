@@ -9,6 +9,7 @@ import uuid
 import pytest
 import requests
 
+from sluice.contract import JOB_STATES
 from sluice.store.keys import Keys
 from tests.sse import open_stream
 from tests.util import ingest, job_event, queue_event, raw_redis, wait_until, worker_event
@@ -98,6 +99,13 @@ def test_history_beyond_the_stream_window_is_exact(short_stream, account):
     assert every_page(server, account, state="queued") == []
     q1 = every_page(server, account, queue="q1", state="failed")
     assert {j["externalId"] for j in q1} == {f"job-{i}" for i in range(0, total, 100) if i % 3 == 1}
+    counts = get(server, account, "/jobs", limit=1, state="queued").json()["counts"]
+    assert counts == {
+        "total": total,
+        **dict.fromkeys(JOB_STATES, 0),
+        "completed": total - total // 100,
+        "failed": total // 100,
+    }
     by_worker = get(server, account, "/jobs", worker="w3@host", limit=200).json()["data"]
     assert by_worker and all(j["workerId"] == "w3@host" for j in by_worker)
     # Newest update first.
@@ -183,6 +191,8 @@ def test_retention_by_count_keeps_the_newest(start_server, account):
     post_all(server, account, [job_event(cid, f"j{i}", "queued") for i in range(250)], batch=50)
     kept = every_page(server, account)
     assert [j["externalId"] for j in kept] == [f"j{i}" for i in range(249, 149, -1)]
+    counts = get(server, account, "/jobs", limit=1).json()["counts"]
+    assert (counts["total"], counts["queued"]) == (100, 100)
     assert get(server, account, "/jobs/j0").status_code == 404
 
 

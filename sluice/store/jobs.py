@@ -38,7 +38,7 @@ import json
 from typing import Any
 
 from ..config import Settings
-from ..contract import MAX_SNAPSHOTS, MAX_TIMELINE, MAX_TIMELINE_BYTES
+from ..contract import JOB_STATES, MAX_SNAPSHOTS, MAX_TIMELINE, MAX_TIMELINE_BYTES
 from ..jobindex import JobQuery
 from ..timefmt import iso_from_ms
 from .client import Redis, script, text
@@ -313,7 +313,8 @@ _LIST_LUA = _keys_in_lua(
     r"""#!lua flags=no-writes
 -- KEYS: the stream, the ordering of all jobs. ARGV: the key prefix, state,
 -- queue, name, worker ("" = any), q ("" = none), cursor ("" = newest), limit,
--- budget, the ids q may be exactly, prefix ids, prefix names.
+-- budget, the ids q may be exactly, prefix ids, prefix names, then every
+-- job state (for the counts: all jobs, then per state).
 local P = ARGV[1]
 local filters = {{ARGV[2], "$BY_STATE$"}, {ARGV[3], "$BY_QUEUE$"}, {ARGV[4], "$BY_NAME$"}, {ARGV[5], "$BY_WORKER$"}}
 local q, cursor, limit, budget = ARGV[6], ARGV[7], tonumber(ARGV[8]), tonumber(ARGV[9])
@@ -390,7 +391,9 @@ else
   end
   if #candidates > limit then next_cursor = tostring(candidates[limit][1]) end
 end
-return {stream_id, next_cursor, out}
+local counts = {redis.call("ZCARD", KEYS[2])}
+for i = 14, #ARGV do counts[#counts + 1] = redis.call("ZCARD", P .. "$BY_STATE$" .. ARGV[i]) end
+return {stream_id, next_cursor, out, counts}
 """
 )
 
@@ -470,7 +473,8 @@ def _job(data: bytes, updated_ms: bytes) -> dict[str, Any]:
 def list_jobs(
     r: Redis, connection_id: str, query: JobQuery, exact: tuple[str, str]
 ) -> dict[str, Any]:
-    """A page of jobs, newest update first, with the stream's last id (one snapshot)."""
+    """A page of jobs, newest update first, with the stream's last id and the
+    connection's job counts (all, and per state; whatever the filters): one snapshot."""
     keys = [Keys.stream(connection_id), Keys.index(connection_id, Keys.JOBS)]
     args = [
         Keys.index_prefix(connection_id),
@@ -485,13 +489,15 @@ def list_jobs(
         *exact,
         PREFIX_IDS,
         PREFIX_NAMES,
+        *JOB_STATES,
     ]
-    stream_id, next_cursor, flat = script(r, _LIST_LUA)(keys=keys, args=args)
+    stream_id, next_cursor, flat, counts = script(r, _LIST_LUA)(keys=keys, args=args)
     jobs = [_job(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
     return {
         "data": jobs,
         "nextCursor": text(next_cursor) or None,
         "streamId": text(stream_id),
+        "counts": dict(zip(("total", *JOB_STATES), map(int, counts), strict=True)),
     }
 
 
