@@ -71,7 +71,9 @@ class Prometheus:
 
     def _ready(self) -> bool:
         if self.process.poll() is not None:
-            raise RuntimeError(f"prometheus exited with {self.process.returncode}; see {self.log_path}")
+            raise RuntimeError(
+                f"prometheus exited with {self.process.returncode}; see {self.log_path}"
+            )
         try:
             return requests.get(self.url + "/-/ready", timeout=1).status_code == 200
         except requests.RequestException:
@@ -247,9 +249,7 @@ def test_prometheus_counts_exactly_over_two_workers_and_a_killed_one(
             }
         )
         # Never lower than before on the way: no counter reset was seen.
-        assert (
-            prometheus.query('resets(sluice_ingest_events_total{result="accepted"}[5m])') == 0
-        )
+        assert prometheus.query('resets(sluice_ingest_events_total{result="accepted"}[5m])') == 0
     finally:
         for stream in streams:
             stream.close()
