@@ -117,9 +117,9 @@ STREAM_CUTOFFS = Counter(
 
 FANOUT_LAG = Histogram(
     "sluice_fanout_lag_seconds",
-    "Per stream and read round: seconds from the append of the oldest entry read "
-    "(its stream id's time, Redis's clock) to the end of its fan-out to that "
-    "stream's clients in this process.",
+    "One observation per round of a process's shared reader: seconds from the append "
+    "of the oldest entry it read (its stream id's time, Redis's clock) to the end of "
+    "that round's fan-out to the clients in this process.",
     buckets=LATENCY_BUCKETS,
 )
 
@@ -142,6 +142,18 @@ INGEST_REQUESTS = Counter(
     "POST /api/ingest requests, by HTTP status code.",
     ["status"],
 )
+
+_INGEST_BY_STATUS: dict[int, Counter] = {}
+
+
+def ingest_requests(status: int) -> Counter:
+    """`sluice_ingest_requests_total{status}`'s series, bound once per status code
+    (a handful: the codes the endpoint answers with)."""
+    counter = _INGEST_BY_STATUS.get(status)
+    if counter is None:
+        counter = _INGEST_BY_STATUS[status] = INGEST_REQUESTS.labels(status=str(status))
+    return counter
+
 
 INGEST_EVENTS = Counter(
     "sluice_ingest_events",

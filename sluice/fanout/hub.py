@@ -458,6 +458,9 @@ class Hub:
             # streams alone, and read the others again at once.
             self._isolate(wanted, watched, exc)
             return
+        # Metrics, counted once per round whatever the number of streams and clients.
+        delivered = 0
+        oldest: int | None = None  # ms of the oldest live entry fanned out
         for key, entries in reply:
             stream = self._streams.get(key)
             # A stream dropped and re-added while we were reading has a new
@@ -465,15 +468,23 @@ class Hub:
             # let the next read start from the right place.
             if stream is not None and stream is watched.get(key) and entries:
                 try:
-                    self._dispatch(stream, entries)
+                    count, first_ms = self._dispatch(stream, entries)
                 except Exception:  # one stream's entries must not stop the others
                     log.exception("stream reader: could not deliver %r; ending its streams", key)
                     self._drop(key, stream)
                     continue
+                delivered += count
+                if first_ms is not None and (oldest is None or first_ms < oldest):
+                    oldest = first_ms
                 if len(entries) >= READ_COUNT:
                     self._dirty.add(key)  # more waiting: next round
                 else:
                     stream.caught_up = True
+        if delivered:
+            EVENTS_DELIVERED.inc(delivered)
+        if oldest is not None:
+            # An entry id's milliseconds are its append time (Redis's clock).
+            FANOUT_LAG.observe(max(0.0, self.wall_clock() - oldest / 1000))
 
     def _isolate(
         self, wanted: dict[bytes, bytes], watched: dict[bytes, _Stream], error: Exception
@@ -507,7 +518,10 @@ class Hub:
             listener.close("stream_error")
             listener.hang_up()
 
-    def _dispatch(self, stream: _Stream, entries: Iterable[Entry]) -> None:
+    def _dispatch(self, stream: _Stream, entries: Iterable[Entry]) -> tuple[int, int | None]:
+        """Fan the entries out to the stream's listeners: (frames the listeners
+        took, the milliseconds of the oldest entry when this counts as fan-out
+        lag, else None)."""
         frames: list[tuple[bytes, bytes, bytes]] = []
         closed = False
         last_id = stream.cursor
@@ -530,10 +544,5 @@ class Hub:
                 listener.close("connection_deleted")
             if i % FANOUT_YIELD_EVERY == 0:
                 gevent.sleep(0)
-        # Counted once per read round, not per event or client.
-        if delivered:
-            EVENTS_DELIVERED.inc(delivered)
-        if frames and listeners and stream.caught_up:
-            # The oldest entry's wait: its id's milliseconds are its append time.
-            appended = parse_id(frames[0][0])[0] / 1000
-            FANOUT_LAG.observe(max(0.0, self.wall_clock() - appended))
+        lag = frames and listeners and stream.caught_up
+        return delivered, parse_id(frames[0][0])[0] if lag else None

@@ -24,10 +24,10 @@ from flask import Blueprint, Flask, Response, g, request
 from ..errors import NotFound
 from ..metrics import (
     CONTENT_TYPE,
-    INGEST_REQUESTS,
     INGEST_SECONDS,
     STREAM_OPENS_BY_RESULT,
     exposition,
+    ingest_requests,
 )
 from .extensions import state
 
@@ -85,7 +85,7 @@ def _start_timer() -> None:
 def _count(response: Response) -> Response:
     endpoint = request.endpoint
     if endpoint == INGEST_ENDPOINT:
-        INGEST_REQUESTS.labels(status=str(response.status_code)).inc()
+        ingest_requests(response.status_code).inc()
         started = g.get("sluice_started")
         if started is not None:
             INGEST_SECONDS.observe(time.perf_counter() - started)
