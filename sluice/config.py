@@ -235,6 +235,12 @@ class Settings:
         doc="Proxies in front whose `X-Forwarded-For`/`-Proto` are trusted for the "
         "client IP (`1` on Fly).",
     )
+    metrics_token: str | None = setting(
+        "SLUICE_METRICS_TOKEN",
+        None,
+        doc="When set, `GET /metrics` answers only `Authorization: Bearer <this token>` "
+        "(404 otherwise). Unset: open in development, 404 in production.",
+    )
     debug_stats: bool = setting(
         "SLUICE_DEBUG_STATS",
         False,

@@ -13,11 +13,19 @@ Used as ``gunicorn -c python:sluice.gunicorn_conf sluice.wsgi:app`` (what
   `Last-Event-ID`, losing nothing.
 - No `preload_app`: Redis clients must be made after gevent monkey-patches
   the worker.
+- Metrics (`sluice.metrics`): the master gives the workers one fresh directory
+  for prometheus_client's multiprocess files before it forks any
+  (`on_starting`), and tells prometheus_client when a worker has exited
+  (`child_exit`), so that `GET /metrics` on any worker counts every worker.
 """
 
 from __future__ import annotations
 
+import glob
 import os
+import shutil
+import tempfile
+from collections.abc import MutableMapping
 from typing import Any
 
 bind = [f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"]
@@ -41,6 +49,9 @@ access_log_format = (
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
 preload_app = False
 
+#: The metrics directory the master made itself (removed when it exits), if any.
+_made_metrics_dir: str | None = None
+
 
 def on_starting(server: Any) -> None:
     """Before any worker is forked:
@@ -51,7 +62,9 @@ def on_starting(server: Any) -> None:
       when a setting is wrong, or when Redis is needed to boot (no SECRET_KEY:
       the development secret is read from Redis) and unreachable. With
       SECRET_KEY Redis is not needed to boot: the server starts and answers
-      503 until Redis is back.
+      503 until Redis is back;
+    - give the workers a metrics directory of no old values
+      (`prepare_metrics_dir`).
     """
     import sys
 
@@ -78,6 +91,10 @@ def on_starting(server: Any) -> None:
             os.environ["SLUICE_REDIS_CLUSTER"] = "yes" if cluster else "no"
             if cluster:
                 server.log.info("Redis at REDIS_URL is a Redis Cluster")
+    # Every worker inherits PROMETHEUS_MULTIPROC_DIR: set before any is forked.
+    global _made_metrics_dir
+    path, made = prepare_metrics_dir(os.environ)
+    _made_metrics_dir = path if made else None
 
 
 def _probe_redis_in_child(url: str, declared: str) -> tuple[str, bool | None]:
@@ -106,6 +123,43 @@ def _probe_redis_in_child(url: str, declared: str) -> tuple[str, bool | None]:
     if reply in ("0", "1"):
         return "", reply == "1"
     return reply[1:], None
+
+
+def prepare_metrics_dir(environ: MutableMapping[str, str]) -> tuple[str, bool]:
+    """Give prometheus_client's multiprocess mode a directory of no old values,
+    and name it in `environ` (PROMETHEUS_MULTIPROC_DIR) for the workers to inherit.
+
+    SLUICE_METRICS_DIR, else PROMETHEUS_MULTIPROC_DIR, is made if missing and
+    its `*.db` files (values of an earlier run) are removed, nothing else; with
+    neither set, a new temporary directory. Returns (the directory, whether it
+    is a temporary one made here).
+    """
+    path = environ.get("SLUICE_METRICS_DIR") or environ.get("PROMETHEUS_MULTIPROC_DIR")
+    made = not path
+    if not path:
+        path = tempfile.mkdtemp(prefix="sluice-metrics-")
+    else:
+        os.makedirs(path, exist_ok=True)
+        for stale in glob.glob(os.path.join(glob.escape(path), "*.db")):
+            os.remove(stale)
+    environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    return path, made
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """A worker exited (stopped, crashed, killed): its live gauges (open streams)
+    stop counting. Its counters stay: totals never go back."""
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if path:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid, path)
+
+
+def on_exit(server: Any) -> None:
+    """Remove the temporary metrics directory the master made."""
+    if _made_metrics_dir is not None:
+        shutil.rmtree(_made_metrics_dir, ignore_errors=True)
 
 
 def post_worker_init(worker: Any) -> None:

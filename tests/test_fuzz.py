@@ -1816,7 +1816,9 @@ def test_fuzz_system_endpoints(fz: Fuzz, data):
     method = data.draw(
         st.sampled_from(["GET", "GET", "HEAD", "POST", "OPTIONS", "DELETE"]), "method"
     )
-    path = data.draw(st.sampled_from(["/api/health", "/api/config", "/api/debug/stats"]), "path")
+    path = data.draw(
+        st.sampled_from(["/api/health", "/api/config", "/api/debug/stats", "/metrics"]), "path"
+    )
     query = data.draw(
         st.sampled_from(["", "x=1", "%00", "a=%ff&a=b", "verbose=" + "1" * 3000]), "query"
     )
@@ -1994,6 +1996,9 @@ KNOWN_PATHS = [
     "/api/health",
     "/api/config",
     "/api/debug/stats",
+    "/metrics",
+    "/metrics/",
+    "//metrics",
     "/api/connections/00000000-0000-0000-0000-000000000000/jobs",
     "/api/connections/00000000-0000-0000-0000-000000000000/jobs/x/y",
     "/api/connections/00000000-0000-0000-0000-000000000000/workers",

@@ -43,6 +43,7 @@ from gevent.lock import BoundedSemaphore
 from .. import contract
 from ..config import Settings
 from ..errors import StoreRefused, StoreUnavailable, TooMany, Unavailable
+from ..metrics import EVENTS_DELIVERED, FANOUT_LAG, HUB_READS, REDIS_ERRORS, STREAMS_OPEN
 from .listener import Batch, EntryId, Listener, parse_id
 from .sse import cached_heartbeat, event_frame, http_chunk
 
@@ -60,12 +61,15 @@ FANOUT_YIELD_EVERY = 256
 
 
 class _Stream:
-    __slots__ = ("cursor", "listeners", "connection_id")
+    __slots__ = ("cursor", "listeners", "connection_id", "caught_up")
 
     def __init__(self, cursor: bytes, connection_id: str) -> None:
         self.cursor = cursor
         self.connection_id = connection_id
         self.listeners: set[Listener] = set()
+        # Until a read returns less than a full page, what is read is history
+        # (a client resumed from far back): not counted as fan-out lag.
+        self.caught_up = False
 
 
 class Subscription:
@@ -106,6 +110,7 @@ class _Backoff:
         if not issubclass(kind, Exception):
             return False  # GreenletExit, KeyboardInterrupt: let it end the loop
         if isinstance(exc, StoreUnavailable):
+            REDIS_ERRORS.inc()
             log.warning("%s: %s; again in %.1fs", self.what, exc, self.delay)
         else:
             log.error("%s failed; again in %.1fs", self.what, self.delay, exc_info=exc)
@@ -221,10 +226,13 @@ class Hub:
         settings: Settings,
         events: EventLog,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
         self.events = events
         self.clock = clock
+        # Seconds since the epoch, to compare with an entry id's milliseconds.
+        self.wall_clock = wall_clock
         self._streams: dict[bytes, _Stream] = {}
         self._reader: gevent.Greenlet | None = None
         self._listener: gevent.Greenlet | None = None
@@ -273,7 +281,10 @@ class Hub:
         new = stream is None
         if stream is None:
             stream = self._streams[key] = _Stream(decision.position, connection_id)
+            # Read from the tail: what it reads is live from the start.
+            stream.caught_up = decision.position == (last or b"0-0")
         stream.listeners.add(listener)
+        STREAMS_OPEN.inc()
         self._ensure_reader()
         if new:
             # Read it at once (what came since `bounds`), and again when the
@@ -289,6 +300,7 @@ class Hub:
         if stream is None or listener not in stream.listeners:
             return
         stream.listeners.discard(listener)
+        STREAMS_OPEN.dec()
         if not stream.listeners:
             del self._streams[listener.stream_key]
             self.events.unlisten(stream.connection_id)
@@ -437,6 +449,7 @@ class Hub:
             return
         wanted: dict[bytes, bytes] = {k: s.cursor for k, s in watched.items()}
         self.reads += 1
+        HUB_READS.inc()
         try:
             reply = self.events.read(wanted, READ_COUNT)
         except StoreRefused as exc:
@@ -445,6 +458,9 @@ class Hub:
             # streams alone, and read the others again at once.
             self._isolate(wanted, watched, exc)
             return
+        # Metrics, counted once per round whatever the number of streams and clients.
+        delivered = 0
+        oldest: int | None = None  # ms of the oldest live entry fanned out
         for key, entries in reply:
             stream = self._streams.get(key)
             # A stream dropped and re-added while we were reading has a new
@@ -452,13 +468,23 @@ class Hub:
             # let the next read start from the right place.
             if stream is not None and stream is watched.get(key) and entries:
                 try:
-                    self._dispatch(stream, entries)
+                    count, first_ms = self._dispatch(stream, entries)
                 except Exception:  # one stream's entries must not stop the others
                     log.exception("stream reader: could not deliver %r; ending its streams", key)
                     self._drop(key, stream)
                     continue
+                delivered += count
+                if first_ms is not None and (oldest is None or first_ms < oldest):
+                    oldest = first_ms
                 if len(entries) >= READ_COUNT:
                     self._dirty.add(key)  # more waiting: next round
+                else:
+                    stream.caught_up = True
+        if delivered:
+            EVENTS_DELIVERED.inc(delivered)
+        if oldest is not None:
+            # An entry id's milliseconds are its append time (Redis's clock).
+            FANOUT_LAG.observe(max(0.0, self.wall_clock() - oldest / 1000))
 
     def _isolate(
         self, wanted: dict[bytes, bytes], watched: dict[bytes, _Stream], error: Exception
@@ -469,7 +495,8 @@ class Hub:
         backs off). A lone key Redis refuses is that stream's fault."""
         bad = self.events.refused(wanted)
         if not bad or (len(bad) == len(wanted) > 1):
-            raise error
+            raise error  # counted by the reader's backoff
+        REDIS_ERRORS.inc()
         for key in bad:
             log.warning("stream reader: Redis refuses %r (%s); ending its streams", key, error)
             stream = watched.get(key)
@@ -487,10 +514,14 @@ class Hub:
             self.events.unlisten(stream.connection_id)
         for listener in list(stream.listeners):
             stream.listeners.discard(listener)
+            STREAMS_OPEN.dec()
             listener.close("stream_error")
             listener.hang_up()
 
-    def _dispatch(self, stream: _Stream, entries: Iterable[Entry]) -> None:
+    def _dispatch(self, stream: _Stream, entries: Iterable[Entry]) -> tuple[int, int | None]:
+        """Fan the entries out to the stream's listeners: (frames the listeners
+        took, the milliseconds of the oldest entry when this counts as fan-out
+        lag, else None)."""
         frames: list[tuple[bytes, bytes, bytes]] = []
         closed = False
         last_id = stream.cursor
@@ -505,10 +536,13 @@ class Hub:
         stream.cursor = last_id
         listeners = list(stream.listeners)
         batch = Batch(frames) if frames else None
+        delivered = 0
         for i, listener in enumerate(listeners, 1):
             if frames:
-                listener.deliver(frames, batch)
+                delivered += listener.deliver(frames, batch)
             if closed:
                 listener.close("connection_deleted")
             if i % FANOUT_YIELD_EVERY == 0:
                 gevent.sleep(0)
+        lag = frames and listeners and stream.caught_up
+        return delivered, parse_id(frames[0][0])[0] if lag else None

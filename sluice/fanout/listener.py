@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 from gevent.event import Event
 
+from ..metrics import STREAM_CUTOFFS
 from .sockets import shut_down
 from .sse import http_chunk
 
@@ -82,8 +83,9 @@ class Listener:
         self.partial: bytes | None = None  # framed bytes a direct write left over
         self.last_write = clock()
 
-    def deliver(self, frames: list[tuple[bytes, bytes, bytes]], batch: Batch | None = None) -> None:
+    def deliver(self, frames: list[tuple[bytes, bytes, bytes]], batch: Batch | None = None) -> int:
         """Hand frames (entry id, event, frame) to this listener; the hot path.
+        Returns how many it took (for the delivered-events count).
 
         An idle live listener (nothing pending, no write in progress) is
         written to right here with one non-blocking send; an unfiltered one
@@ -92,7 +94,7 @@ class Listener:
         response writes them (joined) itself.
         """
         if self.closed:
-            return
+            return 0
         types = self.types
         if self.skip_until is not None:
             frames = self._skip(frames)
@@ -102,19 +104,20 @@ class Listener:
         )
         if idle and batch is not None and types is None:
             self.send_now(batch.framed if self.chunked else batch.joined)
-            return
+            return 0 if self.closed else len(frames)  # closed: the client had gone
         kept = [f for _, ev, f in frames if types is None or ev in types]
         if not kept:
-            return
+            return 0
         if idle:
             self.send_now(self.framed(b"".join(kept)))
-            return
+            return 0 if self.closed else len(kept)
         self.pending.extend(kept)
         self.pending_bytes += sum(map(len, kept))
         if self.writing and self.pending_bytes > self.limit:
             self.cut_off()
-        else:
-            self.wake.set()
+            return 0
+        self.wake.set()
+        return len(kept)
 
     def framed(self, body: bytes) -> bytes:
         """`body` as it goes on this client's wire (an HTTP chunk unless HTTP/1.0)."""
@@ -170,6 +173,7 @@ class Listener:
     def cut_off(self) -> None:
         """Too far behind: free the buffer and end the response even if its
         write is blocked. The client resumes from its last id."""
+        STREAM_CUTOFFS.inc()
         self.pending.clear()
         self.pending_bytes = 0
         self.partial = None

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from ..errors import StoreUnavailable
+from ..metrics import EVENTS_DELIVERED, REDIS_ERRORS
 from .hub import Hub, Subscription
 from .sinks import Sink
 from .sse import cached_heartbeat, reset_frame, retry_frame
@@ -40,6 +41,7 @@ def stream_body(
             for frames in hub.history(listener, subscription.catchup_from, subscription.catchup_to):
                 if frames:
                     yield from sink.write(b"".join(frames))
+                    EVENTS_DELIVERED.inc(len(frames))
         while True:
             if listener.partial is not None:  # left over by a direct write
                 yield from sink.finish_partial()
@@ -73,6 +75,7 @@ def stream_body(
         listener.hang_up()
     except StoreUnavailable:
         # History could not be read: end the response; the client resumes.
+        REDIS_ERRORS.inc()
         listener.hang_up()
     finally:
         hub.unsubscribe(listener)

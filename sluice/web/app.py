@@ -17,6 +17,7 @@ from ..store import client as store_client
 from ..store import users
 from ..store.embedded import start_embedded
 from ..store.events import RedisEventLog
+from . import metrics
 from .errors import register_error_handlers
 from .extensions import SluiceState, limiter, login_manager
 from .request_id import RequestIdMiddleware
@@ -80,13 +81,14 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     )
     login_manager.init_app(app)
     login_manager.session_protection = "basic"
+    metrics.init_app(app)  # before the limiter: a refused ingest is timed too
     limiter.init_app(app)
     register_error_handlers(app)
 
     from . import pages
     from .api import BLUEPRINTS
 
-    for blueprint in (*BLUEPRINTS, pages.bp):
+    for blueprint in (*BLUEPRINTS, pages.bp, metrics.bp):
         app.register_blueprint(blueprint)
 
     app.before_request(_check_cross_site_write)

@@ -30,6 +30,7 @@ from ..errors import (
     Unauthorized,
     Unavailable,
 )
+from ..metrics import REDIS_ERRORS
 from ..store.client import STORE_ERRORS, StoreFull
 
 log = logging.getLogger("sluice")
@@ -81,6 +82,7 @@ def error_response(
 
 def _from_domain_error(exc: SluiceError) -> Response:
     if isinstance(exc, StoreUnavailable):
+        REDIS_ERRORS.inc()
         log.error("redis unavailable: %s", exc.reason[:200])
     headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
     return error_response(status_of(exc), exc.message, exc.details, headers)
@@ -117,6 +119,7 @@ def _from_store_error(exc: Exception) -> Response:
     `noeviction`), a busy script, or a cluster failing over. Ingest is one Lua
     script, so a refused batch leaves nothing half-written (connection changes:
     see `store.client.transaction`)."""
+    REDIS_ERRORS.inc()
     text = str(exc)
     if isinstance(exc, StoreFull):
         log.error("redis is out of memory (maxmemory reached): %s", text[:200])

@@ -51,6 +51,7 @@ EXPECTED = {
     "SLUICE_REDIS_MAX_CONNECTIONS": (50, 2),
     "SLUICE_REDIS_CLUSTER": ("auto", None),
     "SLUICE_TRUSTED_PROXIES": (0, 0),
+    "SLUICE_METRICS_TOKEN": (None, None),
     "SLUICE_DEBUG_STATS": (False, None),
     "SLUICE_LOG_FORMAT": ("text", None),
 }

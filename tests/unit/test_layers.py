@@ -27,6 +27,14 @@ OWNERS: dict[str, tuple[str, ...]] = {
     "celery": ("integrations/celery/",),
     "kombu": ("integrations/celery/",),
     "gunicorn": ("gunicorn_conf.py", "gunicorn_log.py"),
+    # Metric objects live in sluice/metrics.py; gunicorn's master only marks dead workers.
+    "prometheus_client": ("metrics.py", "gunicorn_conf.py"),
+}
+#: Sluice's own modules -> the only places that may import them.
+INTERNAL_OWNERS: dict[str, tuple[str, ...]] = {
+    # Instrumentation sits in the fan-out and the web layer; the I/O-free core,
+    # the store and the producers' code know nothing of metrics.
+    "metrics": ("fanout/", "web/"),
 }
 #: Modules that must stay standard-library only.
 STDLIB_ONLY = ("contract.py", "errors.py", "strictjson.py", "timefmt.py", "logs.py")
@@ -64,6 +72,52 @@ def test_each_outside_package_is_imported_by_its_layer_only(path):
         owners = OWNERS.get(name)
         if owners is not None:
             assert rel.startswith(owners), f"{rel} imports {name}, which only {owners} may"
+
+
+def _internal_imports(path: Path) -> set[str]:
+    """Sluice's own modules `path` imports, package-relative without `.py`
+    ("metrics", "fanout.hub"), from `import sluice.x`, `from sluice.x import y`
+    or relative imports."""
+    package = _relative(path).split("/")[:-1]
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("sluice."):
+                    names.add(alias.name.removeprefix("sluice."))
+        elif isinstance(node, ast.ImportFrom):
+            if node.level == 0:
+                if not (node.module or "").startswith("sluice"):
+                    continue
+                base: list[str] = []
+                module = (node.module or "").split(".")[1:]
+            else:
+                base = package[: len(package) - (node.level - 1)] if node.level > 1 else package
+                module = node.module.split(".") if node.module else []
+            if module:
+                names.add(".".join([*base, *module]))
+            else:  # `from .. import metrics`
+                names.update(".".join([*base, alias.name]) for alias in node.names)
+    return names
+
+
+@pytest.mark.parametrize("path", MODULES, ids=_relative)
+def test_each_internal_module_is_imported_by_its_layers_only(path):
+    rel = _relative(path)
+    for name in _internal_imports(path):
+        owners = INTERNAL_OWNERS.get(name.split(".")[0])
+        if owners is not None and rel != name.replace(".", "/") + ".py":
+            assert rel.startswith(owners), f"{rel} imports sluice.{name}, which only {owners} may"
+
+
+def test_the_internal_import_reader_sees_every_form():
+    hub = PACKAGE / "fanout" / "hub.py"
+    ingest = PACKAGE / "web" / "api" / "ingest.py"
+    app = PACKAGE / "web" / "app.py"
+    assert "metrics" in _internal_imports(hub)  # from ..metrics import X
+    assert "metrics" in _internal_imports(ingest)  # from ...metrics import X
+    assert "web.metrics" in _internal_imports(app)  # from . import metrics
+    assert "fanout.hub" in _internal_imports(app)  # from ..fanout.hub import Hub
 
 
 @pytest.mark.parametrize("name", STDLIB_ONLY)

@@ -12,8 +12,9 @@ from __future__ import annotations
 from flask import Blueprint, Response, jsonify
 
 from ... import schema
-from ...errors import Invalid, TooLarge, Unauthorized
+from ...errors import Invalid, SluiceError, TooLarge, Unauthorized
 from ...jobindex import index_fields
+from ...metrics import INGEST_ACCEPTED, INGEST_DUPLICATE, INGEST_REJECTED
 from ...store import events as event_store
 from ...store import users
 from ...store.keys import Keys
@@ -42,12 +43,16 @@ def ingest() -> tuple[Response, int]:
     events = body.get("events")
     if not isinstance(events, list) or not events:
         raise Invalid("events must be a non-empty list", {"events": "required non-empty list"})
-    if len(events) > settings.max_batch_events:
-        raise TooLarge(
-            f"A batch holds at most {settings.max_batch_events} events",
-            {"events": f"{len(events)} > {settings.max_batch_events}"},
-        )
-    schema.validate_batch(events, connection_id, settings.max_extensions_bytes)
+    try:
+        if len(events) > settings.max_batch_events:
+            raise TooLarge(
+                f"A batch holds at most {settings.max_batch_events} events",
+                {"events": f"{len(events)} > {settings.max_batch_events}"},
+            )
+        schema.validate_batch(events, connection_id, settings.max_extensions_bytes)
+    except SluiceError:
+        INGEST_REJECTED.inc(len(events))  # the whole batch: nothing of it is stored
+        raise
     prepared = []
     for event in events:
         name, data = schema.normalised(event, connection_id)
@@ -55,4 +60,8 @@ def ingest() -> tuple[Response, int]:
     accepted, duplicates = event_store.append_events(
         app_state.redis, connection_id, prepared, settings
     )
+    if accepted:
+        INGEST_ACCEPTED.inc(accepted)
+    if duplicates:
+        INGEST_DUPLICATE.inc(duplicates)
     return jsonify({"accepted": accepted, "duplicates": duplicates}), 202
