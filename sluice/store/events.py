@@ -59,6 +59,7 @@ local function size(id, event, data)  -- what an entry holds
 end
 local clock = redis.call("TIME")
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local now_text = tostring(now)  -- a number argument is formatted on every call
 $INDEX_LUA
 local bytes = 0
 if redis.call("EXISTS", stream) == 1 then
@@ -87,7 +88,7 @@ for _, ev in ipairs(cmsgpack.unpack(ARGV[14])) do
     if at and tonumber(at) > now - ttl then
       fresh = false
     else
-      redis.call("ZADD", seen, now, producer_id)
+      redis.call("ZADD", seen, now_text, producer_id)
       remembered = true
     end
   end
@@ -160,6 +161,16 @@ def entry_fields(event: str, data_json: str) -> dict[str, str]:
     return {ENTRY_EVENT: event, ENTRY_DATA: data_json}
 
 
+#: The index fields that are empty for most events (details, listed data).
+_OFTEN_EMPTY = ("",) * 5
+
+
+def _trimmed(fields: tuple[str, ...]) -> tuple[str, ...]:
+    """The index fields without the last five when they are all empty (the
+    script reads them as empty): less for Redis to unpack."""
+    return fields[:-5] if fields[-5:] == _OFTEN_EMPTY else fields
+
+
 def append_events(
     r: Redis,
     connection_id: str,
@@ -178,7 +189,7 @@ def append_events(
         *index_args(connection_id, settings),
     ]
     packed = [
-        (producer_id or "", name, data, *(indexed[0] if indexed else NOT_INDEXED))
+        (producer_id or "", name, data, *_trimmed(indexed[0] if indexed else NOT_INDEXED))
         for producer_id, name, data, *indexed in events
     ]
     args.append(sum(1 for event in packed if event[3] == JOB))

@@ -121,24 +121,24 @@ end
 local position = redis.call("INCRBY", P .. "$POSITION$", tonumber(ARGV[13]))
   - tonumber(ARGV[13])
 touched[P .. "$POSITION$"] = true
--- The orderings change once per batch, not once per event: what each job was
--- in before the batch (`before`, nil for a new job) and is in after it
--- (`after`), applied by flush_index with one ZADD / ZREM per sorted set.
+-- The orderings change once per batch, not once per event: each job's record
+-- before the batch (`before`, false for a new job) and after it (`after`),
+-- applied by flush_index with one ZADD / ZREM per sorted set.
 local before, after, order = {}, {}, {}
--- Index one accepted job event (producer id, event, data, index fields).
+-- Index one accepted job event (producer id, event, data, index fields; the
+-- last five, the details and the listed data, may be left out when empty).
 -- The timeline is its entries (JSON, which never holds a raw newline) joined
 -- by newlines, oldest first.
 local function index_job(ev, data)
-  if ev[17] ~= "" then data = ev[17] end  -- without its stacktrace
+  if ev[17] and ev[17] ~= "" then data = ev[17] end  -- without its stacktrace
   local id, state, queue, name = ev[5], ev[6], ev[7], ev[8]
   local worker, xid, entry, sent_prev = ev[9], ev[10], ev[11], ev[12]
   local old = load(id)
   position = position + 1
   if after[id] == nil then
     order[#order + 1] = id
-    before[id] = old and {old[4], old[5], old[6], old[7]} or false
+    before[id] = old or false
   end
-  after[id] = {state, queue, name, worker, position, xid}
   local prev = old and old[4]
   if not prev and sent_prev ~= "" then prev = sent_prev end
   entry = entry .. ',"previousState":' .. (prev and ('"' .. prev .. '"') or "null") .. "}"
@@ -156,7 +156,9 @@ local function index_job(ev, data)
   -- the detail reads them) until sent again; the record counts the largest
   -- sent (`e`).
   local extra, sent = old and old[12] or 0, 0
-  for j = 1, 4 do sent = sent + #ev[12 + j] end
+  if ev[13] then
+    for j = 1, 4 do sent = sent + #ev[12 + j] end
+  end
   if sent > 0 then
     local details = {"", "", "", ""}
     if extra > 0 then
@@ -173,8 +175,9 @@ local function index_job(ev, data)
   -- Its size: what the job holds plus a fixed overhead.
   local size = #data + #timeline + #id + #xid + #name + #queue + #worker + extra + 120
   index_bytes = index_bytes + size - (old and old[11] or 0)
-  redis.call("HSET", RECORDS, id, cmsgpack.pack(
-    {data, now, position, state, queue, name, worker, xid, timeline, count, size, extra}))
+  local record = {data, now, position, state, queue, name, worker, xid, timeline, count, size, extra}
+  after[id] = record
+  redis.call("HSET", RECORDS, id, cmsgpack.pack(record))
 end
 local function bulk(command, key, items)
   -- items: a flat list of arguments; sent in slices (Lua's unpack limit).
@@ -191,23 +194,24 @@ local function flush_index()
   local all, xids, names, names_gone = {}, {}, {}, {}
   for _, id in ipairs(order) do
     local was, is = before[id], after[id]
-    local pos = is[5]
+    local pos = tostring(is[3])  -- once per job, not once per sorted set
     all[#all + 1] = pos
     all[#all + 1] = id
     if not was then
-      xids[#xids + 1] = 0
-      xids[#xids + 1] = is[6] .. "\0" .. id
-      names[is[3]] = true
+      xids[#xids + 1] = "0"
+      xids[#xids + 1] = is[8] .. "\0" .. id
+      names[is[6]] = true
     end
     for f = 1, 4 do
-      local value = is[f]
-      if was and was[f] ~= value and was[f] ~= "" then
+      -- state, queue, name, worker: the record's fields 4 to 7
+      local value, old = is[f + 3], was and was[f + 3]
+      if old and old ~= value and old ~= "" then
         local gone = removes[f]
-        local list = gone[was[f]]
-        if not list then list = {}; gone[was[f]] = list end
+        local list = gone[old]
+        if not list then list = {}; gone[old] = list end
         list[#list + 1] = id
         if f == 3 then
-          names_gone[#names_gone + 1] = was[3]
+          names_gone[#names_gone + 1] = old
           names[value] = true
         end
       end
@@ -232,7 +236,7 @@ local function flush_index()
   if #xids > 0 then zadd(P .. "$EXTERNAL_IDS$", xids) end
   local name_items = {}
   for name in pairs(names) do
-    name_items[#name_items + 1] = 0
+    name_items[#name_items + 1] = "0"
     name_items[#name_items + 1] = name
   end
   if #name_items > 0 then zadd(P .. "$NAMES$", name_items) end
