@@ -8,6 +8,7 @@ dashboard query parsed, the example scrape config): tests/test_opskit.py.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from pathlib import Path
@@ -66,6 +67,7 @@ def declared() -> dict[str, tuple[str, tuple[str, ...]]]:
     return found
 
 
+@functools.cache
 def exported_samples() -> dict[str, set[str]]:
     """Sample name (as queried) -> the labels a query may use on it."""
     samples: dict[str, set[str]] = {}
@@ -135,6 +137,7 @@ def dashboard_exprs(board: dict | None = None) -> dict[str, str]:
     return exprs
 
 
+@functools.cache
 def every_expr() -> dict[str, str]:
     return {
         **{f"rule {k}": v for k, v in rule_exprs().items()},
