@@ -30,21 +30,23 @@ OFFLINE = "offline"
 assert OFFLINE in WORKER_STATES
 
 
-def _seconds(iso: Any) -> float | None:
-    """A normalised timestamp (`2026-02-27T10:30:00.123Z`) as epoch seconds."""
+def _moment(iso: Any) -> datetime | None:
+    """A normalised timestamp (`2026-02-27T10:30:00.123Z`, as ingest stores it)."""
     if not isinstance(iso, str) or not iso.endswith("Z"):
         return None
     try:
-        return datetime.fromisoformat(iso[:-1] + "+00:00").timestamp()
+        return datetime.fromisoformat(iso[:-1] + "+00:00")
     except ValueError:
         return None
 
 
 def _span(start: Any, end: Any) -> float | None:
-    begin, finish = _seconds(start), _seconds(end)
+    """Seconds from `start` to `end` (exact to the millisecond); None when either
+    is missing or `end` is before `start`."""
+    begin, finish = _moment(start), _moment(end)
     if begin is None or finish is None or finish < begin:
         return None
-    return finish - begin
+    return (finish - begin).total_seconds()
 
 
 def runtime_seconds(data: dict[str, Any]) -> float | None:
