@@ -134,8 +134,9 @@ HUB_READS = Counter(
 
 REDIS_ERRORS = Counter(
     "sluice_redis_errors",
-    "Redis failures: requests answered 503 because of Redis, and failed reads or "
-    "subscriptions of the shared reader (each retried with backoff).",
+    "Redis failures: requests answered 503 because of Redis, failed reads or "
+    "subscriptions of the shared reader (each retried with backoff), and the job "
+    "metrics' failed Redis calls (the gauges' read at scrape, label admissions).",
 )
 
 # -- ingest ------------------------------------------------------------------------
