@@ -241,6 +241,20 @@ class Settings:
         doc="When set, `GET /metrics` answers only `Authorization: Bearer <this token>` "
         "(404 otherwise). Unset: open in development, 404 in production.",
     )
+    metrics_max_labels: int = setting(
+        "SLUICE_METRICS_MAX_LABELS",
+        50,
+        minimum=1,
+        doc="Queue names, and task names, that get their own label in a connection's job "
+        "metrics: the first this many seen, for good; the rest are `other`.",
+    )
+    metrics_max_connections: int = setting(
+        "SLUICE_METRICS_MAX_CONNECTIONS",
+        1_000,
+        minimum=1,
+        doc="Connections with job series of their own per worker process (the rest are "
+        "`other`), and the most recently active whose queue and worker gauges a scrape reads.",
+    )
     debug_stats: bool = setting(
         "SLUICE_DEBUG_STATS",
         False,

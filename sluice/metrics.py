@@ -28,7 +28,8 @@ from __future__ import annotations
 import functools
 import glob
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from prometheus_client import (
     REGISTRY,
@@ -38,10 +39,12 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.metrics_core import Metric
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
+
+from .jobmetrics import ConnectionGauges
 
 #: The directory of the multiprocess files, or None in single-process mode.
 MULTIPROCESS_DIR: str | None = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
@@ -131,8 +134,9 @@ HUB_READS = Counter(
 
 REDIS_ERRORS = Counter(
     "sluice_redis_errors",
-    "Redis failures: requests answered 503 because of Redis, and failed reads or "
-    "subscriptions of the shared reader (each retried with backoff).",
+    "Redis failures: requests answered 503 because of Redis, failed reads or "
+    "subscriptions of the shared reader (each retried with backoff), and the job "
+    "metrics' failed Redis calls (the gauges' read at scrape, label admissions).",
 )
 
 # -- ingest ------------------------------------------------------------------------
@@ -173,18 +177,142 @@ INGEST_SECONDS = Histogram(
 )
 
 
+# -- jobs --------------------------------------------------------------------------
+
+#: Seconds, for background jobs: 10 ms to an hour.
+JOB_BUCKETS = (
+    0.01,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+    600.0,
+    1800.0,
+    3600.0,
+)
+JOB_LABELS = ("connection", "queue", "name")
+
+JOBS_TOTAL = Counter(
+    "sluice_jobs",
+    "Job state changes accepted at ingest (duplicates and rejected batches not "
+    "counted), by the state the job moved to. queue and name are capped per "
+    "connection (SLUICE_METRICS_MAX_LABELS, the rest 'other').",
+    [*JOB_LABELS, "state"],
+)
+JOB_RUNTIME = Histogram(
+    "sluice_job_runtime_seconds",
+    "Seconds from active to completed, failed or cancelled: one observation per "
+    "accepted finishing event that carries its run's start and end.",
+    JOB_LABELS,
+    buckets=JOB_BUCKETS,
+)
+JOB_WAIT = Histogram(
+    "sluice_job_wait_seconds",
+    "Seconds from queued to active: one observation per accepted active event of a "
+    "first attempt that carries its job's creation and start.",
+    JOB_LABELS,
+    buckets=JOB_BUCKETS,
+)
+
+#: Labels -> the bound series (bounded by the caps).
+_JOB_SERIES: dict[tuple[str, str, str, str], Counter] = {}
+_RUNTIME_SERIES: dict[tuple[str, str, str], Histogram] = {}
+_WAIT_SERIES: dict[tuple[str, str, str], Histogram] = {}
+
+
+def _bound(cache: dict[Any, Any], metric: Any, labels: tuple[str, ...]) -> Any:
+    series = cache.get(labels)
+    if series is None:
+        series = cache[labels] = metric.labels(*labels)
+    return series
+
+
+def count_jobs(
+    counts: dict[tuple[str, str, str, str], int],
+    runtimes: list[tuple[tuple[str, str, str], float]],
+    waits: list[tuple[tuple[str, str, str], float]],
+) -> None:
+    """Count one request's accepted job events: one `inc(n)` per label set, one
+    observation per runtime and wait."""
+    for labels, n in counts.items():
+        _bound(_JOB_SERIES, JOBS_TOTAL, labels).inc(n)
+    for job, seconds in runtimes:
+        _bound(_RUNTIME_SERIES, JOB_RUNTIME, job).observe(seconds)
+    for job, seconds in waits:
+        _bound(_WAIT_SERIES, JOB_WAIT, job).observe(seconds)
+
+
+class JobGauges(Collector):
+    """Queue and worker gauges read at scrape time (`read`: the latest snapshots
+    in Redis, the same on every worker and instance), never stored in a
+    process: a worker or queue gone from the snapshots leaves no series.
+    `read` returning None (Redis failed) yields nothing."""
+
+    def __init__(self, read: Callable[[], list[ConnectionGauges] | None]) -> None:
+        self.read = read
+
+    def collect(self) -> Iterable[Metric]:
+        data = self.read()
+        if data is None:
+            return []
+        online = GaugeMetricFamily(
+            "sluice_workers_online",
+            "Workers of a connection whose latest snapshot is not offline (connections "
+            "with any worker snapshot); from Redis at scrape time.",
+            labels=["connection"],
+        )
+        depth = GaugeMetricFamily(
+            "sluice_queue_depth",
+            "Messages waiting in a queue, as its latest queue:snapshot said; from Redis "
+            "at scrape time.",
+            labels=["connection", "queue"],
+        )
+        consumers = GaugeMetricFamily(
+            "sluice_queue_consumers",
+            "Consumers of a queue, as its latest queue:snapshot said (when it said).",
+            labels=["connection", "queue"],
+        )
+        oldest = GaugeMetricFamily(
+            "sluice_queue_oldest_age_seconds",
+            "Age of a queue's oldest waiting message, as its latest queue:snapshot said "
+            "(extensions.oldestAgeSeconds, when sent).",
+            labels=["connection", "queue"],
+        )
+        for gauges in data:
+            if gauges.workers_online is not None:
+                online.add_metric([gauges.connection], gauges.workers_online)
+            for queue in gauges.queues:
+                labels = [gauges.connection, queue.queue]
+                depth.add_metric(labels, queue.depth)
+                if queue.consumers is not None:
+                    consumers.add_metric(labels, queue.consumers)
+                if queue.oldest_age_seconds is not None:
+                    oldest.add_metric(labels, queue.oldest_age_seconds)
+        return [online, depth, consumers, oldest]
+
+
 # -- exposition --------------------------------------------------------------------
 
 
-def exposition() -> bytes:
+def exposition(extra: Collector | None = None) -> bytes:
     """Every metric in the text format: this process's in single-process mode; in
     multiprocess mode every worker's, merged, plus each live worker's process
-    metrics."""
-    if MULTIPROCESS_DIR is None:
-        return generate_latest(REGISTRY)
+    metrics; then what `extra` collects at this scrape."""
     # A registry per scrape, as prometheus_client recommends: nothing else is
     # registered in it, so nothing is exported twice.
     registry = CollectorRegistry()
+    if extra is not None:
+        registry.register(extra)
+    if MULTIPROCESS_DIR is None:
+        return generate_latest(REGISTRY) + (generate_latest(registry) if extra else b"")
     MultiProcessCollector(registry, path=MULTIPROCESS_DIR)
     registry.register(WorkerProcesses(MULTIPROCESS_DIR))
     return generate_latest(registry)

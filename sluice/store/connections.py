@@ -11,6 +11,7 @@ from ..errors import Conflict, Invalid, NotFound
 from ..timefmt import iso_from_ms
 from .client import Redis, text, transaction
 from .events import close_stream
+from .jobmetrics import forget_connection
 from .jobs import purge as purge_index
 from .keys import Keys
 from .users import hash_api_key, new_api_key
@@ -122,5 +123,6 @@ def delete_connection(r: Redis, owner_id: str, connection_id: str) -> None:
     pipe.delete(Keys.connection(connection_id))
     pipe.zrem(Keys.user_connections(owner_id), connection_id)
     close_stream(pipe, connection_id)
+    forget_connection(pipe, connection_id)
     pipe.execute()
     purge_index(r, connection_id)

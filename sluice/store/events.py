@@ -45,7 +45,8 @@ _APPEND_LUA = """#!lua
 -- Redis). Each appended event is also indexed (the job
 -- index, see `store.jobs`). A batch that appended anything publishes the
 -- stream's key on the channel (sharded pub/sub: the channel shares the
--- stream's slot).
+-- stream's slot). Returns {accepted, duplicates, the 1-based positions of the
+-- duplicates in the batch} (a list only duplicates add to: nothing per fresh event).
 local stream, seen, meta = KEYS[1], KEYS[2], KEYS[3]
 local ttl, maxlen = tonumber(ARGV[1]), tonumber(ARGV[2])
 local maxbytes, window = tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -80,7 +81,8 @@ if redis.call("EXISTS", stream) == 1 then
   end
 end
 local accepted, duplicates, first, remembered, indexed = 0, 0, nil, false, 0
-for _, ev in ipairs(cmsgpack.unpack(ARGV[14])) do
+local repeated = {}
+for position, ev in ipairs(cmsgpack.unpack(ARGV[14])) do
   local producer_id = ev[1]
   local fresh = true
   if producer_id ~= "" then
@@ -100,6 +102,7 @@ for _, ev in ipairs(cmsgpack.unpack(ARGV[14])) do
     if index_event(ev) then indexed = indexed + 1 end
   else
     duplicates = duplicates + 1
+    repeated[duplicates] = position
   end
 end
 if accepted > 0 then
@@ -143,7 +146,7 @@ if remembered then
   end
   redis.call("PEXPIRE", seen, ttl)
 end
-return {accepted, duplicates}
+return {accepted, duplicates, repeated}
 """
 
 APPEND_SCRIPT = (
@@ -180,6 +183,18 @@ def append_events(
     """Append (producer id, event name, data JSON[, index fields]) atomically, and
     index what was appended (events without index fields are not indexed);
     returns (accepted, duplicates)."""
+    accepted, duplicates, _ = append_events_detailed(r, connection_id, events, settings)
+    return accepted, duplicates
+
+
+def append_events_detailed(
+    r: Redis,
+    connection_id: str,
+    events: list[tuple[str | None, str, str]] | list[tuple[str | None, str, str, tuple[str, ...]]],
+    settings: Settings,
+) -> tuple[int, int, frozenset[int]]:
+    """`append_events`, also saying which events were not appended: returns
+    (accepted, duplicates, the 0-based indexes of the duplicates in `events`)."""
     args: list[Any] = [
         settings.dedupe_ttl_seconds * 1000,
         settings.stream_maxlen,
@@ -196,8 +211,8 @@ def append_events(
     args.append(msgpack.packb(packed))
     append = script(r, APPEND_SCRIPT)
     keys = [Keys.stream(connection_id), Keys.seen(connection_id), Keys.stream_meta(connection_id)]
-    accepted, duplicates = append(keys=keys, args=args)
-    return int(accepted), int(duplicates)
+    accepted, duplicates, repeated = append(keys=keys, args=args)
+    return int(accepted), int(duplicates), frozenset(int(i) - 1 for i in repeated)
 
 
 def close_stream(pipe: Any, connection_id: str) -> None:

@@ -84,6 +84,22 @@ class Keys:
         """One key of the connection's job index: `index_prefix` + suffix + value."""
         return f"{Keys.index_prefix(connection_id)}{suffix}{value}"
 
+    # Job metrics (`store.jobmetrics`).
+
+    @staticmethod
+    def metric_labels(connection_id: str, kind: str) -> str:
+        """The label values admitted for the connection's job metrics, for good:
+        a set per kind (`queue`, `name`), at most SLUICE_METRICS_MAX_LABELS
+        members; under the connection's hash tag (one slot with its other keys)."""
+        return f"{PREFIX}:{{{connection_id}}}:metrics:labels:{kind}"
+
+    @staticmethod
+    def metrics_connections() -> str:
+        """The connections that ingested lately (a zset: connection id -> ms of
+        its last ingest, as noted at most every few seconds per process), whose
+        queue and worker gauges `GET /metrics` reads."""
+        return f"{PREFIX}:metrics:connections"
+
     @staticmethod
     def session(token_hash: str) -> str:
         """A login session, by the SHA-256 of its cookie token (a string)."""

@@ -9,7 +9,8 @@ that nobody learns the endpoint is there):
 - unset, in development: anyone.
 
 It is not rate-limited and counts as no API request. The metrics themselves
-are declared in `sluice.metrics`; `init_app` counts ingest requests and stream
+are declared in `sluice.metrics`; the queue and worker gauges are read from
+Redis at each scrape (`web.jobmetrics.read_gauges`); `init_app` counts ingest requests and stream
 opens by the status they were answered with, whatever answered them (the view,
 an error handler, the rate limiter).
 """
@@ -26,10 +27,12 @@ from ..metrics import (
     CONTENT_TYPE,
     INGEST_SECONDS,
     STREAM_OPENS_BY_RESULT,
+    JobGauges,
     exposition,
     ingest_requests,
 )
 from .extensions import state
+from .jobmetrics import read_gauges
 
 bp = Blueprint("metrics", __name__)
 
@@ -65,8 +68,10 @@ def metrics() -> Response:
         settings.metrics_token, settings.is_production, request.headers.get("Authorization")
     ):
         raise NotFound("Not found")
+    app_state = state()
+    gauges = JobGauges(lambda: read_gauges(app_state.redis, settings))
     return Response(
-        exposition(), headers={"Content-Type": CONTENT_TYPE, "Cache-Control": "no-store"}
+        exposition(gauges), headers={"Content-Type": CONTENT_TYPE, "Cache-Control": "no-store"}
     )
 
 

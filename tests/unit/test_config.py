@@ -52,6 +52,8 @@ EXPECTED = {
     "SLUICE_REDIS_CLUSTER": ("auto", None),
     "SLUICE_TRUSTED_PROXIES": (0, 0),
     "SLUICE_METRICS_TOKEN": (None, None),
+    "SLUICE_METRICS_MAX_LABELS": (50, 1),
+    "SLUICE_METRICS_MAX_CONNECTIONS": (1_000, 1),
     "SLUICE_DEBUG_STATS": (False, None),
     "SLUICE_LOG_FORMAT": ("text", None),
 }

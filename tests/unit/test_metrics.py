@@ -237,8 +237,13 @@ EXPORTED = {
 
 
 def test_development_serves_every_metric_without_redis(development):
-    response = development.get("/metrics")  # Redis is down: nothing here needs it
+    errors = deltas("sluice_redis_errors_total")
+    response = development.get("/metrics")  # Redis is down: only the job gauges need it
     assert response.status_code == 200
+    # The queue and worker gauges could not be read: none, and the failure counted.
+    assert errors.of("sluice_redis_errors_total") == 1
+    assert b"sluice_workers_online" not in response.data
+    assert b"sluice_queue_depth" not in response.data
     assert response.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
     assert response.headers["Cache-Control"] == "no-store"
     families = {f.name: f for f in text_string_to_metric_families(response.get_data(as_text=True))}

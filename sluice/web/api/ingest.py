@@ -4,7 +4,8 @@ A batch is all-or-nothing: every event is validated first (`sluice.schema`),
 and then one Lua script appends them all (skipping producer ids already seen)
 and indexes them (`sluice.jobindex`) atomically (`sluice.store.events`), so a
 rejected or failed batch leaves nothing behind, in the stream or the index,
-and a retried one adds nothing twice.
+and a retried one adds nothing twice. What was appended (duplicates left
+out) is then counted in the job metrics (`web.jobmetrics.count_accepted`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from ...store import users
 from ...store.keys import Keys
 from ...strictjson import dumps
 from ..extensions import limiter, state
+from ..jobmetrics import count_accepted
 from ..request import read_json_object
 from .auth import bearer_token
 
@@ -54,14 +56,22 @@ def ingest() -> tuple[Response, int]:
         INGEST_REJECTED.inc(len(events))  # the whole batch: nothing of it is stored
         raise
     prepared = []
+    normalised = []
     for event in events:
         name, data = schema.normalised(event, connection_id)
+        normalised.append((name, data))
         prepared.append((event.get("id"), name, dumps(data), index_fields(name, data)))
-    accepted, duplicates = event_store.append_events(
+    accepted, duplicates, repeated = event_store.append_events_detailed(
         app_state.redis, connection_id, prepared, settings
     )
     if accepted:
         INGEST_ACCEPTED.inc(accepted)
     if duplicates:
         INGEST_DUPLICATE.inc(duplicates)
+    appended = (
+        [event for i, event in enumerate(normalised) if i not in repeated]
+        if repeated
+        else normalised
+    )
+    count_accepted(app_state.redis, connection_id, settings, appended)
     return jsonify({"accepted": accepted, "duplicates": duplicates}), 202

@@ -1,0 +1,137 @@
+"""Job metrics in the web layer: the ingest view's counting of accepted job events
+(`count_accepted`), and the queue and worker gauges a scrape reads from Redis
+(`read_gauges`).
+
+Counters and histograms are counted in the process that ingested (multiprocess
+files, like the service metrics); the label caps are decided in Redis
+(`store.jobmetrics.admit_labels`) and remembered per process
+(`jobmetrics.LabelCaps`). Gauges are never counted here: each scrape reads the
+latest snapshots of the connections that ingested lately. See
+docs/observability.md, "Job metrics".
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ..config import Settings
+from ..contract import JOB_STATE_CHANGE, QUEUE_SNAPSHOT
+from ..jobmetrics import (
+    NAME,
+    OTHER,
+    QUEUE,
+    ConnectionGauges,
+    LabelCaps,
+    queue_gauges,
+    runtime_seconds,
+    wait_seconds,
+    workers_online,
+)
+from ..metrics import REDIS_ERRORS, count_jobs
+from ..store.client import STORE_ERRORS, Redis
+from ..store.jobmetrics import admit_labels, note_connection, recent_snapshots
+
+#: Seconds between two notes of one connection's activity by one process.
+NOTE_EVERY = 10.0
+#: Connections whose last note a process remembers (then it starts over).
+MAX_NOTED = 10_000
+
+_caps: LabelCaps | None = None
+_noted: dict[str, float] = {}
+
+
+def caps(settings: Settings) -> LabelCaps:
+    """This process's label caps (made again if the settings' caps differ: tests)."""
+    global _caps
+    if (
+        _caps is None
+        or _caps.max_labels != settings.metrics_max_labels
+        or _caps.max_connections != settings.metrics_max_connections
+    ):
+        _caps = LabelCaps(settings.metrics_max_labels, settings.metrics_max_connections)
+    return _caps
+
+
+def _keep_ms(settings: Settings) -> int:
+    return int(settings.job_retention_hours * 3_600_000)
+
+
+def count_accepted(
+    r: Redis, connection_id: str, settings: Settings, appended: list[tuple[str, dict[str, Any]]]
+) -> None:
+    """Count what one ingest request appended ((event name, data) of each event
+    stored, duplicates left out): `sluice_jobs_total`, the runtime and wait
+    histograms; and note the connection as active for the gauges. A Redis
+    failure here never fails the request: values not yet decided count as
+    `other` this once, and the failure is counted."""
+    label_caps = caps(settings)
+    connection = label_caps.connection(connection_id)
+    jobs = [data for name, data in appended if name == JOB_STATE_CHANGE]
+    if connection != OTHER:
+        queues = label_caps.undecided(
+            connection,
+            QUEUE,
+            [d.get("queue") or "" for d in jobs]
+            + [d["name"] for name, d in appended if name == QUEUE_SNAPSHOT],
+        )
+        names = label_caps.undecided(connection, NAME, [d["name"] for d in jobs])
+        if queues or names:
+            try:
+                answer = admit_labels(r, connection_id, queues, names, settings.metrics_max_labels)
+            except STORE_ERRORS:
+                REDIS_ERRORS.inc()
+            else:
+                for kind, admission in answer.items():
+                    label_caps.learn(connection, kind, admission)
+    if jobs:
+        counts: dict[tuple[str, str, str, str], int] = {}
+        runtimes: list[tuple[tuple[str, str, str], float]] = []
+        waits: list[tuple[tuple[str, str, str], float]] = []
+        for data in jobs:
+            labels = (
+                connection,
+                label_caps.label(connection, QUEUE, data.get("queue") or ""),
+                label_caps.label(connection, NAME, data["name"]),
+            )
+            key = (*labels, data["state"])
+            counts[key] = counts.get(key, 0) + 1
+            runtime = runtime_seconds(data)
+            if runtime is not None:
+                runtimes.append((labels, runtime))
+            wait = wait_seconds(data)
+            if wait is not None:
+                waits.append((labels, wait))
+        count_jobs(counts, runtimes, waits)
+    _note(r, connection_id, settings)
+
+
+def _note(r: Redis, connection_id: str, settings: Settings) -> None:
+    now = time.monotonic()
+    if now - _noted.get(connection_id, -NOTE_EVERY) < NOTE_EVERY:
+        return
+    if len(_noted) >= MAX_NOTED:
+        _noted.clear()
+    _noted[connection_id] = now
+    try:
+        note_connection(r, connection_id, int(time.time() * 1000), _keep_ms(settings))
+    except STORE_ERRORS:
+        REDIS_ERRORS.inc()
+
+
+def read_gauges(r: Redis, settings: Settings) -> list[ConnectionGauges] | None:
+    """The queue and worker gauges of the most recently active connections
+    (at most SLUICE_METRICS_MAX_CONNECTIONS, active within the job retention),
+    from their latest snapshots; None (and a Redis error counted) when Redis
+    fails."""
+    try:
+        rows = recent_snapshots(
+            r, int(time.time() * 1000), _keep_ms(settings), settings.metrics_max_connections
+        )
+    except STORE_ERRORS:
+        REDIS_ERRORS.inc()
+        return None
+    return [
+        ConnectionGauges(connection_id, workers_online(workers), queue_gauges(queues, admitted))
+        for connection_id, workers, queues, admitted in rows
+    ]
