@@ -143,7 +143,9 @@ export class Store {
     const prev = known ? from : "";
     if (prev === to) return;
     this.countDeltas.push({ parsed, from: prev, to });
-    if (this.countDeltas.length > MAX_COUNT_DELTAS) this.countDeltas.shift();
+    // The server has not answered for long: forget the oldest half of the guesses
+    // (they stay in the figures shown until its next answer).
+    if (this.countDeltas.length > MAX_COUNT_DELTAS) this.countDeltas.splice(0, MAX_COUNT_DELTAS / 2);
     this.shiftCount(prev, to);
     this.countsVersion++;
   }
