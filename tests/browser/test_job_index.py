@@ -81,7 +81,7 @@ def test_first_page_from_the_index_then_load_more_to_the_oldest(
     assert streams == [
         f"{short_server.url}/api/events/stream?connectionId={cid}&lastEventId={last_entry}"
     ]
-    expect(page.locator('[data-stat="jobs"]')).to_have_text("100+")
+    expect(page.locator('[data-stat="jobs"]')).to_have_text("300")  # the index's, not the list's
     more = page.locator("[data-jobs-more]")
     expect(more).to_have_attribute("data-more", "history")
 
@@ -109,6 +109,70 @@ def test_first_page_from_the_index_then_load_more_to_the_oldest(
     wait_counts(page, rows=301, events=2)
     assert row_ids(page)[0] == "new"
     assert len(streams) == 1, streams  # never reopened
+
+
+def chip_count(page: Any, state: str) -> Any:
+    return page.locator(f'[data-state-filter="{state}"] .chip-count')
+
+
+def test_header_and_chips_show_the_connections_exact_counts_kept_live(short_server, account, page):
+    """More jobs than the first page holds: the figures are the index's counts, not
+    the loaded rows'; new events move them without a reload (the counts are asked for
+    again, throttled)."""
+    cid = account.connection_id
+    send(
+        short_server,
+        account,
+        [job_event(cid, f"cf-{i:02d}", "failed", error="x") for i in range(15)]
+        + [job_event(cid, f"ca-{i:02d}", "active") for i in range(5)]
+        + [job_event(cid, f"cc-{i:03d}", "completed") for i in range(100)],
+    )
+    counts_calls: list[str] = []
+    page.on(
+        "request",
+        lambda r: counts_calls.append(r.url) if re.search(r"/jobs\?limit=1$", r.url) else None,
+    )
+    login_cookie(page, short_server.url, account)
+    open_live(page, short_server.url, cid)
+    # The first page holds the 100 completed jobs only; the figures are the connection's.
+    wait_counts(page, rows=PAGE, events=0)
+    assert set(
+        page.eval_on_selector_all(
+            "[data-jobs-body] .job-row", "els => els.map(e => e.dataset.state)"
+        )
+    ) == {"completed"}
+    expect(page.locator('[data-stat="jobs"]')).to_have_text("120")
+    expect(page.locator('[data-stat="active"]')).to_have_text("5")
+    expect(page.locator('[data-stat="failed"]')).to_have_text("15")
+    expected = {"all": "120", "completed": "100", "failed": "15", "active": "5", "queued": "0"}
+    for state, text in expected.items():
+        expect(chip_count(page, state)).to_have_text(text)
+    failed = page.locator('[data-state-filter="failed"]')
+    expect(failed).to_have_attribute("aria-label", "Failed, 15 jobs")
+    expect(failed).to_have_attribute("aria-pressed", "false")
+    expect(page.locator('[data-state-filter="all"]')).to_have_attribute(
+        "aria-label", "All, 120 jobs"
+    )
+    assert counts_calls == []  # the first page carried them
+
+    # Three new failures, through the API: the figures follow without a reload.
+    send(short_server, account, [job_event(cid, f"cn-{i}", "failed", error="y") for i in range(3)])
+    expect(chip_count(page, "failed")).to_have_text("18")
+    expect(page.locator('[data-stat="failed"]')).to_have_text("18")
+    expect(page.locator('[data-stat="jobs"]')).to_have_text("123")
+    expect(chip_count(page, "all")).to_have_text("123")
+    expect(failed).to_have_attribute("aria-label", "Failed, 18 jobs")
+    # A loaded job moves between states; a filter changes the rows, not the figures.
+    send(short_server, account, [job_event(cid, "cc-099", "failed", error="z")])
+    expect(chip_count(page, "failed")).to_have_text("19")
+    expect(chip_count(page, "completed")).to_have_text("99")
+    failed.click()
+    expect(page.locator("[data-jobs-body] .job-row")).to_have_count(19)
+    expect(failed).to_have_attribute("aria-pressed", "true")
+    expect(page.locator('[data-stat="jobs"]')).to_have_text("123")
+    expect(chip_count(page, "completed")).to_have_text("99")
+    # Asked for again after the events, not once per event.
+    assert 1 <= len(counts_calls) <= 4, counts_calls
 
 
 def test_filters_live_in_the_url_and_survive_reload_and_back(short_server, account, page):

@@ -181,3 +181,70 @@ def test_store_applies_the_list_filter_to_live_events(server, page):
     assert out["q"] == [True, True, True, False, False, False]
     assert out["queueLatest"] == []
     assert out["small"] == {"order": ["l2", "l1", "l0"], "trimmed": True, "cursor": None}
+
+
+COUNTS = (
+    "async () => {"
+    + PRELUDE
+    + """
+  const s = new Store();
+  const out = {};
+  const c = (total, extra) => ({ total, unknown: 0, queued: 0, scheduled: 0, active: 0, completed: 0, failed: 0, retrying: 0, cancelled: 0, ...extra });
+  const pick = () => ({ total: s.counts.total, active: s.counts.active, failed: s.counts.failed, completed: s.counts.completed, queued: s.counts.queued });
+  out.before = s.counts;
+  // A first page that does not reach the end: its counts are the connection's.
+  s.load({ jobs: { data: [job('a', 'active', 0), job('b', 'completed', 0)], nextCursor: '7', streamId: '100-0',
+                   counts: c(50, { active: 5, completed: 30, failed: 15 }) } }, { baseline: true });
+  out.loaded = pick();
+  // A known job moves between counts at once; an unknown one (the list does not hold
+  // every job) waits for the server.
+  s.apply('job:state_change', '101-0', job('a', 'failed', 1));
+  s.apply('job:state_change', '102-0', job('zz', 'failed', 2));
+  out.optimistic = pick();
+  // The server's answer wins: read at 102-0, it holds a's and zz's changes; b's
+  // (103-0, guessed, came before the answer did) stays on top of it.
+  s.apply('job:state_change', '103-0', job('b', 'failed', 3));
+  out.taken = s.setCounts(c(51, { active: 4, completed: 30, failed: 17 }), '102-0');
+  out.answered = pick();
+  out.older = s.setCounts(c(1, {}), '101-5');                       // an older answer: ignored
+  out.afterOlder = pick();
+  // A later page (load more) carries newer counts: taken, guesses it reflects dropped.
+  s.appendPage({ data: [job('c', 'queued', 0)], nextCursor: null, streamId: '103-0', counts: c(51, { active: 4, completed: 29, failed: 18 }) });
+  out.paged = pick();
+  // The list now reaches the end, unfiltered: a job it does not hold is a new one.
+  s.apply('job:state_change', '104-0', job('new', 'queued', 4));
+  out.newJob = pick();
+  // An event the counts already reflect is not counted again.
+  s.setCounts(c(60, { queued: 9 }), '200-0');
+  s.apply('job:state_change', '150-0', job('c', 'active', 5));
+  out.reflected = pick();
+  // A filtered list (a new first page) keeps the connection's counts.
+  s.load({ jobs: { data: [], nextCursor: null, streamId: '300-0', counts: c(61, { queued: 10 }) } },
+         { filter: { state: 'failed', queue: '', name: '', worker: '', q: '' } });
+  s.apply('job:state_change', '301-0', job('other', 'failed', 6));  // unknown: not guessed
+  out.filtered = pick();
+  out.reset = (s.reset(), s.counts);
+  return out;
+}"""
+)
+
+
+def test_store_counts_follow_the_server_with_optimistic_moves(server, page):
+    page.goto(server.url + "/login")
+    out = page.evaluate(COUNTS)
+    assert out["before"] is None
+    assert out["loaded"] == {"total": 50, "active": 5, "failed": 15, "completed": 30, "queued": 0}
+    assert out["optimistic"] == {
+        "total": 50, "active": 4, "failed": 16, "completed": 30, "queued": 0
+    }  # fmt: skip
+    assert out["taken"] is True
+    # The answer's figures, plus b's move (after the answer's streamId).
+    assert out["answered"] == {
+        "total": 51, "active": 4, "failed": 18, "completed": 29, "queued": 0
+    }  # fmt: skip
+    assert out["older"] is False and out["afterOlder"] == out["answered"]
+    assert out["paged"] == {"total": 51, "active": 4, "failed": 18, "completed": 29, "queued": 0}
+    assert out["newJob"] == {"total": 52, "active": 4, "failed": 18, "completed": 29, "queued": 1}
+    assert out["reflected"] == {"total": 60, "active": 0, "failed": 0, "completed": 0, "queued": 9}
+    assert out["filtered"] == {"total": 61, "active": 0, "failed": 0, "completed": 0, "queued": 10}
+    assert out["reset"] is None

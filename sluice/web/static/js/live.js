@@ -10,6 +10,10 @@
 // Events are applied to the in-memory store as they arrive (cheap); the DOM is
 // updated inside an animation frame at most every 100 ms, plus a 1 s tick for the
 // clocks ("N s ago", events/s).
+//
+// The header and the state chips show the connection's job counts, which every page
+// of the API carries. After job events they are asked for again (`limit=1`), at most
+// once every COUNTS_INTERVAL_MS and always after the last event seen.
 
 import "./common.js";
 import { api, errorMessage, goToLogin } from "./api.js";
@@ -90,7 +94,10 @@ const client = new StreamClient({
   connectionId,
   resumeId: () => store.resumeId(),
   onEvent(type, id, data) {
-    if (type === JOB_STATE_CHANGE) drawer.onJobEvent(id, data);
+    if (type === JOB_STATE_CHANGE) {
+      drawer.onJobEvent(id, data);
+      countsChanged();
+    }
     if (store.apply(type, id, data)) scheduleRender();
   },
   onReset() {
@@ -156,6 +163,9 @@ async function refresh(all) {
     { filter, baseline: !ready },
   );
   if (withAll) needAll = false;
+  // The stream was paused while the page was read: its counts reflect every event
+  // seen so far, no need to ask again for them.
+  if (page.data && page.data.counts) cancelCounts();
   jobs.setLoading(false);
   client.resume();
   const first = !ready;
@@ -226,6 +236,62 @@ async function more(gen, want) {
   jobs.showAtLeast(shownBefore + added);
   scheduleRender();
   return added;
+}
+
+// ---- the connection's job counts -------------------------------------------------
+
+/** Counts are asked for at most this often while job events arrive. */
+const COUNTS_INTERVAL_MS = 2000;
+/** After the first event of a burst, wait this long for the rest of it. */
+const COUNTS_SETTLE_MS = 250;
+let countsTimer = 0;
+let countsInFlight = false;
+let countsWanted = false; // an event came after the last request was sent
+let countsSentAt = -Infinity;
+let countsFailures = 0; // in a row: the interval doubles, up to 16 times
+
+/** A job event arrived: ask for the counts again, soon (a trailing, throttled request). */
+function countsChanged() {
+  countsWanted = true;
+  if (countsTimer || countsInFlight) return; // that request, or the next one, will see it
+  const now = performance.now();
+  const interval = COUNTS_INTERVAL_MS * 2 ** Math.min(countsFailures, 4);
+  const at = Math.max(now + COUNTS_SETTLE_MS, countsSentAt + interval);
+  countsTimer = setTimeout(fetchCounts, at - now);
+}
+
+function cancelCounts() {
+  clearTimeout(countsTimer);
+  countsTimer = 0;
+  countsWanted = false;
+}
+
+async function fetchCounts() {
+  countsTimer = 0;
+  if (!countsWanted) return;
+  countsWanted = false;
+  countsInFlight = true;
+  countsSentAt = performance.now();
+  const res = await api(`${base}/jobs?limit=1`);
+  countsInFlight = false;
+  if (res.status === 401) {
+    signedOut();
+    return;
+  }
+  if (res.status === 404) return; // the connection is gone: the page says so
+  // An older answer than the counts held (a page loaded meanwhile) is ignored.
+  if (res.ok && res.data && store.setCounts(res.data.counts, res.data.streamId)) scheduleRender();
+  // Events that came during the request, or a failed one: ask again (not before
+  // COUNTS_INTERVAL_MS after this request, longer after failures).
+  if (res.ok) countsFailures = 0;
+  else {
+    countsFailures++;
+    countsWanted = true;
+  }
+  if (countsWanted) {
+    countsWanted = false;
+    countsChanged();
+  }
 }
 
 async function loadMore() {

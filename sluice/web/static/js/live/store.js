@@ -11,6 +11,13 @@
 // The jobs list holds the jobs of the current filter in the order the page got them:
 // jobs first seen on the stream on top (newest first), then the pages loaded from
 // the API (most recently updated first). A job that changes is updated where it is.
+//
+// The connection's job counts (all, and per state, whatever the filter) come from
+// the API too: every page carries them, read with its `streamId`. Between two
+// answers, an event of a job whose state the store knows moves it from one count
+// to another at once ("optimistic"); the next answer replaces those guesses with
+// the server's figures (the deltas of events it already reflects are dropped, the
+// later ones are applied on top of it).
 
 import { compareIds, parseId } from "./ids.js";
 import { emptyFilter, isFiltered, matchesFilter } from "./query.js";
@@ -29,6 +36,8 @@ const JOB_FIELDS = [
 const SPARK_WINDOW_MS = 5 * 60 * 1000;
 const SPARK_MAX_POINTS = 300;
 const RATE_WINDOW_S = 120;
+/** Optimistic count changes kept between two answers of the server, at most. */
+const MAX_COUNT_DELTAS = 10000;
 
 /** The kind of data a stream event changes ("job", "worker", "queue"), or "". */
 export function kindOf(type) {
@@ -78,6 +87,67 @@ export class Store {
     this.version = 0;
     this.workersChanged = true;
     this.queuesChanged = true;
+    this.resetCounts();
+  }
+
+  /** Forget the connection's job counts (until the next answer of the API). */
+  resetCounts() {
+    /** The server's counts ({total, <state>: n…}) plus the deltas after them, or null. */
+    this.counts = null;
+    /** The server's last counts, and the parsed stream id they are up to date with. */
+    this.countsBase = null;
+    this.countsAsOf = null;
+    /** Optimistic changes since countsAsOf: {parsed, from, to} (from "" = a new job). */
+    this.countDeltas = [];
+    this.countsVersion = (this.countsVersion || 0) + 1;
+  }
+
+  /**
+   * Take the connection's job counts from an API answer (`counts`, read with
+   * `streamId`). An answer older than the counts held is ignored. Returns whether
+   * the counts were taken.
+   */
+  setCounts(counts, streamId) {
+    if (!counts || typeof counts !== "object" || !Number.isFinite(counts.total)) return false;
+    const parsed = parseId(streamId);
+    if (!parsed) return false;
+    if (this.countsAsOf && compareIds(parsed, this.countsAsOf) < 0) return false;
+    const base = { total: counts.total };
+    for (const s of JOB_STATES) base[s] = Number.isFinite(counts[s]) ? counts[s] : 0;
+    this.countsBase = base;
+    this.countsAsOf = parsed;
+    // What the answer already reflects goes; what came after it stays on top.
+    this.countDeltas = this.countDeltas.filter((d) => compareIds(d.parsed, parsed) > 0);
+    this.counts = { ...base };
+    for (const d of this.countDeltas) this.shiftCount(d.from, d.to);
+    this.countsVersion++;
+    return true;
+  }
+
+  /** One job moved from state `from` ("": it is new) to state `to`. */
+  shiftCount(from, to) {
+    const c = this.counts;
+    if (from) c[from] = Math.max(0, (c[from] || 0) - 1);
+    else c.total++;
+    c[to] = (c[to] || 0) + 1;
+  }
+
+  /**
+   * A job event after the counts held: move the job between counts when its
+   * previous state is known (the list holds it, or the list holds every job of the
+   * connection so it is a new one).
+   */
+  countEvent(parsed, known, from, to) {
+    if (!this.counts || compareIds(parsed, this.countsAsOf) <= 0) return;
+    if (!known && (isFiltered(this.filter) || this.cursor || this.trimmed)) return;
+    const prev = known ? from : "";
+    if (prev === to) return;
+    this.countDeltas.push({ parsed, from: prev, to });
+    // The server has not answered for long: forget the oldest half of the guesses
+    // (they stay in the figures shown until its next answer).
+    if (this.countDeltas.length > MAX_COUNT_DELTAS) this.countDeltas.splice(0, MAX_COUNT_DELTAS / 2);
+    this.shiftCount(prev, to);
+    this.countsVersion++;
   }
 
   /** Empty the jobs list, for `filter` (a new filter, or a reload). */
@@ -180,6 +250,7 @@ export class Store {
       added++;
     }
     this.cursor = typeof page.nextCursor === "string" && page.nextCursor ? page.nextCursor : null;
+    if (page.counts) this.setCounts(page.counts, page.streamId);
     this.evict();
     this.jobsChanged = true;
     return added;
@@ -239,6 +310,8 @@ export class Store {
     if (typeof key !== "string" || !key) return false;
     let job = this.jobs.get(key);
     if (job && job.lastParsed && compareIds(parsed, job.lastParsed) <= 0) return false;
+    const to = JOB_STATES.includes(d.state) ? d.state : "unknown";
+    this.countEvent(parsed, !!job, job ? job.state : "", to);
     if (!job) {
       // Not in the list: it joins (on top) only when the list's filter wants it.
       if (!matchesFilter(this.filter, filterFields(key, d))) return false;

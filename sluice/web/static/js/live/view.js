@@ -83,6 +83,7 @@ export class JobsTable {
     this.openId = "";
     this.changed = true;
     this.chipEls = new Map();
+    this.countsVersion = -1;
     this.buildChips();
     this.moreButton.addEventListener("click", () => this.actions.onMore());
     this.body.addEventListener("click", (ev) => this.onClick(ev));
@@ -94,11 +95,36 @@ export class JobsTable {
       b.type = "button";
       b.dataset.stateFilter = state || "all";
       b.setAttribute("aria-pressed", state === this.filter.state ? "true" : "false");
-      b.append(el("span", "chip-label", state ? STATE_LABEL[state] : "All"));
+      const label = state ? STATE_LABEL[state] : "All";
+      const count = el("span", "chip-count");
+      count.dataset.count = "";
+      b.append(el("span", "chip-label", label), count);
+      b._label = label;
+      b._count = count;
       // Pressing the active filter again clears it.
       b.addEventListener("click", () => this.actions.onState(state === this.filter.state ? "" : state));
       this.chips.append(b);
       this.chipEls.set(state, b);
+    }
+  }
+
+  /**
+   * Each chip's count: the connection's jobs in that state ("All": every job),
+   * whatever the filter. A screen reader hears "Failed, 95 jobs" (the count's
+   * digits alone would be read as part of the label).
+   */
+  renderChips(store) {
+    if (store.countsVersion === this.countsVersion) return;
+    this.countsVersion = store.countsVersion;
+    const counts = store.counts;
+    for (const [state, b] of this.chipEls) {
+      const n = counts ? counts[state || "total"] : null;
+      const known = Number.isFinite(n);
+      setText(b._count, known ? formatInt(n) : "");
+      b._count.dataset.count = known ? String(n) : "";
+      b._count.hidden = !known;
+      const name = known ? `${b._label}, ${formatInt(n)} job${n === 1 ? "" : "s"}` : b._label;
+      if (b.getAttribute("aria-label") !== name) b.setAttribute("aria-label", name);
     }
   }
 
@@ -180,6 +206,7 @@ export class JobsTable {
   }
 
   render(store) {
+    this.renderChips(store);
     if (!store.jobsChanged && !this.changed) return;
     store.jobsChanged = false;
     this.changed = false;
@@ -602,11 +629,21 @@ export class Stats {
     setText(n.rate, formatRate(store.rate(nowMs)));
     setText(n.events, formatInt(store.eventCount));
     n.events.dataset.count = String(store.eventCount);
-    // The jobs the list holds ("+": more are in the history, behind "Load more").
-    const listed = store.listed;
-    setText(n.jobs, formatInt(listed.total) + (store.cursor ? "+" : ""));
-    setText(n.active, formatInt(listed.counts.active));
-    setText(n.failed, formatInt(listed.counts.failed));
+    // The connection's jobs (its whole retained history, whatever the filter), from
+    // the API's counts; until an answer has them, the jobs the list holds ("+": more
+    // are in the history, behind "Load more").
+    const counts = store.counts;
+    if (counts) {
+      setText(n.jobs, formatInt(counts.total));
+      setText(n.active, formatInt(counts.active));
+      setText(n.failed, formatInt(counts.failed));
+    } else {
+      const listed = store.listed;
+      setText(n.jobs, formatInt(listed.total) + (store.cursor ? "+" : ""));
+      setText(n.active, formatInt(listed.counts.active));
+      setText(n.failed, formatInt(listed.counts.failed));
+    }
+    n.jobs.dataset.count = counts ? String(counts.total) : "";
     let online = 0;
     for (const w of store.workers.values()) if (w.state !== "offline") online++;
     setText(n.workers, formatInt(online));
