@@ -25,22 +25,6 @@ RULES_TEST = ROOT / "deploy" / "prometheus" / "sluice-alerts.test.yml"
 SCRAPE_EXAMPLE = ROOT / "deploy" / "prometheus" / "prometheus-fly.yml"
 DASHBOARD = ROOT / "deploy" / "grafana" / "sluice-dashboard.json"
 
-#: The job metrics (issue 12, part 3) being added to sluice/metrics.py at the
-#: same time as this kit: base name -> (type, labels), as prometheus_client
-#: declares them (a counter's samples get `_total`). When they land in
-#: sluice/metrics.py, delete this table: the module's own definitions, read
-#: below, take precedence over it already, so a name or a label that differs
-#: there fails here.
-PENDING_JOB_METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "sluice_jobs": ("counter", ("connection", "queue", "name", "state")),
-    "sluice_job_runtime_seconds": ("histogram", ("connection", "queue", "name")),
-    "sluice_job_wait_seconds": ("histogram", ("connection", "queue", "name")),
-    "sluice_queue_depth": ("gauge", ("connection", "queue")),
-    "sluice_queue_consumers": ("gauge", ("connection", "queue")),
-    "sluice_queue_oldest_age_seconds": ("gauge", ("connection", "queue")),
-    "sluice_workers_online": ("gauge", ("connection",)),
-}
-
 #: Gauges read from Redis at scrape time: identical on every worker and every
 #: instance, so they are aggregated with max, never summed.
 REDIS_GAUGES = (
@@ -57,13 +41,15 @@ SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), 
 
 
 def declared() -> dict[str, tuple[str, tuple[str, ...]]]:
-    """Every Sluice metric: base name -> (type, label names), from sluice/metrics.py
-    (its collectors, as registered), completed by the pending job metrics."""
-    found = dict(PENDING_JOB_METRICS)
+    """Every Sluice metric: base name -> (type, label names), from sluice/metrics.py:
+    its metric objects, and the gauges its scrape-time collector (`JobGauges`) yields."""
+    found: dict[str, tuple[str, tuple[str, ...]]] = {}
     for obj in vars(metrics).values():
         if isinstance(obj, MetricWrapperBase):
             family = obj.describe()[0]
             found[family.name] = (family.type, tuple(obj._labelnames))
+    for family in metrics.JobGauges(lambda: []).collect():
+        found[family.name] = (family.type, tuple(family._labelnames))  # type: ignore[attr-defined]
     return found
 
 
