@@ -865,16 +865,21 @@ class Runner:
         a = self.args
         self.t.setup(1)
         cfg = self.t.publisher_cfg(1)
-        s0 = server_sample(self.t)
         outs = []
         procs = []
+        go = CTX.Event()
         for i in range(a.ingest_posters):
             rx, tx = CTX.Pipe(duplex=False)
             c = dict(cfg, seq0=10_000_000 * (i + 1), run=f"ing{os.getpid()}-{i}")
-            p = CTX.Process(target=publish.ingest_poster, args=(c, a.ingest_s, tx), daemon=True)
+            p = CTX.Process(target=publish.ingest_poster, args=(c, a.ingest_s, tx, go), daemon=True)
             p.start()
             procs.append(p)
             outs.append(rx)
+        for o in outs:
+            assert o.recv() == "ready"
+        # Every poster's bodies are built: the clock (and the CPU sample) starts now.
+        s0 = server_sample(self.t)
+        go.set()
         results = [o.recv() for o in outs]
         for p in procs:
             p.join(10)

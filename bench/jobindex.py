@@ -315,17 +315,18 @@ def part_ingest(args: argparse.Namespace, rds: BenchRedis) -> dict[str, Any]:
             },
             "errors": sum(x.get("errors", 0) for x in ok),
         }
-    if len(names) == 2 and all(out[n]["events_per_s"] for n in names):
-        before, after = (out[n] for n in names)
-        out["after_over_before"] = {
-            key: round(after[key] / before[key], 3) if before[key] else None
-            for key in (
-                "events_per_s",
-                "server_us_per_event",
-                "redis_script_us_per_event",
-                "redis_cpu_us_per_event",
-            )
-        }
+    # Each target after the first against the first (the default: after ÷ before).
+    keys = (
+        "events_per_s",
+        "server_us_per_event",
+        "redis_script_us_per_event",
+        "redis_cpu_us_per_event",
+    )
+    before = out[names[0]]
+    for n in names[1:]:
+        if before["events_per_s"] and out[n]["events_per_s"]:
+            ratio = {k: round(out[n][k] / before[k], 3) if before[k] else None for k in keys}
+            out["after_over_before" if len(names) == 2 else f"{n}_over_{names[0]}"] = ratio
     for n in names:
         print(
             f"ingest {n}: {out[n]['events_per_s']} events/s, "
@@ -334,8 +335,9 @@ def part_ingest(args: argparse.Namespace, rds: BenchRedis) -> dict[str, Any]:
             f"{out[n]['redis_cpu_us_per_event']} µs/event (medians of {len(rounds[n])})",
             flush=True,
         )
-    if "after_over_before" in out:
-        print(f"ingest after/before: {out['after_over_before']}", flush=True)
+    for key, ratio in out.items():
+        if key == "after_over_before" or key.endswith(f"_over_{names[0]}"):
+            print(f"ingest {key.replace('_', ' ')}: {ratio}", flush=True)
     return out
 
 

@@ -260,13 +260,15 @@ def main(conn: Connection, cfg: dict[str, Any]) -> None:
             return
 
 
-def ingest_poster(cfg: dict[str, Any], duration: float, out: Connection) -> None:
+def ingest_poster(cfg: dict[str, Any], duration: float, out: Connection, go: Any = None) -> None:
     """Hammer POST /api/ingest with batches of 100 for a while; report counts.
 
     Bodies are built before the clock starts (unique producer ids, so none is
     a duplicate): the posters share the 2 cores with the server, and JSON
     encoding 100 events per request in the poster would be measured as the
-    server's slowness.
+    server's slowness. With `go` (an Event), the poster says "ready" on `out`
+    once its bodies are built and waits for it, so that no poster still
+    building its bodies competes for the cores with the others' posting.
     """
     pub = Publisher(cfg)
     iso = iso_now()
@@ -279,6 +281,9 @@ def ingest_poster(cfg: dict[str, Any], duration: float, out: Connection) -> None
         events = [sluice_event(conn_id, pub.run_id, 0, s, ts, iso) for s in range(seq, seq + 100)]
         bodies.append(json.dumps({"events": events}).encode())
         seq += 100
+    if go is not None:
+        out.send("ready")
+        go.wait()
     accepted = batches = 0
     t0 = time.monotonic()
     while time.monotonic() - t0 < duration and batches < len(bodies):
