@@ -8,6 +8,7 @@ script, in the same atomic step (`sluice.store.events`); it is read by
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -16,6 +17,9 @@ from . import contract as c
 from .errors import Invalid
 from .schema import stable_id
 from .strictjson import dumps
+
+#: A str as a JSON string, as `dumps` writes it (not ASCII-escaped).
+_string = json.encoder.encode_basestring
 
 #: What the script gets per event besides (producer id, event name, data):
 #: kind ("j" job, "w" worker, "q" queue), then the kind's fields, "" when absent.
@@ -27,6 +31,23 @@ NOT_INDEXED: Final = ("",) * INDEX_STRIDE
 
 def _json_or_empty(value: Any) -> str:
     return "" if value is None else dumps(value)
+
+
+def _timeline_entry(data: Mapping[str, Any]) -> str:
+    """The job's timeline entry as JSON without its closing brace: state,
+    timestamp, then workerId, attempt and error (cut to `MAX_TIMELINE_ERROR`)
+    when set. The same text as `dumps` of that object, written directly (it is
+    built for every job event ingested)."""
+    # State and timestamp are normalised (a contract state, an ISO time): no escaping.
+    text = '{"state":"' + data["state"] + '","timestamp":"' + data["timestamp"] + '"'
+    worker, attempt, error = data.get("workerId"), data.get("attempt"), data.get("error")
+    if worker is not None:
+        text += ',"workerId":' + _string(worker)
+    if attempt is not None:
+        text += ',"attempt":' + dumps(attempt)
+    if error:
+        text += ',"error":' + _string(error[: c.MAX_TIMELINE_ERROR])
+    return text
 
 
 def index_fields(event: str, data: Mapping[str, Any]) -> tuple[str, ...]:
@@ -42,12 +63,6 @@ def index_fields(event: str, data: Mapping[str, Any]) -> tuple[str, ...]:
     - a worker: kind, worker id; a queue: kind, queue name.
     """
     if event == c.JOB_STATE_CHANGE:
-        entry: dict[str, Any] = {"state": data["state"], "timestamp": data["timestamp"]}
-        for key in ("workerId", "attempt"):
-            if data.get(key) is not None:
-                entry[key] = data[key]
-        if data.get("error"):
-            entry["error"] = data["error"][: c.MAX_TIMELINE_ERROR]
         extensions = data.get("extensions") or {}
         return (
             JOB,
@@ -57,7 +72,7 @@ def index_fields(event: str, data: Mapping[str, Any]) -> tuple[str, ...]:
             data["name"],
             data.get("workerId") or "",
             data["externalId"],
-            dumps(entry)[:-1],
+            _timeline_entry(data),
             data.get("previousState") or "",
             _json_or_empty(extensions.get("args")),
             _json_or_empty(extensions.get("kwargs")),

@@ -56,19 +56,20 @@ def runtime_seconds(data: dict[str, Any]) -> float | None:
     measure); else None (not observed). A negative span is not observed."""
     if data.get("state") not in FINISHED:
         return None
-    span = _span(data.get("startedAt"), data.get("finishedAt"))
-    if span is not None:
-        return span
+    started, finished = data.get("startedAt"), data.get("finishedAt")
+    if started is not None and finished is not None:
+        span = _span(started, finished)
+        if span is not None:
+            return span
     extensions = data.get("extensions")
-    if isinstance(extensions, dict):
-        runtime = extensions.get("runtime")
-        if (
-            isinstance(runtime, int | float)
-            and not isinstance(runtime, bool)
-            and math.isfinite(runtime)
-            and runtime >= 0
-        ):
-            return float(runtime)
+    runtime = extensions.get("runtime") if isinstance(extensions, dict) else None
+    if (
+        runtime is not None
+        and type(runtime) in (int, float)  # not bool
+        and math.isfinite(runtime)
+        and runtime >= 0
+    ):
+        return float(runtime)
     return None
 
 

@@ -13,14 +13,17 @@ docs/observability.md, "Job metrics".
 from __future__ import annotations
 
 import time
+from collections import Counter
 from typing import Any
 
 from ..config import Settings
 from ..contract import JOB_STATE_CHANGE, QUEUE_SNAPSHOT
 from ..jobmetrics import (
+    FINISHED,
     NAME,
     OTHER,
     QUEUE,
+    STARTED,
     ConnectionGauges,
     LabelCaps,
     queue_gauges,
@@ -69,13 +72,11 @@ def count_accepted(
     connection = label_caps.connection(connection_id)
     jobs = [data for name, data in appended if name == JOB_STATE_CHANGE]
     if connection != OTHER:
-        queues = label_caps.undecided(
-            connection,
-            QUEUE,
-            [d.get("queue") or "" for d in jobs]
-            + [d["name"] for name, d in appended if name == QUEUE_SNAPSHOT],
-        )
-        names = label_caps.undecided(connection, NAME, [d["name"] for d in jobs])
+        # Distinct values first: a batch holds few queues and task names.
+        queue_values = {d.get("queue") or "" for d in jobs}
+        queue_values.update(d["name"] for name, d in appended if name == QUEUE_SNAPSHOT)
+        queues = label_caps.undecided(connection, QUEUE, queue_values)
+        names = label_caps.undecided(connection, NAME, {d["name"] for d in jobs})
         if queues or names:
             try:
                 answer = admit_labels(r, connection_id, queues, names, settings.metrics_max_labels)
@@ -85,23 +86,36 @@ def count_accepted(
                 for kind, admission in answer.items():
                     label_caps.learn(connection, kind, admission)
     if jobs:
+        labelled: dict[tuple[str, str], tuple[str, str, str]] = {}
+
+        def labels_of(queue: str, name: str) -> tuple[str, str, str]:
+            labels = labelled.get((queue, name))
+            if labels is None:
+                labels = labelled[(queue, name)] = (
+                    connection,
+                    label_caps.label(connection, QUEUE, queue),
+                    label_caps.label(connection, NAME, name),
+                )
+            return labels
+
+        # Counted per distinct (queue, name, state) first: a batch holds few.
+        raw = Counter((d.get("queue") or "", d["name"], d["state"]) for d in jobs)
         counts: dict[tuple[str, str, str, str], int] = {}
+        for (queue, name, state), n in raw.items():
+            key = (*labels_of(queue, name), state)
+            counts[key] = counts.get(key, 0) + n
         runtimes: list[tuple[tuple[str, str, str], float]] = []
         waits: list[tuple[tuple[str, str, str], float]] = []
         for data in jobs:
-            labels = (
-                connection,
-                label_caps.label(connection, QUEUE, data.get("queue") or ""),
-                label_caps.label(connection, NAME, data["name"]),
-            )
-            key = (*labels, data["state"])
-            counts[key] = counts.get(key, 0) + 1
-            runtime = runtime_seconds(data)
-            if runtime is not None:
-                runtimes.append((labels, runtime))
-            wait = wait_seconds(data)
-            if wait is not None:
-                waits.append((labels, wait))
+            state = data["state"]
+            if state in FINISHED:
+                runtime = runtime_seconds(data)
+                if runtime is not None:
+                    runtimes.append((labels_of(data.get("queue") or "", data["name"]), runtime))
+            elif state == STARTED:
+                wait = wait_seconds(data)
+                if wait is not None:
+                    waits.append((labels_of(data.get("queue") or "", data["name"]), wait))
         count_jobs(counts, runtimes, waits)
     _note(r, connection_id, settings)
 

@@ -12,6 +12,8 @@ import json
 import uuid
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sluice import contract as c
 from sluice.errors import Invalid
@@ -22,6 +24,7 @@ from sluice.jobindex import (
     QUEUE,
     WORKER,
     JobQuery,
+    _timeline_entry,
     index_fields,
     job_refs,
     parse_cursor,
@@ -448,3 +451,33 @@ def test_bad_job_refs_are_invalid(ref):
     with pytest.raises(Invalid) as raised:
         job_refs(CONN, ref)
     assert set(raised.value.details) == {"job"}
+
+
+# The timeline entry is written directly, not through `dumps`: the same text.
+_TEXT = st.text(alphabet=st.characters(exclude_categories=["Cs"]), max_size=40)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    state=st.sampled_from(c.JOB_STATES),
+    worker=st.none() | _TEXT,
+    attempt=st.none() | st.integers(min_value=0, max_value=2**53),
+    error=st.none() | st.text(alphabet=st.characters(exclude_categories=["Cs"]), max_size=700),
+)
+def test_timeline_entry_is_the_json_of_the_entry(state, worker, attempt, error):
+    data = {"state": state, "timestamp": "2026-02-27T10:30:00.123Z"}
+    if worker is not None:
+        data["workerId"] = worker
+    if attempt is not None:
+        data["attempt"] = attempt
+    if error is not None:
+        data["error"] = error
+    entry = {"state": state, "timestamp": data["timestamp"]}
+    for key in ("workerId", "attempt"):
+        if data.get(key) is not None:
+            entry[key] = data[key]
+    if error:
+        entry["error"] = error[: c.MAX_TIMELINE_ERROR]
+    written = _timeline_entry(data)
+    assert written == dumps(entry)[:-1]
+    assert json.loads(written + "}") == entry
