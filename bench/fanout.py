@@ -172,6 +172,28 @@ def server_sample(target: Target) -> ServerSample:
     return ServerSample(cpu, int(rss), time.monotonic(), machine_busy, ours)
 
 
+def pin_ingest(target: Target, rds: BenchRedis, posters: list[Any]) -> bool:
+    """`--ingest-pin`: the worker gets CPU 0 to itself; Redis, the gunicorn master
+    and the posters share CPU 1 (a worker with its own core, Redis elsewhere: how
+    it runs in production). False when the machine has fewer than 2 CPUs."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return False
+    mine, rest = {cpus[0]}, set(cpus[1:])
+    workers = set(target.worker_pids())
+    for p in target.procs():
+        os.sched_setaffinity(p.pid, mine if p.pid in workers else rest)
+    for pid in [*rds.pids, *(p.pid for p in posters)]:
+        os.sched_setaffinity(pid, rest)
+    return True
+
+
+def unpin(rds: BenchRedis) -> None:
+    """Redis outlives a round: give it every CPU again."""
+    for pid in rds.pids:
+        os.sched_setaffinity(pid, os.sched_getaffinity(0))
+
+
 def others_cpu_pct(s0: ServerSample, s1: ServerSample) -> float:
     """CPU used by processes outside this bench during a phase (% of one core):
     other work on a shared machine steals from the targets and the generator."""
@@ -877,6 +899,7 @@ class Runner:
             outs.append(rx)
         for o in outs:
             assert o.recv() == "ready"
+        pinned = a.ingest_pin and pin_ingest(self.t, self.rds, procs)
         # Every poster's bodies are built: the clock (and the CPU sample) starts now.
         s0 = server_sample(self.t)
         go.set()
@@ -897,7 +920,10 @@ class Runner:
             if accepted
             else None,
             "others_cpu_pct": others_cpu_pct(s0, s1),
+            "pinned": bool(pinned),
         }
+        if pinned:
+            unpin(self.rds)
         self.log(f"(ingest) {res['events_per_s']} events/s, cpu {res['server_cpu_pct']}%")
         return res
 
@@ -1243,6 +1269,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a.g_seconds = a.g_seconds or (10.0 if a.full else 6.0)
     a.g_http_pool, a.g_idle_s, a.g_drain_s = 2, 2.0, 5.0
     a.ingest_posters = int(os.environ.get("BENCH_INGEST_POSTERS", 3))
+    a.ingest_pin = bool(os.environ.get("BENCH_INGEST_PIN"))
     a.ingest_s = float(os.environ.get("BENCH_INGEST_SECONDS", 3.0))
     return a
 

@@ -274,6 +274,7 @@ def part_ingest(args: argparse.Namespace, rds: BenchRedis) -> dict[str, Any]:
 
     a = fanout.parse_args(["--targets", args.targets, "--scenarios", "ingest"])
     a.ingest_posters, a.ingest_s = args.ingest_posters, args.ingest_seconds
+    a.ingest_pin = args.ingest_pin
     names = [t.strip() for t in args.targets.split(",") if t.strip()]
     classes = {
         n: sluice_at(n.split("@", 1)[1]) if n.startswith("sluice@") else TARGETS[n] for n in names
@@ -299,7 +300,12 @@ def part_ingest(args: argparse.Namespace, rds: BenchRedis) -> dict[str, Any]:
     finally:
         r.flushdb()
         r.close()
-    out: dict[str, Any] = {"posters": a.ingest_posters, "seconds": a.ingest_s, "batch": 100}
+    out: dict[str, Any] = {
+        "posters": a.ingest_posters,
+        "seconds": a.ingest_s,
+        "batch": 100,
+        "pinned": a.ingest_pin,
+    }
     for n in names:
         ok = [x for x in rounds[n] if "events_per_s" in x]
         out[n] = {
@@ -593,6 +599,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ingest-rounds", type=int, help="ingest rounds per target (3; smoke 1)")
     p.add_argument("--ingest-seconds", type=float, help="ingest posting time per round (3; 2)")
     p.add_argument("--ingest-posters", type=int, default=3)
+    p.add_argument(
+        "--ingest-pin",
+        action="store_true",
+        help="ingest: the worker on a CPU of its own; Redis and the posters on the other",
+    )
     p.add_argument("--memory-jobs", type=int, help="jobs per memory run (100,000; smoke 20,000)")
     p.add_argument("--jobs", type=int, help="jobs retained for the latencies (1,000,000; 20,000)")
     p.add_argument("--fill", choices=["api", "script"], default="api", help="how --jobs are filled")
