@@ -246,6 +246,9 @@ def test_configure_installs_one_handler_and_reformats_it(clean_root):
     ours = [h for h in clean_root.handlers if getattr(h, "_sluice", False)]
     for handler in ours:
         clean_root.removeHandler(handler)
+    # An earlier test may have left warnings captured (then `captureWarnings(True)`
+    # keeps the showwarning of that time, pytest's recorder, and logs nothing).
+    logging.captureWarnings(False)
     try:
         handler = configure("json", stream)
         assert configure("json", stream) is handler
@@ -260,6 +263,7 @@ def test_configure_installs_one_handler_and_reformats_it(clean_root):
         configure("text", stream)
         logging.getLogger("sluice.anything").info("as text")
     finally:
+        logging.captureWarnings(False)
         clean_root.removeHandler(handler)
         for h in ours:
             clean_root.addHandler(h)
