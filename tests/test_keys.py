@@ -152,3 +152,190 @@ def test_rotate_key_command_errors_are_one_line(redis_url, account, args, messag
     done = sluice("rotate-key", *args, redis_url=redis_url)
     assert done.returncode == 1 and done.stdout == ""
     assert message in done.stderr and "Traceback" not in done.stderr
+
+
+# -- read keys ---------------------------------------------------------------------
+
+
+def keys_url(base_url: str, connection_id: str) -> str:
+    return f"{base_url}/api/connections/{connection_id}/keys"
+
+
+def new_read_key(session: requests.Session, base_url: str, connection_id: str) -> dict:
+    response = session.post(keys_url(base_url, connection_id), json={"scope": "read"})
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def test_a_read_key_reads_and_cannot_ingest(server, account, redis_client):
+    cid = account.connection_id
+    session = account.login(server.url)
+    created = new_read_key(session, server.url, cid)
+    assert set(created) == {"id", "apiKey", "scope", "prefix", "createdAt"}
+    assert created["scope"] == "read" and created["apiKey"].startswith(created["prefix"])
+    read_key = created["apiKey"]
+    assert ingest(server.url, account.api_key, cid, [job_event(cid, "j1", "queued")]).ok
+
+    with open_stream(server.url, cid, api_key=read_key, last_event_id="0") as stream:
+        assert stream.status == 200
+        (event,) = stream.data_events(1)
+        assert event.json()["externalId"] == "j1"
+    for path in ("jobs", "jobs/j1", "workers", "queues"):
+        got = requests.get(f"{server.url}/api/connections/{cid}/{path}", headers=bearer(read_key))
+        assert got.status_code == 200, (path, got.text)
+
+    refused = ingest(server.url, read_key, cid, [job_event(cid, "j2", "queued")])
+    assert refused.status_code == 403
+    assert refused.json()["error"] == {
+        "code": "FORBIDDEN",
+        "message": "This API key is read-only: it may read streams and jobs, not write",
+        "details": {"scope": "read"},
+    }
+    # Only its hash is kept.
+    assert read_key not in json.dumps(
+        {k: str(v) for k, v in redis_client.hgetall(f"sluice:conn:{cid}:keys").items()}
+    )
+    # Another connection's stream: 404, as for any key.
+    with open_stream(server.url, str(uuid.uuid4()), api_key=read_key) as stream:
+        assert stream.status == 404
+
+
+def test_keys_are_listed_without_secrets_and_revoked(server, account):
+    cid = account.connection_id
+    session = account.login(server.url)
+    first = new_read_key(session, server.url, cid)
+    second = new_read_key(session, server.url, cid)
+    listed = session.get(keys_url(server.url, cid))
+    assert listed.status_code == 200
+    data = listed.json()["data"]
+    assert [k["id"] for k in data] == ["ingest", first["id"], second["id"]]
+    assert data[0]["scope"] == "write" and account.api_key.startswith(data[0]["prefix"])
+    assert all(set(k) == {"id", "scope", "prefix", "createdAt"} for k in data)
+    text = listed.text
+    assert first["apiKey"] not in text and account.api_key not in text
+
+    gone = session.delete(f"{keys_url(server.url, cid)}/{first['id']}")
+    assert gone.status_code == 204
+    refused = requests.get(
+        f"{server.url}/api/connections/{cid}/jobs", headers=bearer(first["apiKey"])
+    )
+    assert refused.status_code == 401
+    assert [k["id"] for k in session.get(keys_url(server.url, cid)).json()["data"]] == [
+        "ingest",
+        second["id"],
+    ]
+    assert session.delete(f"{keys_url(server.url, cid)}/{first['id']}").status_code == 404
+    # The ingest key is rotated, not deleted.
+    kept = session.delete(f"{keys_url(server.url, cid)}/ingest")
+    assert kept.status_code == 409 and "rotate" in kept.json()["error"]["message"]
+    # Rotation leaves read keys alone.
+    assert rotate(session, server.url, cid).status_code == 200
+    assert requests.get(f"{server.url}/api/key", headers=bearer(second["apiKey"])).ok
+
+
+def test_keys_are_the_owners_only(server, account, other_account):
+    cid = account.connection_id
+    stranger = other_account.login(server.url)
+    assert stranger.post(keys_url(server.url, cid), json={"scope": "read"}).status_code == 404
+    assert stranger.get(keys_url(server.url, cid)).status_code == 404
+    mine = new_read_key(account.login(server.url), server.url, cid)
+    assert stranger.delete(f"{keys_url(server.url, cid)}/{mine['id']}").status_code == 404
+    assert (
+        requests.get(keys_url(server.url, cid), headers=bearer(account.api_key)).status_code == 401
+    )
+    assert requests.get(f"{server.url}/api/key", headers=bearer(mine["apiKey"])).ok
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({}, "scope"),
+        ({"scope": "write"}, "scope"),
+        ({"scope": "admin"}, "scope"),
+        ({"scope": ["read"]}, "scope"),
+        ({"scope": None}, "scope"),
+        ({"scope": "read", "name": "x"}, "name"),
+    ],
+)
+def test_bad_key_bodies_are_400(server, account, body, field):
+    session = account.login(server.url)
+    response = session.post(keys_url(server.url, account.connection_id), json=body)
+    assert response.status_code == 400, response.text
+    assert field in response.json()["error"]["details"]
+
+
+def test_keys_per_connection_are_bounded(server, account):
+    from sluice.store.connections import MAX_KEYS_PER_CONNECTION
+
+    session = account.login(server.url)
+    for _ in range(MAX_KEYS_PER_CONNECTION - 1):  # the ingest key is one of them
+        new_read_key(session, server.url, account.connection_id)
+    full = session.post(keys_url(server.url, account.connection_id), json={"scope": "read"})
+    assert full.status_code == 409
+    assert str(MAX_KEYS_PER_CONNECTION) in full.json()["error"]["message"]
+
+
+def test_deleting_a_connection_deletes_its_keys(server, account, redis_client):
+    cid = account.connection_id
+    session = account.login(server.url)
+    read_key = new_read_key(session, server.url, cid)["apiKey"]
+    assert session.delete(f"{server.url}/api/connections/{cid}").status_code == 204
+    for key in (read_key, account.api_key):
+        assert requests.get(f"{server.url}/api/key", headers=bearer(key)).status_code == 401
+    assert not redis_client.exists(f"sluice:conn:{cid}:keys")
+
+
+# -- read-only mode ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def read_only_server(start_server):
+    return start_server(SLUICE_READ_ONLY="1")
+
+
+def test_read_only_mode_refuses_writes_and_keeps_reading(read_only_server, account):
+    base = read_only_server.url
+    cid = account.connection_id
+    session = account.login(base)  # login works
+    refused = ingest(base, account.api_key, cid, [job_event(cid, "j", "queued")])
+    assert refused.status_code == 403
+    assert refused.json()["error"]["code"] == "FORBIDDEN"
+    assert "readOnly" in refused.json()["error"]["details"]
+    writes = [
+        session.post(f"{base}/api/connections", json={"name": "more"}),
+        session.delete(f"{base}/api/connections/{cid}"),
+        rotate(session, base, cid),
+        session.post(keys_url(base, cid), json={"scope": "read"}),
+        session.delete(f"{keys_url(base, cid)}/{uuid.uuid4()}"),
+    ]
+    for response in writes:
+        assert response.status_code == 403, response.text
+        assert "readOnly" in response.json()["error"]["details"]
+    # Reading goes on: the list, the keys, the job API, the stream, the key itself.
+    assert session.get(f"{base}/api/connections").status_code == 200
+    assert session.get(keys_url(base, cid)).status_code == 200
+    assert requests.get(f"{base}/api/connections/{cid}/jobs", headers=bearer(account.api_key)).ok
+    assert requests.get(f"{base}/api/key", headers=bearer(account.api_key)).ok
+    with open_stream(base, cid, api_key=account.api_key) as stream:
+        assert stream.status == 200
+    # A bad key is still a 401 first.
+    assert ingest(base, "sk_live_forged", cid, []).status_code == 401
+    assert session.post(f"{base}/api/auth/logout", json={}).status_code == 204
+
+
+# -- what a key is -------------------------------------------------------------------
+
+
+def test_get_key_says_which_connection_and_scope(server, account):
+    cid = account.connection_id
+    got = requests.get(f"{server.url}/api/key", headers=bearer(account.api_key))
+    assert got.status_code == 200
+    assert got.json() == {"connectionId": cid, "name": "Test cluster", "scope": "write"}
+    read_key = new_read_key(account.login(server.url), server.url, cid)["apiKey"]
+    got = requests.get(f"{server.url}/api/key", headers=bearer(read_key))
+    assert got.json() == {"connectionId": cid, "name": "Test cluster", "scope": "read"}
+    for headers in ({}, bearer("sk_live_forged"), {"Authorization": "Basic x"}):
+        bad = requests.get(f"{server.url}/api/key", headers=headers)
+        assert bad.status_code == 401 and bad.json()["error"]["code"] == "UNAUTHORIZED"
+    # A session is not a key.
+    assert account.login(server.url).get(f"{server.url}/api/key").status_code == 401
