@@ -339,3 +339,29 @@ def test_get_key_says_which_connection_and_scope(server, account):
         assert bad.status_code == 401 and bad.json()["error"]["code"] == "UNAUTHORIZED"
     # A session is not a key.
     assert account.login(server.url).get(f"{server.url}/api/key").status_code == 401
+
+
+def test_a_change_under_way_is_a_409_and_leaves_the_key_alone(server, account, redis_client):
+    """Key changes of one connection take its key lock: while it is held (another
+    rotation, a deletion), rotating is a 409 with Retry-After and changes nothing."""
+    from sluice.store.keys import Keys
+    from sluice.store.users import hash_api_key
+
+    cid = account.connection_id
+    session = account.login(server.url)
+    redis_client.set(Keys.key_lock(cid), "someone else", ex=10)
+    try:
+        busy = rotate(session, server.url, cid)
+        assert busy.status_code == 409 and busy.headers["Retry-After"] == "1"
+        busy = session.post(keys_url(server.url, cid), json={"scope": "read"})
+        assert busy.status_code == 409
+    finally:
+        redis_client.delete(Keys.key_lock(cid))
+    assert ingest(server.url, account.api_key, cid, [job_event(cid, "j", "queued")]).ok
+    # Once free: the old lookup is gone, the connection records the new hash.
+    new = rotate(session, server.url, cid).json()["apiKey"]
+    assert not redis_client.exists(Keys.api_key(hash_api_key(account.api_key)))
+    assert redis_client.get(Keys.api_key(hash_api_key(new))) in (cid, cid.encode())
+    stored = redis_client.hget(Keys.connection(cid), "keyHash")
+    assert stored in (hash_api_key(new), hash_api_key(new).encode())
+    assert not redis_client.exists(Keys.key_lock(cid))
