@@ -116,6 +116,27 @@ def create_connection_command(email: str, framework: str, name: str) -> None:
     )
 
 
+@main.command("rotate-key")
+@click.option("--user", "email", required=True, help="Email of the owner.")
+@click.argument("connection_id")
+@_fail_cleanly
+def rotate_key_command(email: str, connection_id: str) -> None:
+    """Give a connection a new ingest key; the old one stops working at once. Prints
+    {"id", "name", "apiKey"} like create-connection (the key is shown only once)."""
+    from .schema import parse_uuid
+    from .store.connections import owned_connection, rotate_api_key
+    from .store.users import find_user_id
+
+    connection_id = parse_uuid(connection_id, "CONNECTION_ID")
+    r = _client()
+    user_id = find_user_id(r, email)
+    if user_id is None:
+        raise click.ClickException(f"no user with email {email!r}")
+    api_key = rotate_api_key(r, connection_id, user_id)
+    name = owned_connection(r, user_id, connection_id)[b"name"].decode()
+    click.echo(json.dumps({"id": connection_id, "name": name, "apiKey": api_key}))
+
+
 @main.command()
 @click.option(
     "--port", type=int, default=lambda: int(os.environ.get("PORT", "8000")), show_default="8000"

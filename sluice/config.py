@@ -255,6 +255,12 @@ class Settings:
         doc="Connections with job series of their own per worker process (the rest are "
         "`other`), and the most recently active whose queue and worker gauges a scrape reads.",
     )
+    read_only: bool = setting(
+        "SLUICE_READ_ONLY",
+        False,
+        doc="A read-only instance: ingest, actions and every change to connections and "
+        "their keys get 403; login, pages, streams and the job API keep working.",
+    )
     debug_stats: bool = setting(
         "SLUICE_DEBUG_STATS",
         False,

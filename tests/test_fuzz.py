@@ -800,6 +800,104 @@ def test_fuzz_delete_connection(fz: Fuzz, data):
                 pass
 
 
+# -- keys: rotate, add, list, revoke; what a key is -------------------------------------
+
+
+@pytest.fixture(scope="module")
+def keys_account(redis_url):
+    """An account of its own: rotating its key must not change `fz.account`'s."""
+    return make_account(redis_url, "Keys")
+
+
+@fuzz(150)
+@given(data=st.data())
+def test_fuzz_keys_endpoints(fz: Fuzz, keys_account, data):
+    """POST …/rotate-key, GET/POST …/keys, DELETE …/keys/<key id> with hostile ids,
+    bodies, headers and sessions: 4xx or the documented success, never a 500."""
+    kind = data.draw(st.sampled_from(["own", "own", "foreign", "random", "odd"]), "kind")
+    if kind == "own":
+        canonical = keys_account.connection_id
+    elif kind == "foreign":
+        canonical = fz.other.connection_id
+    else:
+        canonical = str(uuid.UUID(int=data.draw(st.integers(0, 2**128 - 1))))
+    if kind == "odd":
+        raw = data.draw(st.sampled_from(ODD_IDS), "id")
+    else:
+        raw = data.draw(mostly([canonical], id_forms(canonical)), "id")
+    key_id = data.draw(
+        st.one_of(
+            st.sampled_from(["ingest", str(uuid.uuid4()), "x" * 10_000, "%ED%A0%80", "%00"]),
+            st.text(alphabet=st.characters(min_codepoint=48, max_codepoint=122), max_size=80),
+        ),
+        "key_id",
+    )
+    method, tail = data.draw(
+        st.sampled_from(
+            [
+                ("POST", "/rotate-key"),
+                ("POST", "/keys"),
+                ("POST", "/keys"),
+                ("GET", "/keys"),
+                ("DELETE", "/keys/" + quote(key_id, safe="%")),
+                ("GET", "/rotate-key"),
+                ("PUT", "/keys"),
+            ]
+        ),
+        "endpoint",
+    )
+    scope = st.one_of(st.sampled_from(["read", "write", "READ", "", None]), surrogate_text, weird)
+    body = data.draw(body_strategy({"scope": scope}), "body")
+    headers = json_headers(
+        data.draw(mostly(VALID_CONTENT_TYPES, CONTENT_TYPES), "content_type"),
+        data.draw(mostly([ORIGIN], ORIGINS), "origin"),
+    )
+    logged_in = data.draw(mostly([True], [False]), "logged_in")
+    client = fz.client(logged_in=logged_in, account=keys_account)
+    path = f"/api/connections/{raw}{tail}"
+    response = send(fz, client, method, path, body=body, headers=headers)
+    if response.status_code == 201:
+        created = response.get_json()
+        assert set(created) == {"id", "apiKey", "scope", "prefix", "createdAt"}
+        assert created["scope"] == "read"
+        # Revoke it again so the per-connection cap never masks the create path.
+        gone = send(
+            fz,
+            client,
+            "DELETE",
+            f"/api/connections/{canonical}/keys/{created['id']}",
+            headers={"Origin": ORIGIN, "Content-Type": "application/json"},
+        )
+        assert gone.status_code == 204
+    elif response.status_code == 200 and method == "POST":
+        assert set(response.get_json()) == {"apiKey"}
+    elif response.status_code == 200:
+        assert all("apiKey" not in k for k in response.get_json()["data"])
+
+
+@fuzz(80)
+@given(data=st.data())
+def test_fuzz_get_key(fz: Fuzz, data):
+    """GET /api/key with odd `Authorization` headers: 200 only for a real key, else 401."""
+    auth = data.draw(
+        st.one_of(
+            st.sampled_from(AUTH_HEADERS + [f"Bearer {fz.account.api_key}", None]),
+            st.text(
+                alphabet=st.characters(
+                    min_codepoint=32, max_codepoint=255, exclude_characters="\x7f"
+                ),
+                max_size=300,
+            ).map(lambda t: "Bearer sk_live_" + t),
+        ),
+        "auth",
+    )
+    headers = {} if auth is None else {"Authorization": auth}
+    method = data.draw(st.sampled_from(["GET", "GET", "HEAD", "POST", "DELETE"]), "method")
+    response = send(fz, fz.client(), method, "/api/key", headers=headers)
+    if response.status_code == 200 and method == "GET":
+        assert response.get_json()["connectionId"] == fz.account.connection_id
+
+
 # -- ingest ------------------------------------------------------------------------
 
 TIMESTAMPS = ["2026-02-27T10:30:00Z", "2026-02-27T10:30:00.123+02:00", "2026-02-27"]
@@ -2003,6 +2101,11 @@ KNOWN_PATHS = [
     "/api/connections/00000000-0000-0000-0000-000000000000/jobs/x/y",
     "/api/connections/00000000-0000-0000-0000-000000000000/workers",
     "/api/connections/00000000-0000-0000-0000-000000000000/queues/",
+    "/api/connections/00000000-0000-0000-0000-000000000000/rotate-key",
+    "/api/connections/00000000-0000-0000-0000-000000000000/keys",
+    "/api/connections/00000000-0000-0000-0000-000000000000/keys/x",
+    "/api/key",
+    "/api/key/",
     "/api//ingest",
     "//api/ingest",
     "/api/ingest/",

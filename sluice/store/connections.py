@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import secrets
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, cast
 
 from ..contract import FRAMEWORKS, MAX_CONNECTION_NAME
@@ -14,10 +18,34 @@ from .events import close_stream
 from .jobmetrics import forget_connection
 from .jobs import purge as purge_index
 from .keys import Keys
-from .users import hash_api_key, new_api_key
+from .users import (
+    API_KEY_PREFIX,
+    INGEST_KEY_ID,
+    READ_SCOPE,
+    WRITE_SCOPE,
+    grant_value,
+    hash_api_key,
+    new_api_key,
+)
 
 MAX_CONNECTIONS_PER_USER = 100
 DEFAULT_FRAMEWORK = "celery"
+#: API keys one connection may hold: its ingest key and up to 19 read keys.
+MAX_KEYS_PER_CONNECTION = 20
+#: Scopes `POST /api/connections/<id>/keys` creates. A connection has exactly one
+#: write key, its ingest key, which is rotated rather than added to.
+NEW_KEY_SCOPES = (READ_SCOPE,)
+#: Characters of a key shown in listings: `sk_live_` and 4 of its 43 random ones.
+KEY_PREFIX_CHARS = len(API_KEY_PREFIX) + 4
+#: Longest key id looked up (ours are UUIDs); anything longer is simply not found.
+MAX_KEY_ID = 64
+#: Seconds the key lock lives at most (if its holder dies, it frees itself).
+KEY_LOCK_SECONDS = 10
+
+_UNLOCK = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+return 0
+"""
 
 
 def public(fields: dict[bytes, bytes]) -> dict[str, str]:
@@ -62,6 +90,8 @@ def create_connection(
         "ownerId": owner_id,
         "createdAt": str(now_ms),
         "keyHash": hash_api_key(api_key),
+        "keyPrefix": api_key[:KEY_PREFIX_CHARS],
+        "keyCreatedAt": str(now_ms),
     }
     # The key last: it works only once the connection exists.
     pipe = transaction(r)
@@ -87,18 +117,163 @@ def find_by_name(r: Redis, owner_id: str, name: str) -> str | None:
     return next((c["id"] for c in list_connections(r, owner_id) if c["name"] == name), None)
 
 
-def rotate_api_key(r: Redis, connection_id: str) -> str:
-    """A new API key for the connection; the old one stops working at once."""
-    old_hash = r.hget(Keys.connection(connection_id), "keyHash")
-    if old_hash is None:
-        raise NotFound("Connection not found")
-    api_key = new_api_key()
-    pipe = transaction(r)
-    pipe.delete(Keys.api_key(text(old_hash)))
-    pipe.set(Keys.api_key(hash_api_key(api_key)), connection_id)
-    pipe.hset(Keys.connection(connection_id), "keyHash", hash_api_key(api_key))
-    pipe.execute()
+@contextmanager
+def _keys_locked(r: Redis, connection_id: str) -> Iterator[None]:
+    """Hold the connection's key lock: changes to its keys (rotate, add, revoke,
+    delete the connection) happen one at a time, on one node or a cluster (where
+    `transaction` is not atomic). A change already under way: 409, retry."""
+    token = secrets.token_hex(16)
+    if not r.set(Keys.key_lock(connection_id), token, nx=True, ex=KEY_LOCK_SECONDS):
+        raise Conflict("The connection's keys are being changed; retry", retry_after=1)
+    try:
+        yield
+    finally:
+        r.eval(_UNLOCK, 1, Keys.key_lock(connection_id), token)
+
+
+def rotate_api_key(r: Redis, connection_id: str, owner_id: str | None = None) -> str:
+    """A new ingest key for the connection; the old one stops working at once (no
+    grace period). The connection id, its stream, job index and read keys stay.
+    `owner_id`: `NotFound` unless the connection is theirs (None: trusted callers)."""
+    with _keys_locked(r, connection_id):
+        if owner_id is None:
+            fields = cast(dict[bytes, bytes], r.hgetall(Keys.connection(connection_id)))
+            if not fields:
+                raise NotFound("Connection not found")
+        else:
+            fields = owned_connection(r, owner_id, connection_id)
+        api_key = new_api_key()
+        new_hash = hash_api_key(api_key)
+        # Order (one MULTI on one node; on a cluster these run one by one, so a
+        # failure half-way leaves a prefix of them done): the old key's lookup
+        # goes first, so it can never outlive the rotation; the connection then
+        # records the new hash; the new key's lookup comes last, so it works only
+        # once the connection names it. Every prefix is safe: at worst the
+        # connection has no working key (an error was returned; rotating again
+        # mends it), never a second live key that nothing records and so nothing
+        # could revoke (which writing the new key first could leave). The key
+        # lock keeps two rotations from interleaving.
+        pipe = transaction(r)
+        old_hash = fields.get(b"keyHash")
+        if old_hash:
+            pipe.delete(Keys.api_key(old_hash.decode()))
+        pipe.hset(
+            Keys.connection(connection_id),
+            mapping={
+                "keyHash": new_hash,
+                "keyPrefix": api_key[:KEY_PREFIX_CHARS],
+                "keyCreatedAt": str(int(time.time() * 1000)),
+            },
+        )
+        pipe.set(Keys.api_key(new_hash), grant_value(connection_id))
+        pipe.execute()
     return api_key
+
+
+def validate_new_key(body: dict[str, Any]) -> str:
+    """The scope of a new key from its request body, or `Invalid` naming what is wrong."""
+    details: dict[str, str] = {}
+    scope = body.get("scope")
+    if scope == WRITE_SCOPE:
+        details["scope"] = (
+            "only read keys can be added; the connection's one write key is rotated "
+            "(POST /api/connections/{id}/rotate-key)"
+        )
+    elif scope not in NEW_KEY_SCOPES:
+        details["scope"] = "required: " + ", ".join(f'"{s}"' for s in NEW_KEY_SCOPES)
+    unknown = sorted(k for k in body if k != "scope")
+    if unknown:
+        details[unknown[0][:100]] = "unknown field"
+    if details:
+        raise Invalid("Invalid key", details)
+    assert isinstance(scope, str)
+    return scope
+
+
+def create_key(r: Redis, owner_id: str, connection_id: str, body: dict[str, Any]) -> dict[str, str]:
+    """A new read key for the owner's connection: {"id", "apiKey", "scope",
+    "prefix", "createdAt"}; the secret is returned only here (stored hashed)."""
+    scope = validate_new_key(body)
+    with _keys_locked(r, connection_id):
+        owned_connection(r, owner_id, connection_id)
+        if r.hlen(Keys.connection_keys(connection_id)) + 1 >= MAX_KEYS_PER_CONNECTION:
+            raise Conflict(
+                f"A connection may have at most {MAX_KEYS_PER_CONNECTION} API keys "
+                "(its ingest key included); revoke one first"
+            )
+        key_id = str(uuid.uuid4())
+        api_key = new_api_key()
+        now_ms = int(time.time() * 1000)
+        record: dict[str, Any] = {
+            "scope": scope,
+            "createdAt": now_ms,
+            "prefix": api_key[:KEY_PREFIX_CHARS],
+            "hash": hash_api_key(api_key),
+        }
+        pipe = transaction(r)  # the record first, the working lookup last
+        pipe.hset(Keys.connection_keys(connection_id), key_id, json.dumps(record))
+        pipe.set(Keys.api_key(record["hash"]), grant_value(connection_id, scope, key_id))
+        pipe.execute()
+    return {
+        "id": key_id,
+        "apiKey": api_key,
+        "scope": scope,
+        "prefix": record["prefix"],
+        "createdAt": iso_from_ms(now_ms),
+    }
+
+
+def _key_public(key_id: str, record: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": key_id,
+        "scope": record["scope"],
+        "prefix": record["prefix"],
+        "createdAt": iso_from_ms(int(record["createdAt"])),
+    }
+
+
+def list_keys(r: Redis, owner_id: str, connection_id: str) -> list[dict[str, Any]]:
+    """The connection's keys, never their secrets or hashes: its ingest key
+    (`id` "ingest", scope "write") first, then its read keys, oldest first."""
+    fields = owned_connection(r, owner_id, connection_id)
+    prefix = fields.get(b"keyPrefix")
+    created = fields.get(b"keyCreatedAt") or fields[b"createdAt"]
+    ingest = {
+        "id": INGEST_KEY_ID,
+        "scope": WRITE_SCOPE,
+        # None for a key made before prefixes were kept (rotating it sets one).
+        "prefix": prefix.decode() if prefix else None,
+        "createdAt": iso_from_ms(int(created)),
+    }
+    raw = cast(dict[bytes, bytes], r.hgetall(Keys.connection_keys(connection_id)))
+    others = sorted(
+        (_key_public(text(k), json.loads(v)) for k, v in raw.items()),
+        key=lambda key: (key["createdAt"], key["id"]),
+    )
+    return [ingest, *others]
+
+
+def delete_key(r: Redis, owner_id: str, connection_id: str, key_id: str) -> None:
+    """Revoke one read key: it stops working at once. The ingest key is rotated,
+    never deleted (409)."""
+    with _keys_locked(r, connection_id):
+        owned_connection(r, owner_id, connection_id)
+        if key_id == INGEST_KEY_ID:
+            raise Conflict(
+                "The ingest key cannot be deleted; rotate it "
+                "(POST /api/connections/{id}/rotate-key)"
+            )
+        raw = (
+            r.hget(Keys.connection_keys(connection_id), key_id)
+            if len(key_id) <= MAX_KEY_ID
+            else None
+        )
+        if raw is None:
+            raise NotFound("Key not found")
+        pipe = transaction(r)  # the working lookup first, then the record
+        pipe.delete(Keys.api_key(json.loads(raw)["hash"]))
+        pipe.hdel(Keys.connection_keys(connection_id), key_id)
+        pipe.execute()
 
 
 def owned_connection(r: Redis, owner_id: str, connection_id: str) -> dict[bytes, bytes]:
@@ -115,14 +290,20 @@ def connection_exists(r: Redis, connection_id: str) -> bool:
 
 
 def delete_connection(r: Redis, owner_id: str, connection_id: str) -> None:
-    """Delete a connection: its key stops working at once and its open streams end
-    (a closing entry is appended, which every reader on every server sees)."""
-    fields = owned_connection(r, owner_id, connection_id)
-    pipe = transaction(r)  # the key first: it stops working before anything else goes
-    pipe.delete(Keys.api_key(fields[b"keyHash"].decode()))
-    pipe.delete(Keys.connection(connection_id))
-    pipe.zrem(Keys.user_connections(owner_id), connection_id)
-    close_stream(pipe, connection_id)
-    forget_connection(pipe, connection_id)
-    pipe.execute()
+    """Delete a connection: its keys (ingest and read) stop working at once and its
+    open streams end (a closing entry is appended, which every reader on every
+    server sees)."""
+    with _keys_locked(r, connection_id):
+        fields = owned_connection(r, owner_id, connection_id)
+        extra = cast(dict[bytes, bytes], r.hgetall(Keys.connection_keys(connection_id)))
+        pipe = transaction(r)  # the keys first: they stop working before anything else goes
+        pipe.delete(Keys.api_key(fields[b"keyHash"].decode()))
+        for record in extra.values():
+            pipe.delete(Keys.api_key(json.loads(record)["hash"]))
+        pipe.delete(Keys.connection_keys(connection_id))
+        pipe.delete(Keys.connection(connection_id))
+        pipe.zrem(Keys.user_connections(owner_id), connection_id)
+        close_stream(pipe, connection_id)
+        forget_connection(pipe, connection_id)
+        pipe.execute()
     purge_index(r, connection_id)

@@ -34,6 +34,18 @@ class Keys:
         return f"{PREFIX}:apikey:{key_hash}"
 
     @staticmethod
+    def connection_keys(connection_id: str) -> str:
+        """The connection's extra (read) API keys: a hash, key id -> JSON record
+        (scope, createdAt, prefix, hash); never the secret itself."""
+        return f"{PREFIX}:conn:{connection_id}:keys"
+
+    @staticmethod
+    def key_lock(connection_id: str) -> str:
+        """Held (briefly, with an expiry) while the connection's keys change, so
+        that two rotations, or a rotation and a deletion, never interleave."""
+        return f"{PREFIX}:conn:{connection_id}:key-lock"
+
+    @staticmethod
     def stream(connection_id: str) -> str:
         return f"{PREFIX}:{{{connection_id}}}:events"
 

@@ -165,12 +165,50 @@ def parse_bearer(header: str) -> str:
     return token
 
 
-def connection_for_api_key(r: Redis, api_key: str) -> str:
-    """The connection id an API key belongs to, or `Unauthorized`."""
-    connection_id = r.get(Keys.api_key(hash_api_key(api_key)))
-    if connection_id is None:
+#: Scopes of API keys: `write` (the connection's ingest key: ingest and read) and
+#: `read` (streams and the job API only).
+WRITE_SCOPE = "write"
+READ_SCOPE = "read"
+#: The id of a connection's one write key (the ingest key, rotated, never deleted).
+INGEST_KEY_ID = "ingest"
+
+
+@dataclass(frozen=True)
+class KeyGrant:
+    """What an API key may do: which connection, which scope, which key of it."""
+
+    connection_id: str
+    scope: str
+    key_id: str
+
+
+def grant_value(connection_id: str, scope: str = WRITE_SCOPE, key_id: str = INGEST_KEY_ID) -> str:
+    """The value stored under a key's hash: the connection id alone for the ingest
+    key (the layout every existing key has), `<connection> <scope> <key id>` otherwise."""
+    if scope == WRITE_SCOPE and key_id == INGEST_KEY_ID:
+        return connection_id
+    return f"{connection_id} {scope} {key_id}"
+
+
+def parse_grant(value: str) -> KeyGrant:
+    connection_id, _, rest = value.partition(" ")
+    if not rest:
+        return KeyGrant(connection_id, WRITE_SCOPE, INGEST_KEY_ID)
+    scope, _, key_id = rest.partition(" ")
+    return KeyGrant(connection_id, scope, key_id)
+
+
+def key_grant(r: Redis, api_key: str) -> KeyGrant:
+    """What an API key grants, or `Unauthorized` for an unknown (or revoked) key."""
+    value = r.get(Keys.api_key(hash_api_key(api_key)))
+    if value is None:
         raise Unauthorized("Invalid API key")
-    return text(connection_id)
+    return parse_grant(text(value))
+
+
+def connection_for_api_key(r: Redis, api_key: str) -> str:
+    """The connection id an API key belongs to (any scope), or `Unauthorized`."""
+    return key_grant(r, api_key).connection_id
 
 
 def development_secret(r: Redis) -> str:

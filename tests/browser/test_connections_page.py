@@ -111,6 +111,38 @@ def test_delete_connection_asks_for_confirmation(server, account, page):
     assert response.status_code == 401
 
 
+def test_rotate_key_asks_for_confirmation_and_shows_the_new_key_once(server, account, page):
+    login_ui(page, server.url, account)
+    cid = account.connection_id
+    item = page.locator(f'[data-connection-id="{cid}"]')
+    item.locator("[data-action=rotate]").click()
+    dialog = page.locator("[data-rotate-dialog]")
+    expect(dialog).to_be_visible()
+    expect(dialog).to_contain_text("Rotate the API key of Test cluster?")
+    page.keyboard.press("Escape")  # cancel: nothing changes
+    expect(dialog).to_be_hidden()
+    assert ingest(server.url, account.api_key, cid, [job_event(cid, "a", "queued")]).ok
+
+    item.locator("[data-action=rotate]").click()
+    page.click("[data-rotate-confirm]")
+    expect(dialog).to_be_hidden()
+    panel = page.locator("[data-key-panel]")
+    expect(panel).to_be_visible()
+    value = page.locator("[data-key-value]")
+    expect(value).to_have_value(re.compile(r"^sk_live_"))
+    new_key = value.input_value()
+    assert new_key != account.api_key
+    expect(panel.locator("[data-curl]")).to_contain_text(new_key)
+    assert ingest(server.url, new_key, cid, [job_event(cid, "b", "queued")]).ok
+    assert (
+        ingest(server.url, account.api_key, cid, [job_event(cid, "c", "queued")]).status_code == 401
+    )
+    page.click("[data-key-dismiss]")  # shown once: dismissed, it is gone from the page
+    expect(panel).to_be_hidden()
+    expect(value).to_have_value("")
+    expect(item).to_have_count(1)
+
+
 def test_live_view_of_a_deleted_connection_says_so(server, account, page):
     login_ui(page, server.url, account, f"/connections/{account.connection_id}")
     expect(page.locator("[data-indicator]")).to_have_attribute("data-state", "live")

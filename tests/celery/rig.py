@@ -135,10 +135,14 @@ class CeleryWorker(Proc):
 class Agent(Proc):
     """`python -m sluice celery-agent` as a user runs it."""
 
-    def __init__(self, broker: str, url: str, account, *args: str) -> None:
+    def __init__(
+        self, broker: str, url: str, account, *args: str, with_connection: bool = True
+    ) -> None:
+        """`with_connection=False`: no `--connection`, the key alone (GET /api/key)."""
+        connection = ["--connection", account.connection_id] if with_connection else []
         cmd = [
             sys.executable, "-m", "sluice", "celery-agent", "--broker", broker, "--url", url,
-            "--api-key", account.api_key, "--connection", account.connection_id,
+            "--api-key", account.api_key, *connection,
             "--poll-interval", "0.5", "--log-level", "DEBUG", *args,
         ]  # fmt: skip
         super().__init__(f"agent-{uuid.uuid4().hex[:8]}", cmd, {})

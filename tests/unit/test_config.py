@@ -54,6 +54,7 @@ EXPECTED = {
     "SLUICE_METRICS_TOKEN": (None, None),
     "SLUICE_METRICS_MAX_LABELS": (50, 1),
     "SLUICE_METRICS_MAX_CONNECTIONS": (1_000, 1),
+    "SLUICE_READ_ONLY": (False, None),
     "SLUICE_DEBUG_STATS": (False, None),
     "SLUICE_LOG_FORMAT": ("text", None),
 }

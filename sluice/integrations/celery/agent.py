@@ -310,7 +310,17 @@ def _redis_bound_queues(conn: Any) -> set[str]:
 
 
 def run_agent(**kwargs: Any) -> int:
-    """Build an agent from CLI options, stop it cleanly on SIGTERM/SIGINT, run it."""
+    """Build an agent from CLI options, stop it cleanly on SIGTERM/SIGINT, run it.
+    First, once, the key's connection (`GET /api/key`, retried while Sluice is
+    unreachable): a key that cannot ingest, or a `--connection` that is not the
+    key's, stops the command with a message (exit 1)."""
+    from ...client.keyinfo import KeyRefused, resolve_connection
+
+    try:
+        info = resolve_connection(kwargs["url"], kwargs["api_key"], kwargs.get("connection_id"))
+    except KeyRefused as exc:
+        raise click.ClickException(str(exc)) from None
+    kwargs["connection_id"] = info.connection_id
     agent = CeleryAgent(**kwargs)
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -349,8 +359,9 @@ def run_agent(**kwargs: Any) -> int:
     "connection_id",
     envvar="SLUICE_CONNECTION_ID",
     show_envvar=True,
-    required=True,
-    help="The connection id the key belongs to (every ingest event names it).",
+    default=None,
+    help="Optional: the key's connection id, checked against the key (the key alone "
+    "says which connection it is, via GET /api/key).",
 )
 @click.option(
     "--queue", "queues", multiple=True, help="Queue to poll (repeatable; default: discovered)."

@@ -1,7 +1,7 @@
 """Two lines in a Celery app, and its tasks and workers show up live in Sluice.
 
     import sluice.celery
-    sluice.celery.install(app)   # url/api_key/connection_id or SLUICE_URL, SLUICE_API_KEY, SLUICE_CONNECTION_ID
+    sluice.celery.install(app)   # url/api_key[/connection_id] or SLUICE_URL, SLUICE_API_KEY[, SLUICE_CONNECTION_ID]
 
 It listens to Celery's signals, in the processes that publish tasks (a sent
 task is `queued`, or `scheduled` with an ETA/countdown) and in the workers
@@ -93,8 +93,12 @@ def install(
     """Forward this Celery app's task and worker events to Sluice (idempotent per app).
 
     Missing settings are taken from SLUICE_URL, SLUICE_API_KEY and
-    SLUICE_CONNECTION_ID. Without them it logs an error and does nothing:
-    a monitoring misconfiguration must not stop a worker from starting.
+    SLUICE_CONNECTION_ID. Without a URL or a key it logs an error and does
+    nothing: a monitoring misconfiguration must not stop a worker from starting.
+    The connection id is optional: the key's connection is asked once
+    (`GET /api/key`); a given id is checked against it. A key that cannot
+    ingest (unknown, revoked, read-only) or a mismatching id: an error logged,
+    nothing installed.
 
     `capture_args` (default: SLUICE_CAPTURE_ARGS, on): send the reprs of the
     tasks' arguments, keyword arguments and results; False sends none of them.
@@ -103,22 +107,22 @@ def install(
     """
     url = url or os.environ.get("SLUICE_URL")
     api_key = api_key or os.environ.get("SLUICE_API_KEY")
-    connection_id = connection_id or os.environ.get("SLUICE_CONNECTION_ID")
-    missing = [
-        n
-        for n, v in (("url", url), ("api_key", api_key), ("connection_id", connection_id))
-        if not v
-    ]
+    connection_id = connection_id or os.environ.get("SLUICE_CONNECTION_ID") or None
+    missing = [n for n, v in (("url", url), ("api_key", api_key)) if not v]
     if missing:
         log.error(
             "sluice: not installed: missing %s (pass them to sluice.celery.install or set "
-            "SLUICE_URL, SLUICE_API_KEY, SLUICE_CONNECTION_ID)",
+            "SLUICE_URL, SLUICE_API_KEY)",
             ", ".join(missing),
         )
         return None
     existing = _installed.get(id(celery_app))
     if existing is not None:
         return existing
+    assert url is not None and api_key is not None
+    connection_id = _connection_of_key(url, api_key, connection_id)
+    if connection_id is None:
+        return None
     if buffer_size is None:
         buffer_size = int(os.environ.get("SLUICE_BUFFER_SIZE") or DEFAULT_BUFFER)
     if heartbeat_interval is None:
@@ -131,9 +135,9 @@ def install(
         redact = None
     integration = SluiceCelery(
         celery_app,
-        url=url,  # type: ignore[arg-type]
-        api_key=api_key,  # type: ignore[arg-type]
-        connection_id=connection_id,  # type: ignore[arg-type]
+        url=url,
+        api_key=api_key,
+        connection_id=connection_id,
         buffer_size=buffer_size,
         heartbeat_interval=heartbeat_interval,
         capture_args=capture_args,
@@ -142,6 +146,32 @@ def install(
     integration.connect()
     _installed[id(celery_app)] = integration
     return integration
+
+
+#: How long `install` waits, at most, for Sluice to say which connection the key has.
+KEY_LOOKUP_SECONDS = 10.0
+
+
+def _connection_of_key(url: str, api_key: str, given: str | None) -> str | None:
+    """The key's connection id (`GET /api/key`, once), checked against `given`; None,
+    with an error logged, when the key cannot ingest or does not match. Sluice
+    unreachable for KEY_LOOKUP_SECONDS: `given` unchecked if any, else None."""
+    from ...client.keyinfo import KeyRefused, SluiceUnreachable, resolve_connection
+
+    try:
+        return resolve_connection(url, api_key, given, max_wait=KEY_LOOKUP_SECONDS).connection_id
+    except KeyRefused as exc:
+        log.error("sluice: not installed: %s", exc)
+    except SluiceUnreachable as exc:
+        if given is not None:
+            log.warning("sluice: %s; using connection %s as given, unchecked", exc, given)
+            return given
+        log.error(
+            "sluice: not installed: %s (pass connection_id or set SLUICE_CONNECTION_ID "
+            "to start without asking)",
+            exc,
+        )
+    return None
 
 
 class SluiceCelery:

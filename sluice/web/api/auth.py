@@ -6,7 +6,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, jsonify, request
 from flask_login import UserMixin, current_user, login_required, login_user, logout_user
 
-from ...errors import Invalid, NotFound, Unauthorized
+from ...errors import Forbidden, Invalid, NotFound, Unauthorized
 from ...store import connections, users
 from ...store.keys import Keys
 from ..extensions import client_ip, limiter, login_manager, state
@@ -47,10 +47,43 @@ def bearer_token() -> str | None:
     return None if header is None else users.parse_bearer(header)
 
 
-def connection_for_request_key() -> str | None:
-    """The connection id of the request's API key; None without one, 401 for a bad one."""
+def request_key_grant() -> users.KeyGrant | None:
+    """What the request's API key grants; None without one, 401 for a bad one."""
     api_key = bearer_token()
-    return None if api_key is None else users.connection_for_api_key(state().redis, api_key)
+    return None if api_key is None else users.key_grant(state().redis, api_key)
+
+
+def connection_for_request_key() -> str | None:
+    """The connection id of the request's API key (any scope); None without one,
+    401 for a bad one."""
+    grant = request_key_grant()
+    return None if grant is None else grant.connection_id
+
+
+def require_writable() -> None:
+    """403 when this instance runs with SLUICE_READ_ONLY=1: every request that
+    changes monitored data or connections, or acts, calls this first."""
+    if state().settings.read_only:
+        raise Forbidden(
+            "This Sluice instance is read-only (SLUICE_READ_ONLY=1)",
+            {"readOnly": "writes are refused on this instance"},
+        )
+
+
+def require_write_key() -> users.KeyGrant:
+    """For key-authenticated writes (ingest, and any action): the grant of the
+    request's key if it may write. 401 without a key or with a bad one (before
+    anything else), then 403 in read-only mode, 403 for a read key."""
+    grant = request_key_grant()
+    if grant is None:
+        raise Unauthorized("Send 'Authorization: Bearer sk_live_…'")
+    require_writable()
+    if grant.scope != users.WRITE_SCOPE:
+        raise Forbidden(
+            "This API key is read-only: it may read streams and jobs, not write",
+            {"scope": grant.scope},
+        )
+    return grant
 
 
 def reader_credentials() -> str | None:

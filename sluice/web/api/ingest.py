@@ -1,4 +1,4 @@
-"""`POST /api/ingest`: validate producer events, normalise them, append them.
+"""`POST /api/ingest` (and `GET /api/key`, what a key is): validate producer events, normalise them, append them.
 
 A batch is all-or-nothing: every event is validated first (`sluice.schema`),
 and then one Lua script appends them all (skipping producer ids already seen)
@@ -18,12 +18,13 @@ from ...jobindex import index_fields
 from ...metrics import INGEST_ACCEPTED, INGEST_DUPLICATE, INGEST_REJECTED
 from ...store import events as event_store
 from ...store import users
+from ...store.client import text
 from ...store.keys import Keys
 from ...strictjson import dumps
 from ..extensions import limiter, state
 from ..jobmetrics import count_accepted
 from ..request import read_json_object
-from .auth import bearer_token
+from .auth import bearer_token, request_key_grant, require_write_key
 
 bp = Blueprint("ingest", __name__, url_prefix="/api")
 
@@ -35,12 +36,9 @@ def _ingest_limit_key() -> str:
 @bp.post("/ingest")
 @limiter.limit(lambda: state().settings.ingest_rate_limit, key_func=_ingest_limit_key)
 def ingest() -> tuple[Response, int]:
-    api_key = bearer_token()
-    if api_key is None:
-        raise Unauthorized("Send 'Authorization: Bearer sk_live_…'")
+    connection_id = require_write_key().connection_id
     app_state = state()
     settings = app_state.settings
-    connection_id = users.connection_for_api_key(app_state.redis, api_key)
     body = read_json_object()
     events = body.get("events")
     if not isinstance(events, list) or not events:
@@ -75,3 +73,16 @@ def ingest() -> tuple[Response, int]:
     )
     count_accepted(app_state.redis, connection_id, settings, appended)
     return jsonify({"accepted": accepted, "duplicates": duplicates}), 202
+
+
+@bp.get("/key")
+def key() -> Response:
+    """What the request's API key is: its connection, that connection's name, its
+    scope. How a producer given only a URL and a key learns its connection."""
+    grant = request_key_grant()
+    if grant is None:
+        raise Unauthorized("Send 'Authorization: Bearer sk_live_…'")
+    name = state().redis.hget(Keys.connection(grant.connection_id), "name")
+    if name is None:  # a key outliving its connection is no key
+        raise Unauthorized("Invalid API key")
+    return jsonify({"connectionId": grant.connection_id, "name": text(name), "scope": grant.scope})

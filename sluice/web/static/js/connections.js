@@ -16,10 +16,14 @@ const keyPanel = document.querySelector("[data-key-panel]");
 const dialog = document.querySelector("[data-delete-dialog]");
 const dialogError = dialog.querySelector("[data-delete-error]");
 const confirmBtn = dialog.querySelector("[data-delete-confirm]");
+const rotateDialog = document.querySelector("[data-rotate-dialog]");
+const rotateError = rotateDialog.querySelector("[data-rotate-error]");
+const rotateBtn = rotateDialog.querySelector("[data-rotate-confirm]");
 
 /** @type {Array<{id: string, name: string, framework: string, createdAt: string}>} */
 let connections = [];
 let pendingDelete = null;
+let pendingRotate = null;
 
 function el(tag, className, text) {
   const node = document.createElement(tag);
@@ -55,7 +59,12 @@ function render() {
     del.dataset.action = "delete";
     del.setAttribute("aria-label", `Delete connection ${c.name}`);
     del.addEventListener("click", () => askDelete(c));
-    li.append(main, del);
+    const rotate = el("button", "btn btn-ghost btn-sm", "Rotate key");
+    rotate.type = "button";
+    rotate.dataset.action = "rotate";
+    rotate.setAttribute("aria-label", `Rotate the API key of connection ${c.name}`);
+    rotate.addEventListener("click", () => askRotate(c));
+    li.append(main, rotate, del);
     list.append(li);
   }
 }
@@ -167,6 +176,39 @@ confirmBtn.addEventListener("click", async () => {
 
 dialog.addEventListener("close", () => {
   pendingDelete = null;
+});
+
+function askRotate(conn) {
+  pendingRotate = conn;
+  rotateDialog.querySelector("[data-rotate-name]").textContent = conn.name;
+  rotateError.hidden = true;
+  rotateBtn.disabled = false;
+  rotateDialog.showModal();
+}
+
+rotateBtn.addEventListener("click", async () => {
+  if (!pendingRotate) return;
+  const conn = pendingRotate;
+  rotateBtn.disabled = true;
+  const res = await api(`/api/connections/${encodeURIComponent(conn.id)}/rotate-key`, {
+    method: "POST",
+    body: {},
+  });
+  if (res.status === 401) return goToLogin();
+  if (!res.ok) {
+    rotateBtn.disabled = false;
+    rotateError.textContent = errorMessage(res, "Could not rotate the key.");
+    rotateError.hidden = false;
+    return;
+  }
+  pendingRotate = null;
+  rotateDialog.close();
+  showKey({ ...conn, apiKey: res.data.apiKey });
+  toast(`New API key for “${conn.name}”; the old one no longer works`);
+});
+
+rotateDialog.addEventListener("close", () => {
+  pendingRotate = null;
 });
 
 load();
