@@ -181,14 +181,7 @@ class CeleryAgent:
                 delay = min(30.0, delay * 2)
         poller.join(timeout=self.poll_interval + 5)
         delivered = self.sender.close(timeout=10.0)
-        s = self.sender.stats
-        log.info(
-            "sluice celery-agent stopped: %d events accepted, %d duplicates, %d dropped, %d rejected",
-            s.accepted,
-            s.duplicates,
-            s.dropped,
-            s.rejected,
-        )
+        log.info("sluice celery-agent stopped: %s", self.sender.summary())
         return code or (0 if delivered else 1)
 
     def _check_transport(self) -> str | None:
