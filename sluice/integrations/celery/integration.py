@@ -217,14 +217,15 @@ class SluiceCelery:
     def startup_line(self) -> str:
         """What the integration hooked and where it sends (logged at start-up)."""
         conf = self.app.conf
-        return (
-            f"sluice: hooked {len(self._handlers)} Celery signals of app {self.app.main!r}, "
+        hooked = (
+            f"hooked {len(self._handlers)} Celery signals of app {self.app.main!r}, "
             f"sending to {self.sender.url} (connection {self.connection_id}) in batches of up to "
             f"{self.sender.batch_size} events or every {self.sender.linger:g} s; uses signals, so "
             f"it needs no event settings (worker_send_task_events={conf.worker_send_task_events}, "
             f"task_send_sent_event={conf.task_send_sent_event} left as they are); "
             f"{_capture_summary(self.capture_args, self.redact)}"
         )
+        return "sluice: " + hooked
 
     def uninstall(self) -> None:
         """Disconnect the handlers and flush (for tests and embedding)."""
