@@ -93,7 +93,7 @@ def test_a_missing_transport_library_stops_the_agent_at_once_naming_the_package(
             account.api_key,
             "--connection",
             account.connection_id,
-        ],  # fmt: skip
+        ],
         capture_output=True,
         text=True,
         timeout=60,
