@@ -204,8 +204,10 @@ class Settings:
     )
     ingest_rate_limit: str = setting(
         "SLUICE_INGEST_RATE_LIMIT",
-        "100 per second",
-        doc="Ingest requests per API key.",
+        "1000 per second",
+        doc="Ingest requests per API key, shared by every producer process of a deployment "
+        "(batching producers post at most about 5 per second each, plus one per 100 events "
+        "of a burst; docs/configuration.md has the arithmetic).",
     )
     session_days: int = setting(
         "SLUICE_SESSION_DAYS",

@@ -2,10 +2,17 @@
 
 Producers (the Celery agent, the in-worker integration) hand events to
 `IngestSender.submit`, which only appends to a bounded in-memory buffer. One
-daemon thread drains it in batches. While Sluice is unreachable the buffer
-keeps the newest events and drops the oldest (counted and logged), so memory
-stays bounded; every event carries a producer id, so a batch that is resent
-after a lost response is not appended twice.
+daemon thread per process drains it in batches: a batch is posted when it
+holds `DEFAULT_BATCH` (100) events or when its oldest event has waited
+`DEFAULT_LINGER` (0.2 s), whichever comes first, never one request per event
+(`flush`/`close` post at once). Events of one process go out in the order they
+were submitted. While Sluice is unreachable or rate-limits (429, honouring
+`Retry-After`) the batch in flight is kept and retried with backoff, and the
+buffer keeps the newest events and drops the oldest (counted and logged), so
+memory stays bounded. Only events not yet acknowledged are ever dropped: a
+batch leaves memory only after a 2xx (or a 400/413 naming that one event).
+Every event carries a producer id, so a batch that is resent after a lost
+response is not appended twice.
 
 Only the standard library is used (`http.client`), so the sender works under
 gevent's monkey patching and in a Celery worker without extra dependencies.
@@ -28,8 +35,14 @@ from urllib.parse import urlsplit
 
 log = logging.getLogger("sluice.client.ingest")
 
+#: Events kept in memory per process while Sluice is unreachable (then the oldest go).
 DEFAULT_BUFFER = 10_000
-DEFAULT_BATCH = 200
+#: A batch is posted as soon as it holds this many events (the server takes up to
+#: SLUICE_MAX_BATCH_EVENTS, 1,000 by default) ...
+DEFAULT_BATCH = 100
+#: ... or once its oldest event has waited this many seconds: at most 5 requests/s
+#: per process in steady state.
+DEFAULT_LINGER = 0.2
 USER_AGENT = "sluice-ingest/1"
 
 
@@ -43,6 +56,8 @@ class SenderStats:
     dropped: int = 0  # buffer full: the oldest events were discarded
     rejected: int = 0  # the server refused the event itself (400/413 on a single event)
     failed_posts: int = 0
+    rate_limited: int = 0  # posts answered 429 (the batch was kept and retried)
+    posts: int = 0  # requests that got a 2xx
     last_error: str | None = None
 
 
@@ -60,6 +75,7 @@ class IngestSender:
         *,
         max_buffer: int = DEFAULT_BUFFER,
         batch_size: int = DEFAULT_BATCH,
+        linger: float = DEFAULT_LINGER,
         timeout: float = 10.0,
         backoff_initial: float = 0.25,
         backoff_max: float = 30.0,
@@ -80,6 +96,7 @@ class IngestSender:
         }
         self.max_buffer = max(1, int(max_buffer))
         self.batch_size = max(1, int(batch_size))
+        self.linger = max(0.0, float(linger))
         self.timeout = timeout
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
@@ -102,7 +119,8 @@ class IngestSender:
         self._wake = threading.Event()
         self._idle = threading.Condition(self._lock)
         self._stop = threading.Event()
-        self._buffer: deque[dict] = deque()
+        self._buffer: deque[tuple[float, dict]] = deque()  # (monotonic time queued, event)
+        self._flushing = 0  # flush() callers waiting: no lingering meanwhile
         self._inflight: list[dict] = []
         self._thread: threading.Thread | None = None
         self._conn: http.client.HTTPConnection | None = None
@@ -121,19 +139,25 @@ class IngestSender:
         """Queue several events in order (same rules as `submit`)."""
         try:
             dropped = 0
+            now = time.monotonic()
             with self._lock:
+                was_empty = not self._buffer
                 for event in events:
                     if len(self._buffer) >= self.max_buffer:
-                        self._buffer.popleft()
+                        self._buffer.popleft()  # never acknowledged: nothing delivered is lost
                         dropped += 1
-                    self._buffer.append(event)
+                    self._buffer.append((now, event))
                     self.stats.submitted += 1
                 self.stats.dropped += dropped
                 self._drops_unlogged += dropped
+                # The thread waits for the first event, then for a full batch or the
+                # linger to end: wake it only when one of those may have changed.
+                wake = was_empty or len(self._buffer) >= self.batch_size
             if dropped:
                 self._log_drops()
             self._ensure_thread()
-            self._wake.set()
+            if wake:
+                self._wake.set()
         except Exception:  # never let a monitoring hiccup reach the caller
             log.debug("sluice: could not queue an event", exc_info=True)
 
@@ -163,14 +187,18 @@ class IngestSender:
         """Wait (bounded) until everything queued so far was delivered; True if it was."""
         if self._thread is None or self._pid != os.getpid():
             return self.pending() == 0
-        self._wake.set()
         deadline = time.monotonic() + timeout
         with self._idle:
-            while self._buffer or self._inflight:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._idle.wait(min(remaining, 0.1))
+            self._flushing += 1
+            try:
+                self._wake.set()
+                while self._buffer or self._inflight:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return False
+                    self._idle.wait(min(remaining, 0.1))
+            finally:
+                self._flushing -= 1
         return True
 
     def close(self, timeout: float = 5.0) -> bool:
@@ -185,6 +213,25 @@ class IngestSender:
         if left:
             log.warning("sluice: %d events were not delivered to %s before exit", left, self.url)
         return delivered and not left
+
+    def summary(self) -> str:
+        """One line of what happened to this process's events (logged at shutdown)."""
+        s = self.stats
+        return (
+            f"{s.submitted} events submitted, {s.accepted} accepted, {s.duplicates} duplicates, "
+            f"{s.dropped} dropped, {s.rejected} rejected, {s.posts} posts, "
+            f"{s.rate_limited} rate-limited (429), {s.failed_posts} failed posts, "
+            f"{self.pending()} pending"
+        )
+
+    def _due(self, now: float) -> float | None:
+        """Seconds until the buffer must be posted (0: now), None when it is empty.
+        Called with the lock held."""
+        if not self._buffer:
+            return None
+        if len(self._buffer) >= self.batch_size or self._flushing or self._stop.is_set():
+            return 0.0
+        return max(0.0, self._buffer[0][0] + self.linger - now)
 
     def _ensure_thread(self) -> None:
         if self._pid != os.getpid():  # forked without the at-fork hook (should not happen)
@@ -206,19 +253,24 @@ class IngestSender:
         delay = self.backoff_initial
         while True:
             try:
+                wait: float | None = None
                 with self._lock:
-                    while len(self._inflight) < self.batch_size and self._buffer:
-                        self._inflight.append(self._buffer.popleft())
+                    if not self._inflight:  # a batch being retried goes first, as it is
+                        wait = self._due(time.monotonic())
+                        if wait == 0:
+                            while len(self._inflight) < self.batch_size and self._buffer:
+                                self._inflight.append(self._buffer.popleft()[1])
                     batch = self._inflight[:limit]
                     if not batch:
-                        self._idle.notify_all()
+                        if not self._buffer:
+                            self._idle.notify_all()
                         self._wake.clear()
                 if not batch:
-                    if self._stop.is_set():
+                    if self._stop.is_set() and wait is None:
                         return
-                    self._wake.wait(1.0)
+                    self._wake.wait(1.0 if wait is None else wait)
                     continue
-                outcome, wait = self._post(batch)
+                outcome, retry_after = self._post(batch)
                 if outcome == _Outcome.OK:
                     with self._lock:
                         del self._inflight[: len(batch)]
@@ -242,7 +294,10 @@ class IngestSender:
                 else:
                     if self._failing_since is None:
                         self._failing_since = time.monotonic()
-                    pause = wait if wait is not None else delay * random.uniform(0.8, 1.2)
+                    # Backoff with jitter, never sooner than the server's Retry-After.
+                    pause = delay * random.uniform(0.8, 1.2)
+                    if retry_after is not None:
+                        pause = max(pause, retry_after)
                     delay = min(self.backoff_max, delay * 2)
                     if self._stop.wait(pause):
                         return
@@ -280,6 +335,7 @@ class IngestSender:
         if resp.will_close:
             self._reset_connection()
         if 200 <= status < 300:
+            self.stats.posts += 1
             try:
                 answer = json.loads(payload)
                 self.stats.accepted += int(answer.get("accepted", 0))
@@ -299,6 +355,7 @@ class IngestSender:
             )
             return _Outcome.DROP, None
         if status == 429:
+            self.stats.rate_limited += 1
             try:
                 wait = float(retry_after or 1)
             except ValueError:

@@ -23,6 +23,8 @@ class CaptureServer:
             None  # callable(event) -> bool: answer 400 for batches holding such an event
         )
         self.requests = 0
+        self.retry_after = "0"  # the Retry-After of a scripted 429
+        self.request_times: list[float] = []  # time.monotonic() of each request
         self.auth: list[str] = []
         self.cond = threading.Condition()
         outer = self
@@ -43,7 +45,7 @@ class CaptureServer:
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 if status == 429:
-                    self.send_header("Retry-After", "0")
+                    self.send_header("Retry-After", outer.retry_after)
                 self.end_headers()
                 self.wfile.write(data)
 
@@ -55,6 +57,7 @@ class CaptureServer:
     def _answer(self, path: str, auth: str, body: bytes) -> tuple[int, dict]:
         with self.cond:
             self.requests += 1
+            self.request_times.append(time.monotonic())
             self.auth.append(auth)
             if path != "/api/ingest":
                 return 404, {"error": {"code": "NOT_FOUND"}}

@@ -3,10 +3,20 @@ does with real brokers and workers is in test_real.py and test_faults.py."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import time
+
+import pytest
+
+from sluice.integrations.celery.agent import EXIT_MISSING_PACKAGE
 
 from .checks import ROOT, heavy_imports
+from .rig import redis_broker_url
+
+#: A sitecustomize.py that hides modules named in SLUICE_TEST_HIDE_MODULES.
+SHIMS = ROOT / "tests" / "celery" / "shims"
 
 
 def test_the_command_module_imports_only_click():
@@ -53,3 +63,46 @@ def test_no_args_reaches_the_agent_from_the_option_or_the_environment(monkeypatc
     assert "'nope' is not a valid boolean" in result.output
     help_text = runner.invoke(agent.celery_agent_command, ["--help"]).output
     assert "--no-args" in help_text and "SLUICE_CAPTURE_ARGS" in help_text
+
+
+@pytest.mark.parametrize("hidden", ["redis", "packaging"])
+def test_a_missing_transport_library_stops_the_agent_at_once_naming_the_package(
+    server, account, broker_redis_url, hidden
+):
+    """What a user with only part of the requirements sees: kombu's Redis transport
+    needs redis-py and `packaging`. Hidden here by a sitecustomize shim (the import
+    machinery raises ModuleNotFoundError as if they were not installed); the broker and
+    the server are real."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(SHIMS), str(ROOT)]),
+        "SLUICE_TEST_HIDE_MODULES": hidden,
+    }
+    started = time.monotonic()
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sluice",
+            "celery-agent",
+            "--broker",
+            redis_broker_url(broker_redis_url),
+            "--url",
+            server.url,
+            "--api-key",
+            account.api_key,
+            "--connection",
+            account.connection_id,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env=env,
+    )
+    elapsed = time.monotonic() - started
+    assert out.returncode == EXIT_MISSING_PACKAGE, (out.returncode, out.stderr[-2000:])
+    assert f"the Python package '{hidden}' is not installed" in out.stderr, out.stderr
+    assert f"pip install {hidden}" in out.stderr
+    assert "reconnecting" not in out.stderr  # not taken for a broker blip
+    assert elapsed < 20, elapsed

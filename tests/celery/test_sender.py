@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import time
 
-from sluice.client.ingest import IngestSender
+from sluice.client.ingest import DEFAULT_BATCH, DEFAULT_LINGER, IngestSender
+from tests.util import wait_until
 
 
 def ev(i: int) -> dict:
@@ -95,4 +96,44 @@ def test_forked_child_sends_its_own_events_only(capture):
     s.submit(ev(2))
     assert s.flush(5)
     assert [e["n"] for e in capture.events] == [1, 100, 2]
+    s.close()
+
+
+def test_events_that_trickle_in_go_in_batches_after_the_linger(capture):
+    s = IngestSender(capture.url, "k", linger=0.3)
+    started = time.monotonic()
+    for i in range(20):  # 20 events over about 0.2 s: one request, not twenty
+        s.submit(ev(i))
+        time.sleep(0.01)
+    capture.wait_for(lambda events: len(events) == 20, timeout=5)
+    assert time.monotonic() - started >= 0.3  # held until the oldest had waited the linger
+    assert s.flush(5)
+    assert capture.requests <= 2 and s.stats.posts == capture.requests
+    assert [e["n"] for e in capture.events] == list(range(20))
+    s.close()
+
+
+def test_a_full_batch_goes_at_once_and_flush_does_not_wait_for_the_linger(capture):
+    assert DEFAULT_BATCH == 100 and DEFAULT_LINGER == 0.2  # as documented
+    s = IngestSender(capture.url, "k", batch_size=10, linger=30)
+    s.submit_many(ev(i) for i in range(25))
+    capture.wait_for(lambda events: len(events) >= 20, timeout=5)  # two full batches
+    wait_until(lambda: s.pending() == 5, 5, "the two batches acknowledged")
+    assert [len(b) for b in capture.batches] == [10, 10]  # the rest lingers...
+    assert s.flush(5)  # ...until a flush (worker and pool-process shutdown) sends it
+    assert [e["n"] for e in capture.events] == list(range(25))
+    s.close()
+
+
+def test_a_429_keeps_the_batch_and_waits_for_retry_after(capture):
+    capture.statuses = [429]
+    capture.retry_after = "0.5"
+    s = IngestSender(capture.url, "k", backoff_initial=0.01, linger=0)
+    s.submit_many(ev(i) for i in range(5))
+    assert s.flush(10)
+    assert [e["n"] for e in capture.events] == list(range(5))  # the same batch, in order
+    assert len(capture.request_times) == 2
+    assert capture.request_times[1] - capture.request_times[0] >= 0.5
+    assert s.stats.rate_limited == 1 and s.stats.dropped == 0 and s.stats.accepted == 5
+    assert "1 rate-limited (429)" in s.summary()
     s.close()

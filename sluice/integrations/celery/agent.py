@@ -14,7 +14,9 @@ Celery is imported inside the functions: the server does not depend on it.
 
 from __future__ import annotations
 
+import importlib
 import logging
+import re
 import signal
 import threading
 import time
@@ -37,6 +39,60 @@ HOW_TO_ENABLE = (
     "(or set worker_send_task_events = True), and set task_send_sent_event = True in the processes "
     "that publish tasks to see tasks as queued before a worker takes them."
 )
+
+
+#: Exit status of the agent when a Python package it needs (a broker transport's
+#: library, say) is not installed: a setup error, not a network blip to retry.
+EXIT_MISSING_PACKAGE = 3
+
+#: pip's name of modules (top level) that kombu's transports import, where it differs.
+_PIP_NAMES = {
+    "yaml": "PyYAML",
+    "google": "google-cloud-pubsub",
+    "confluent_kafka": "confluent-kafka",
+    "azure": "azure-servicebus",
+}
+
+
+#: The modules each broker scheme's kombu transport imports: looked for before the
+#: transport itself, so a missing one is named (kombu 5.7's Redis transport without
+#: redis-py fails with an AttributeError that names nothing).
+_TRANSPORT_MODULES = {
+    "redis": ("redis", "packaging"),
+    "rediss": ("redis", "packaging"),
+    "sentinel": ("redis", "packaging"),
+    "amqp": ("amqp",),
+    "amqps": ("amqp",),
+    "pyamqp": ("amqp",),
+}
+
+
+def missing_package(exc: BaseException | None) -> str | None:
+    """A sentence naming the package to install when `exc` (or what it was raised from)
+    is a missing module (ImportError / ModuleNotFoundError); None for any other error,
+    which the agent treats as the broker or the network failing and retries."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, ImportError):
+            name = (exc.name or "").split(".")[0]
+            if not name:  # kombu's own: "Missing redis library (pip install redis)"
+                hint = re.search(r"pip install ([A-Za-z0-9_.\-\[\]]+)", str(exc))
+                name = hint.group(1) if hint else ""
+            package = _PIP_NAMES.get(name, name)
+            what = (
+                f"the Python package {package!r} is not installed"
+                if package
+                else ("a Python package is not installed")
+            )
+            install = f"pip install {package}" if package else "install it"
+            return (
+                f"{what} ({type(exc).__name__}: {exc}); {install} where the agent runs "
+                "(pip install -r requirements-celery.txt installs what the Redis and AMQP "
+                "brokers need)"
+            )
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 class CeleryAgent:
@@ -90,15 +146,28 @@ class CeleryAgent:
             if self.mapper.capture_args
             else "argument capture off (--no-args): no argument or result reprs",
         )
+        missing = self._check_transport()
+        if missing:
+            scheme = self.broker.split("://", 1)[0]
+            log.error("sluice celery-agent: cannot use the %s:// broker: %s", scheme, missing)
+            self.sender.close(timeout=0)
+            return EXIT_MISSING_PACKAGE
         poller = threading.Thread(target=self._poll_loop, name="sluice-agent-poll", daemon=True)
         poller.start()
         delay = 1.0
+        code = 0
         while not self.stop_event.is_set():
             connected_at = time.monotonic()
             try:
                 self._capture()
             except Exception as exc:  # broker gone: reconnect with backoff
                 if self.stop_event.is_set():
+                    break
+                missing = missing_package(exc)
+                if missing:  # not a blip: retrying cannot install a package
+                    log.error("sluice celery-agent: stopping: %s", missing)
+                    code = EXIT_MISSING_PACKAGE
+                    self.stop()
                     break
                 if time.monotonic() - connected_at > 30:
                     delay = 1.0
@@ -112,15 +181,28 @@ class CeleryAgent:
                 delay = min(30.0, delay * 2)
         poller.join(timeout=self.poll_interval + 5)
         delivered = self.sender.close(timeout=10.0)
-        s = self.sender.stats
-        log.info(
-            "sluice celery-agent stopped: %d events accepted, %d duplicates, %d dropped, %d rejected",
-            s.accepted,
-            s.duplicates,
-            s.dropped,
-            s.rejected,
-        )
-        return 0 if delivered else 1
+        log.info("sluice celery-agent stopped: %s", self.sender.summary())
+        return code or (0 if delivered else 1)
+
+    def _check_transport(self) -> str | None:
+        """Import the broker transport's libraries and load the transport, without
+        connecting: what is wrong (a missing package, named), or None. Nothing here
+        touches the network, so any failure is a setup error, not one to retry."""
+        scheme = self.broker.split("://", 1)[0].split("+")[0].lower()
+        try:
+            for module in _TRANSPORT_MODULES.get(scheme, ()):
+                importlib.import_module(module)
+            conn = self.app.connection_for_read()
+            try:
+                conn.transport  # noqa: B018  (imports the transport and its client library)
+            finally:
+                conn.release()
+        except Exception as exc:
+            return missing_package(exc) or (
+                f"its transport could not be loaded ({type(exc).__name__}: {exc}); "
+                "is the broker URL's scheme right, and are its packages installed?"
+            )
+        return None
 
     def stop(self) -> None:
         self.stop_event.set()

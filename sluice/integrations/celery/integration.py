@@ -230,6 +230,7 @@ class SluiceCelery:
             (signals.task_revoked, self.on_revoked),
             (signals.task_rejected, self.on_rejected),
             (signals.task_unknown, self.on_unknown),
+            (signals.celeryd_after_setup, self.on_after_setup),
             (signals.worker_ready, self.on_worker_ready),
             (signals.worker_shutdown, self.on_worker_shutdown),
             (signals.worker_process_init, self.on_process_init),
@@ -239,16 +240,22 @@ class SluiceCelery:
             guarded = _guard(handler)
             signal.connect(guarded, weak=False, dispatch_uid=f"{self._uid}-{handler.__name__}")
             self._handlers.append((signal, handler))
+        # A publisher sees this line with its own logging. In a worker it comes before Celery
+        # sets up logging and goes nowhere: `on_after_setup` says it again once it can be seen.
+        log.info("%s", self.startup_line())
+
+    def startup_line(self) -> str:
+        """What the integration hooked and where it sends (logged at start-up)."""
         conf = self.app.conf
-        log.info(
-            "sluice: Celery integration installed → %s (connection %s); uses signals, so it needs no event "
-            "settings (worker_send_task_events=%s, task_send_sent_event=%s left as they are); %s",
-            self.sender.url,
-            self.connection_id,
-            conf.worker_send_task_events,
-            conf.task_send_sent_event,
-            _capture_summary(self.capture_args, self.redact),
+        hooked = (
+            f"hooked {len(self._handlers)} Celery signals of app {self.app.main!r}, "
+            f"sending to {self.sender.url} (connection {self.connection_id}) in batches of up to "
+            f"{self.sender.batch_size} events or every {self.sender.linger:g} s; uses signals, so "
+            f"it needs no event settings (worker_send_task_events={conf.worker_send_task_events}, "
+            f"task_send_sent_event={conf.task_send_sent_event} left as they are); "
+            f"{_capture_summary(self.capture_args, self.redact)}"
         )
+        return "sluice: " + hooked
 
     def uninstall(self) -> None:
         """Disconnect the handlers and flush (for tests and embedding)."""
@@ -643,6 +650,11 @@ class SluiceCelery:
 
     # -- the worker itself (main process) --
 
+    def on_after_setup(self, sender: Any = None, **kw: Any) -> None:
+        # celeryd_after_setup: the worker has set up its logging (`--loglevel`), so the
+        # start-up line logged at install time is said again where it shows.
+        log.info("%s (worker %s)", self.startup_line(), sender)
+
     def on_worker_ready(self, sender: Any = None, **kw: Any) -> None:
         consumer = sender
         hostname = getattr(consumer, "hostname", None) or f"celery@{socket.gethostname()}"
@@ -677,6 +689,7 @@ class SluiceCelery:
                 self._worker_event(WORKER_STATE_CHANGE, OFFLINE, previous=ONLINE, active=0)
             )
         self.sender.flush(timeout=self.shutdown_flush_seconds)
+        log.info("sluice: worker process %d stopping: %s", os.getpid(), self.sender.summary())
 
     def on_process_init(self, **kw: Any) -> None:
         # The at-fork hook already gave this child a fresh sender state; drop the
@@ -687,6 +700,7 @@ class SluiceCelery:
 
     def on_process_shutdown(self, **kw: Any) -> None:
         self.sender.flush(timeout=2.0)  # bounded: a child must exit promptly
+        log.info("sluice: pool process %d exiting: %s", os.getpid(), self.sender.summary())
 
     def _heartbeat_loop(self) -> None:
         while not self._hb_stop.wait(self.heartbeat_interval):
