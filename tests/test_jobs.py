@@ -378,3 +378,50 @@ def test_the_index_keeps_within_its_byte_budget(start_server, account, redis_url
     post_all(server, account, long_error, batch=60)
     timeline = get(server, account, "/jobs/chatty").json()["data"]["timeline"]
     assert 10 <= len(timeline) <= 50
+
+
+def at(event: dict, timestamp: str) -> dict:
+    event["timestamp"] = timestamp
+    return event
+
+
+def test_an_event_that_arrives_late_joins_the_timeline_but_not_the_state(server, account):
+    """Producers in several processes: a publisher's `queued` may reach Sluice after
+    the worker's `completed`. The job stays as of its latest event by time; the
+    late event takes its place in the timeline; counts and filters agree."""
+    cid = account.connection_id
+    events = [
+        at(job_event(cid, "late-1", "active", workerId="w1@h"), "2026-12-01T10:00:01.000Z"),
+        at(job_event(cid, "late-1", "completed", workerId="w1@h"), "2026-12-01T10:00:02.000Z"),
+    ]
+    post_all(server, account, events)
+    # Later, in a batch of its own, then also in the same batch as a newer event.
+    post_all(server, account, [at(job_event(cid, "late-1", "queued"), "2026-12-01T10:00:00.000Z")])
+    post_all(
+        server,
+        account,
+        [
+            at(job_event(cid, "late-2", "completed"), "2026-12-01T10:00:05.000Z"),
+            at(job_event(cid, "late-2", "queued"), "2026-12-01T10:00:04.000Z"),
+            # The same millisecond: a final state is not left for an earlier one.
+            at(job_event(cid, "late-3", "failed", error="boom"), "2026-12-01T10:00:06.000Z"),
+            at(job_event(cid, "late-3", "active"), "2026-12-01T10:00:06.000Z"),
+        ],
+    )
+    one = get(server, account, "/jobs/late-1").json()["data"]
+    assert one["state"] == "completed" and one["timestamp"] == "2026-12-01T10:00:02.000Z"
+    assert [(t["state"], t["timestamp"][-10:]) for t in one["timeline"]] == [
+        ("queued", "00:00.000Z"),
+        ("active", "00:01.000Z"),
+        ("completed", "00:02.000Z"),
+    ]
+    two = get(server, account, "/jobs/late-2").json()["data"]
+    assert two["state"] == "completed"
+    assert [t["state"] for t in two["timeline"]] == ["queued", "completed"]
+    three = get(server, account, "/jobs/late-3").json()["data"]
+    assert three["state"] == "failed"
+    assert [t["state"] for t in three["timeline"]] == ["failed", "active"]
+    body = get(server, account, "/jobs", limit=10).json()
+    assert body["counts"]["queued"] == 0 and body["counts"]["active"] == 0
+    assert body["counts"]["completed"] == 2 and body["counts"]["failed"] == 1
+    assert every_page(server, account, state="queued") == []
