@@ -160,6 +160,36 @@ def test_worker_going_offline_is_greyed(server, account, page):
     expect(page.locator('[data-stat="workers"]')).to_have_text("0")
 
 
+def test_two_workers_on_one_host_are_told_apart(server, account, page):
+    """Workers are labelled by their full name (`w1@host`), the host beside it:
+    `celery multi` or several `-n` workers on one machine are distinct entries."""
+    cid = account.connection_id
+    send(server, account, [worker_event(cid, "w1@host", "online", hostname="host")])
+    login_cookie(page, server.url, account)
+    open_live(page, server.url, cid)
+    send(
+        server,
+        account,
+        [worker_event(cid, "w2@host", "busy", hostname="host", activeJobs=1)]
+        + [job_event(cid, "on-w2", "active", workerId="w2@host")],
+    )
+    workers = page.locator("[data-workers] li.worker")
+    expect(workers).to_have_count(2)
+    for name in ("w1@host", "w2@host"):
+        item = page.locator(f'[data-workers] li.worker[data-external-id="{name}"]')
+        expect(item.locator(".worker-host")).to_have_text(name)
+        expect(item.locator(".worker-hostname")).to_have_text("on host")
+    expect(page.locator('[data-stat="workers"]')).to_have_text("2")
+    # The worker's view and the job row name the same worker.
+    expect(job_row(page, "on-w2").locator(".c-worker")).to_have_text("w2@host")
+    page.locator('[data-external-id="w2@host"] .worker-host').click()
+    expect(page).to_have_url(re.compile(r"\?worker=w2%40host$"))
+    expect(page.locator('[data-scope="worker"] .scope-value')).to_have_text("w2@host")
+    expect(page.locator('[data-workers] li.worker.is-selected .worker-host')).to_have_text(
+        "w2@host"
+    )
+
+
 def test_queue_depth_and_sparkline(server, account, page):
     cid = account.connection_id
     login_cookie(page, server.url, account)

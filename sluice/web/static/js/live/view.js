@@ -431,6 +431,11 @@ export class ScopeBar {
   }
 }
 
+/** How a worker is named everywhere: its full name (`externalId`, e.g. Celery's `w1@host`). */
+export function workerLabel(w) {
+  return String(w.externalId || w.hostname || w.id);
+}
+
 export class WorkersPanel {
   constructor(root) {
     this.list = root.querySelector("[data-workers]");
@@ -462,7 +467,7 @@ export class WorkersPanel {
   /** Structure changes only when workers changed; "N s ago" is refreshed every call. */
   render(store, nowMs) {
     const workers = [...store.workers.values()];
-    workers.sort((a, b) => (WORKER_ORDER[a.state] ?? 1) - (WORKER_ORDER[b.state] ?? 1) || String(a.hostname || a.id).localeCompare(String(b.hostname || b.id)));
+    workers.sort((a, b) => (WORKER_ORDER[a.state] ?? 1) - (WORKER_ORDER[b.state] ?? 1) || workerLabel(a).localeCompare(workerLabel(b)));
     const shown = workers.slice(0, MAX_WORKERS);
     if (store.workersChanged) {
       store.workersChanged = false;
@@ -505,21 +510,27 @@ export class WorkersPanel {
     const host = w.externalId ? navLink("worker-host mono", null, viewUrl({ filter: { worker: w.externalId } })) : el("span", "worker-host mono");
     li._externalId = w.externalId || "";
     if (w.externalId) li.dataset.externalId = w.externalId;
+    const hostname = el("span", "worker-hostname muted small mono");
     const state = el("span", "worker-state");
-    top.append(dot, host, state);
+    top.append(dot, host, hostname, state);
     const bottom = el("div", "worker-bottom muted small");
     const jobs = el("span", "worker-jobs");
     const ago = el("span", "worker-ago");
     bottom.append(jobs, ago);
     li.append(top, bottom);
-    li._cells = { host, state, jobs, ago };
+    li._cells = { host, hostname, state, jobs, ago };
     this.markSelected(li);
     return li;
   }
 
   fillItem(li, w) {
     const c = li._cells;
-    setText(c.host, w.hostname || w.externalId || w.id);
+    // Labelled by the worker's full name (Celery's `w1@host`): several workers share a host.
+    const label = workerLabel(w);
+    setText(c.host, label);
+    const host = w.hostname && w.hostname !== label ? w.hostname : "";
+    setText(c.hostname, host ? `on ${host}` : "");
+    c.hostname.hidden = !host;
     const title = w.externalId ? `Jobs of ${w.externalId}` : w.id;
     if (c.host.title !== title) c.host.title = title;
     setText(c.state, w.state);
