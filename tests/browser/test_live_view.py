@@ -185,7 +185,7 @@ def test_two_workers_on_one_host_are_told_apart(server, account, page):
     page.locator('[data-external-id="w2@host"] .worker-host').click()
     expect(page).to_have_url(re.compile(r"\?worker=w2%40host$"))
     expect(page.locator('[data-scope="worker"] .scope-value')).to_have_text("w2@host")
-    expect(page.locator('[data-workers] li.worker.is-selected .worker-host')).to_have_text(
+    expect(page.locator("[data-workers] li.worker.is-selected .worker-host")).to_have_text(
         "w2@host"
     )
 
