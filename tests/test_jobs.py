@@ -4,6 +4,7 @@ stream's window, on a real gunicorn and a real Redis."""
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 
 import pytest
@@ -11,6 +12,7 @@ import requests
 
 from sluice.contract import JOB_STATES
 from sluice.store.keys import Keys
+from sluice.timefmt import iso_from_ms
 from tests.sse import open_stream
 from tests.util import ingest, job_event, queue_event, raw_redis, wait_until, worker_event
 
@@ -277,6 +279,48 @@ def test_workers_and_queues_snapshots(server, account):
     queues = get(server, account, "/queues").json()
     assert [(q["name"], q["depth"]) for q in queues["data"]] == [("default", 3)]
     assert workers["streamId"] != "0-0"
+
+
+def test_a_worker_whose_heartbeats_stopped_is_offline_on_read(server, account):
+    """Liveness is decided on read: a heartbeat older than
+    SLUICE_WORKER_EXPIRY_SECONDS (30 s by default) gives `offline`, with why;
+    a fresh one, or a new heartbeat of the same worker, gives it back."""
+    cid = account.connection_id
+    old = iso_from_ms(int(time.time() * 1000) - 95_000)
+    events = [
+        worker_event(cid, "gone@h", "busy", hostname="h", activeJobs=2, concurrency=2),
+        worker_event(cid, "live@h", "idle", hostname="h"),
+        worker_event(cid, "said@h", "offline", kind="worker_state_change"),
+    ]
+    events[0]["timestamp"] = old
+    events[2]["timestamp"] = old
+    assert ingest(server.url, account.api_key, cid, events).status_code == 202
+    answer = get(server, account, "/workers").json()
+    by_name = {w["externalId"]: w for w in answer["data"]}
+    gone = by_name["gone@h"]
+    assert gone["state"] == "offline"
+    assert gone["expired"] is True
+    assert gone["offlineReason"] == "heartbeat_expired"
+    assert gone["reportedState"] == "busy"
+    assert gone["activeJobs"] == 0
+    assert 95 <= gone["silentSeconds"] < 95 + 30
+    assert gone["timestamp"] == old
+    assert (by_name["live@h"]["state"], by_name["live@h"]["expired"]) == ("idle", False)
+    assert "offlineReason" not in by_name["live@h"]
+    # Said offline itself: offline, not expired.
+    assert (by_name["said@h"]["state"], by_name["said@h"]["expired"]) == ("offline", False)
+    # A new heartbeat brings it back.
+    again = [worker_event(cid, "gone@h", "busy", hostname="h", activeJobs=1)]
+    assert ingest(server.url, account.api_key, cid, again).status_code == 202
+    gone = next(
+        w for w in get(server, account, "/workers").json()["data"] if w["externalId"] == "gone@h"
+    )
+    assert (gone["state"], gone["expired"], gone["activeJobs"]) == ("busy", False, 1)
+
+
+def test_the_expiry_reaches_clients_by_the_config_endpoint(server):
+    config = requests.get(f"{server.url}/api/config", timeout=10).json()
+    assert config["workerExpirySeconds"] == 30.0
 
 
 def test_rejected_batch_leaves_nothing_in_the_index(server, account):

@@ -9,8 +9,11 @@ no repeat.
 
 from __future__ import annotations
 
+import time
+
 from flask import Blueprint, Response, jsonify, request
 
+from ... import liveness
 from ...contract import MAX_EXTERNAL_ID
 from ...errors import NotFound
 from ...jobindex import job_refs, parse_job_query
@@ -50,7 +53,14 @@ def get_job(connection_id: str, job: str) -> Response:
 
 @bp.get("/<connection_id>/workers")
 def workers(connection_id: str) -> Response:
-    return jsonify(jobs.snapshots(state().redis, _connection(connection_id), "workers"))
+    """Each worker's latest snapshot with its effective state: a worker silent for
+    longer than SLUICE_WORKER_EXPIRY_SECONDS is `offline` (`expired: true`)."""
+    app_state = state()
+    answer = jobs.snapshots(app_state.redis, _connection(connection_id), "workers")
+    now_ms = int(time.time() * 1000)
+    expiry = app_state.settings.worker_expiry_seconds
+    answer["data"] = [liveness.effective(w, now_ms, expiry) for w in answer["data"]]
+    return jsonify(answer)
 
 
 @bp.get("/<connection_id>/queues")
