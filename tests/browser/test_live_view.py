@@ -190,6 +190,44 @@ def test_two_workers_on_one_host_are_told_apart(server, account, page):
     )
 
 
+def test_a_worker_whose_heartbeats_stopped_shows_offline(start_server, account, page):
+    """The page applies the server's expiry (from GET /api/config) itself, every
+    second: a worker loaded with an old heartbeat is offline, and a live one whose
+    heartbeats stop goes offline with no event at all; a new heartbeat brings it back."""
+    server = start_server(SLUICE_WORKER_EXPIRY_SECONDS="4")
+    cid = account.connection_id
+    old = iso(datetime.now(UTC) - timedelta(seconds=95))
+    dead = worker_event(cid, "dead@h", "busy", hostname="h", activeJobs=2, concurrency=2)
+    dead["timestamp"] = old
+    send(server, account, [dead])
+    login_cookie(page, server.url, account)
+    open_live(page, server.url, cid)
+    item = page.locator('[data-workers] li.worker[data-external-id="dead@h"]')
+    expect(item).to_have_attribute("data-state", "offline")
+    expect(item).to_have_attribute("data-offline-reason", "heartbeat_expired")
+    expect(item).to_have_class(re.compile(r"\bis-offline\b"))
+    expect(item.locator(".worker-state")).to_have_text("offline")
+    expect(item.locator(".worker-jobs")).to_have_text("0 / 2 active")
+    expect(item.locator(".worker-ago")).to_have_text(re.compile(r"^no heartbeat for 9\d s$"))
+    expect(page.locator('[data-stat="workers"]')).to_have_text("0")
+
+    send(server, account, [worker_event(cid, "live@h", "busy", hostname="h", activeJobs=1)])
+    live = page.locator('[data-workers] li.worker[data-external-id="live@h"]')
+    expect(live).to_have_attribute("data-state", "busy")
+    expect(page.locator('[data-stat="workers"]')).to_have_text("1")
+    expect(page.locator("[data-workers-count]")).to_have_text("1 online · 1 offline")
+    # Its heartbeats stop: offline after the expiry (4 s), by the page's own timer.
+    expect(live).to_have_attribute("data-state", "offline", timeout=8000)
+    expect(live.locator(".worker-ago")).to_have_text(re.compile(r"^no heartbeat for \d+ s$"))
+    expect(page.locator('[data-stat="workers"]')).to_have_text("0")
+    expect(page.locator("[data-workers-count]")).to_have_text("0 online · 2 offline")
+    # A new heartbeat: online again.
+    send(server, account, [worker_event(cid, "dead@h", "idle", hostname="h")])
+    expect(item).to_have_attribute("data-state", "idle")
+    expect(item.locator(".worker-ago")).to_have_text(re.compile(r"^last heartbeat \d+ s ago$"))
+    expect(page.locator('[data-stat="workers"]')).to_have_text("1")
+
+
 def test_queue_depth_and_sparkline(server, account, page):
     cid = account.connection_id
     login_cookie(page, server.url, account)

@@ -422,7 +422,11 @@ setInterval(scheduleRender, 1000);
 
 async function loadMeta() {
   const [config, list] = await Promise.all([api("/api/config"), api("/api/connections")]);
-  if (config.ok && config.data) client.setHeartbeatSeconds(Number(config.data.heartbeatSeconds));
+  if (config.ok && config.data) {
+    client.setHeartbeatSeconds(Number(config.data.heartbeatSeconds));
+    store.setWorkerExpirySeconds(Number(config.data.workerExpirySeconds));
+    scheduleRender();
+  }
   if (list.status === 401) return signedOut();
   if (list.ok) {
     const conn = (list.data?.data || []).find((c) => c.id === connectionId);

@@ -409,12 +409,14 @@ export class ScopeBar {
       const w = store.workerByExternalId(this.filter.worker);
       let text = "No worker events seen from it.";
       if (w) {
-        const active = w.activeJobs == null ? "—" : formatInt(w.activeJobs);
-        const parts = [w.state, w.concurrency != null ? `${active} / ${w.concurrency} active` : `${active} active`];
+        const status = store.workerStatus(w, nowMs);
+        const active = status.expired ? "0" : w.activeJobs == null ? "—" : formatInt(w.activeJobs);
+        const parts = [status.state, w.concurrency != null ? `${active} / ${w.concurrency} active` : `${active} active`];
+        if (w.hostname && w.hostname !== w.externalId) parts.push(`on ${w.hostname}`);
         if (w.queues && w.queues.length) parts.push(`queues: ${w.queues.join(", ")}`);
-        parts.push(w.lastHeartbeatMs == null ? "no heartbeat yet" : `last heartbeat ${formatAgo(nowMs - w.lastHeartbeatMs)}`);
+        parts.push(heartbeatText(w, status, nowMs));
         text = parts.join(" · ");
-        worker.dataset.state = w.state;
+        worker.dataset.state = status.state;
       }
       setText(worker, text);
     }
@@ -429,6 +431,16 @@ export class ScopeBar {
       setText(queue, text);
     }
   }
+}
+
+/** "last heartbeat N s ago", or for a worker whose heartbeats stopped "no heartbeat for N s". */
+function heartbeatText(w, status, nowMs) {
+  if (status.expired) return `no heartbeat for ${formatSilence(status.silentMs)}`;
+  return w.lastHeartbeatMs == null ? "no heartbeat yet" : `last heartbeat ${formatAgo(nowMs - w.lastHeartbeatMs)}`;
+}
+
+function formatSilence(ms) {
+  return formatAgo(ms).replace(/ ago$/, "");
 }
 
 /** How a worker is named everywhere: its full name (`externalId`, e.g. Celery's `w1@host`). */
@@ -467,9 +479,18 @@ export class WorkersPanel {
   /** Structure changes only when workers changed; "N s ago" is refreshed every call. */
   render(store, nowMs) {
     const workers = [...store.workers.values()];
-    workers.sort((a, b) => (WORKER_ORDER[a.state] ?? 1) - (WORKER_ORDER[b.state] ?? 1) || workerLabel(a).localeCompare(workerLabel(b)));
+    // Liveness is re-evaluated on every render (at least once a second): a worker
+    // whose heartbeats stopped goes offline without any event.
+    const status = new Map(workers.map((w) => [w.id, store.workerStatus(w, nowMs)]));
+    let expiredChanged = false;
+    for (const w of workers) {
+      const li = this.items.get(w.id);
+      if (li && li._expired !== status.get(w.id).expired) expiredChanged = true;
+    }
+    const stateOf = (w) => status.get(w.id).state;
+    workers.sort((a, b) => (WORKER_ORDER[stateOf(a)] ?? 1) - (WORKER_ORDER[stateOf(b)] ?? 1) || workerLabel(a).localeCompare(workerLabel(b)));
     const shown = workers.slice(0, MAX_WORKERS);
-    if (store.workersChanged) {
+    if (store.workersChanged || expiredChanged) {
       store.workersChanged = false;
       let cursor = this.list.firstChild;
       const keep = new Set();
@@ -480,7 +501,7 @@ export class WorkersPanel {
           li = this.createItem(w);
           this.items.set(w.id, li);
         }
-        if (li._v !== w.v) this.fillItem(li, w);
+        if (li._v !== w.v || li._expired !== status.get(w.id).expired) this.fillItem(li, w, status.get(w.id));
         if (li === cursor) cursor = cursor.nextSibling;
         else this.list.insertBefore(li, cursor);
       }
@@ -491,12 +512,12 @@ export class WorkersPanel {
         }
       }
       this.empty.hidden = shown.length > 0;
-      const online = workers.filter((w) => w.state !== "offline").length;
+      const online = workers.filter((w) => stateOf(w) !== "offline").length;
       setText(this.count, workers.length ? `${online} online · ${workers.length - online} offline` : "");
     }
     for (const w of shown) {
       const li = this.items.get(w.id);
-      if (li) setText(li._cells.ago, w.lastHeartbeatMs == null ? "no heartbeat yet" : `last heartbeat ${formatAgo(nowMs - w.lastHeartbeatMs)}`);
+      if (li) setText(li._cells.ago, heartbeatText(w, status.get(w.id), nowMs));
     }
   }
 
@@ -523,8 +544,9 @@ export class WorkersPanel {
     return li;
   }
 
-  fillItem(li, w) {
+  fillItem(li, w, status) {
     const c = li._cells;
+    const state = status.state;
     // Labelled by the worker's full name (Celery's `w1@host`): several workers share a host.
     const label = workerLabel(w);
     setText(c.host, label);
@@ -533,12 +555,16 @@ export class WorkersPanel {
     c.hostname.hidden = !host;
     const title = w.externalId ? `Jobs of ${w.externalId}` : w.id;
     if (c.host.title !== title) c.host.title = title;
-    setText(c.state, w.state);
-    li.dataset.state = w.state;
-    li.classList.toggle("is-offline", w.state === "offline");
-    const active = w.activeJobs == null ? "—" : formatInt(w.activeJobs);
+    setText(c.state, state);
+    li.dataset.state = state;
+    li.classList.toggle("is-offline", state === "offline");
+    li.classList.toggle("is-expired", status.expired);
+    if (status.expired) li.dataset.offlineReason = "heartbeat_expired";
+    else delete li.dataset.offlineReason;
+    const active = status.expired ? "0" : w.activeJobs == null ? "—" : formatInt(w.activeJobs);
     setText(c.jobs, w.concurrency != null ? `${active} / ${w.concurrency} active` : `${active} active`);
     li._v = w.v;
+    li._expired = status.expired;
   }
 }
 
@@ -656,7 +682,7 @@ export class Stats {
     }
     n.jobs.dataset.count = counts ? String(counts.total) : "";
     let online = 0;
-    for (const w of store.workers.values()) if (w.state !== "offline") online++;
+    for (const w of store.workers.values()) if (store.workerStatus(w, nowMs).state !== "offline") online++;
     setText(n.workers, formatInt(online));
     setText(n["workers-total"], formatInt(store.workers.size));
     let depth = 0;
