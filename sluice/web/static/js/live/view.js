@@ -412,8 +412,8 @@ export class ScopeBar {
         const status = store.workerStatus(w, nowMs);
         const active = status.expired ? "0" : w.activeJobs == null ? "—" : formatInt(w.activeJobs);
         const parts = [status.state, w.concurrency != null ? `${active} / ${w.concurrency} active` : `${active} active`];
-        if (w.hostname && w.hostname !== w.externalId) parts.push(`on ${w.hostname}`);
         if (w.queues && w.queues.length) parts.push(`queues: ${w.queues.join(", ")}`);
+        if (w.hostname && w.hostname !== w.externalId) parts.push(`on ${w.hostname}`);
         parts.push(heartbeatText(w, status, nowMs));
         text = parts.join(" · ");
         worker.dataset.state = status.state;
