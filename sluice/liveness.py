@@ -77,3 +77,35 @@ def effective(snapshot: dict[str, Any], now_ms: int, expiry_seconds: float) -> d
     out["offlineReason"] = HEARTBEAT_EXPIRED
     out["silentSeconds"] = (silent_ms(snapshot, now_ms) or 0) // 1000
     return out
+
+
+# -- lost jobs -----------------------------------------------------------------------
+
+#: The state of a job a worker runs.
+ACTIVE = "active"
+#: The states of a job waiting to run; with a `workerId`, a worker holds it (reserved).
+WAITING = ("queued", "scheduled")
+
+
+def held_by_worker(job: dict[str, Any]) -> str | None:
+    """The `workerId` of the worker that holds a job, when one does: the job is
+    `active` on it, or `queued`/`scheduled` with a `workerId` (received,
+    prefetched: reserved by that worker, Celery's `received`); else None."""
+    worker = job.get("workerId")
+    if not isinstance(worker, str) or not worker:
+        return None
+    state = job.get("state")
+    return worker if state == ACTIVE or state in WAITING else None
+
+
+def lost(
+    job: dict[str, Any], worker: dict[str, Any] | None, now_ms: int, expiry_seconds: float
+) -> bool:
+    """Whether a job is lost: the worker that holds it (`held_by_worker`) is
+    offline, said or expired, per its latest snapshot `worker`. A worker never
+    seen (None) does not make a job lost: nothing is known of it."""
+    return (
+        held_by_worker(job) is not None
+        and worker is not None
+        and not worker_online(worker, now_ms, expiry_seconds)
+    )

@@ -318,6 +318,44 @@ def test_a_worker_whose_heartbeats_stopped_is_offline_on_read(server, account):
     assert (gone["state"], gone["expired"], gone["activeJobs"]) == ("busy", False, 1)
 
 
+def test_jobs_held_by_an_offline_or_expired_worker_are_lost_on_read(server, account):
+    """`lost: true` on an active or received (queued with a workerId) job whose
+    worker said offline or stopped beating; not on a job in the broker, a
+    finished one, or one whose worker is alive or was never seen."""
+    cid = account.connection_id
+    old = iso_from_ms(int(time.time() * 1000) - 95_000)
+    killed = worker_event(cid, "killed@h", "busy", activeJobs=2)
+    killed["timestamp"] = old
+    events = [
+        killed,
+        worker_event(cid, "bye@h", "offline", kind="worker_state_change"),
+        worker_event(cid, "alive@h", "busy", activeJobs=1),
+        job_event(cid, "run-killed", "active", workerId="killed@h"),
+        job_event(cid, "held-killed", "queued", workerId="killed@h"),
+        job_event(cid, "run-bye", "active", workerId="bye@h"),
+        job_event(cid, "run-alive", "active", workerId="alive@h"),
+        job_event(cid, "in-broker", "queued"),
+        job_event(cid, "done-killed", "completed", workerId="killed@h"),
+        job_event(cid, "run-unseen", "active", workerId="never@h"),
+    ]
+    assert ingest(server.url, account.api_key, cid, events).status_code == 202
+    page = get(server, account, "/jobs").json()["data"]
+    assert {j["externalId"] for j in page if j.get("lost")} == {
+        "run-killed",
+        "held-killed",
+        "run-bye",
+    }
+    assert all(j["lost"] is True for j in page if "lost" in j)
+    assert get(server, account, "/jobs/run-killed").json()["data"]["lost"] is True
+    assert "lost" not in get(server, account, "/jobs/run-alive").json()["data"]
+    # The worker beats again: its jobs are no longer lost.
+    again = [worker_event(cid, "killed@h", "busy", activeJobs=2)]
+    assert ingest(server.url, account.api_key, cid, again).status_code == 202
+    assert "lost" not in get(server, account, "/jobs/run-killed").json()["data"]
+    filtered = get(server, account, "/jobs", state="active").json()["data"]
+    assert {j["externalId"] for j in filtered if j.get("lost")} == {"run-bye"}
+
+
 def test_the_expiry_reaches_clients_by_the_config_endpoint(server):
     config = requests.get(f"{server.url}/api/config", timeout=10).json()
     assert config["workerExpirySeconds"] == 30.0

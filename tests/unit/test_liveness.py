@@ -9,6 +9,8 @@ from sluice.liveness import (
     HEARTBEAT_EXPIRED,
     effective,
     expired,
+    held_by_worker,
+    lost,
     silent_ms,
     timestamp_ms,
     worker_online,
@@ -69,3 +71,25 @@ def test_effective_snapshot_says_why_it_is_offline():
     assert stale["state"] == "busy"  # the snapshot itself is not changed
     said = {**fresh, "state": "offline", "timestamp": at(95)}
     assert effective(said, NOW, 30) == {**said, "expired": False}
+
+
+def test_a_job_is_held_by_the_worker_it_runs_on_or_that_received_it():
+    assert held_by_worker({"state": "active", "workerId": "w1@h"}) == "w1@h"
+    assert held_by_worker({"state": "queued", "workerId": "w1@h"}) == "w1@h"  # reserved
+    assert held_by_worker({"state": "scheduled", "workerId": "w1@h"}) == "w1@h"  # ETA, held
+    assert held_by_worker({"state": "queued"}) is None  # in the broker
+    assert held_by_worker({"state": "active", "workerId": ""}) is None
+    for state in ("completed", "failed", "retrying", "cancelled", "unknown"):
+        assert held_by_worker({"state": state, "workerId": "w1@h"}) is None
+
+
+def test_a_job_is_lost_when_its_worker_is_offline_said_or_expired():
+    job = {"state": "active", "workerId": "w1@h"}
+    online = {"state": "busy", "timestamp": at(1)}
+    assert not lost(job, online, NOW, 30)
+    assert lost(job, {"state": "offline", "timestamp": at(1)}, NOW, 30)  # said goodbye
+    assert lost(job, {"state": "busy", "timestamp": at(31)}, NOW, 30)  # heartbeats stopped
+    assert lost({"state": "queued", "workerId": "w1@h"}, {"state": "offline"}, NOW, 30)
+    assert not lost(job, None, NOW, 30)  # a worker never seen: nothing known
+    assert not lost({"state": "completed", "workerId": "w1@h"}, {"state": "offline"}, NOW, 30)
+    assert not lost({"state": "queued"}, {"state": "offline"}, NOW, 30)
