@@ -228,6 +228,52 @@ def test_a_worker_whose_heartbeats_stopped_shows_offline(start_server, account, 
     expect(page.locator('[data-stat="workers"]')).to_have_text("1")
 
 
+def test_jobs_held_by_an_offline_worker_are_marked_lost(start_server, account, page):
+    """A job active on, or reserved by (queued with a workerId), a worker that is
+    offline or whose heartbeats stopped is marked Lost, at load and live."""
+    server = start_server(SLUICE_WORKER_EXPIRY_SECONDS="4")
+    cid = account.connection_id
+    dead = worker_event(cid, "dead@h", "busy", hostname="h", activeJobs=1)
+    dead["timestamp"] = iso(datetime.now(UTC) - timedelta(seconds=95))
+    send(
+        server,
+        account,
+        [
+            dead,
+            job_event(cid, "run-dead", "active", workerId="dead@h"),
+            job_event(cid, "held-dead", "queued", workerId="dead@h"),
+            job_event(cid, "in-broker", "queued"),
+            job_event(cid, "done-dead", "completed", workerId="dead@h"),
+        ],
+    )
+    login_cookie(page, server.url, account)
+    open_live(page, server.url, cid)
+    for ref in ("run-dead", "held-dead"):
+        expect(job_row(page, ref)).to_have_attribute("data-lost", "true")
+        expect(job_row(page, ref).locator(".lost-tag")).to_have_text("Lost")
+    for ref in ("in-broker", "done-dead"):
+        expect(job_row(page, ref)).not_to_have_attribute("data-lost", "true")
+        expect(job_row(page, ref).locator(".lost-tag")).to_have_count(0)
+
+    # Live: a job on a beating worker; the worker goes silent, the job is lost.
+    send(
+        server,
+        account,
+        [
+            worker_event(cid, "live@h", "busy", hostname="h", activeJobs=1),
+            job_event(cid, "run-live", "active", workerId="live@h"),
+        ],
+    )
+    row = job_row(page, "run-live")
+    expect(row.locator(".badge")).to_have_text("Active")
+    expect(row).not_to_have_attribute("data-lost", "true")
+    expect(row).to_have_attribute("data-lost", "true", timeout=8000)
+    # The dead worker comes back: its jobs are no longer lost.
+    send(server, account, [worker_event(cid, "dead@h", "busy", hostname="h", activeJobs=1)])
+    expect(job_row(page, "run-dead")).not_to_have_attribute("data-lost", "true")
+    expect(job_row(page, "run-dead").locator(".lost-tag")).to_have_count(0)
+
+
 def test_queue_depth_and_sparkline(server, account, page):
     cid = account.connection_id
     login_cookie(page, server.url, account)

@@ -83,7 +83,7 @@ function render(ts) {
   }
   lastDraw = ts;
   const now = client.serverNow();
-  jobs.render(store);
+  jobs.render(store, now);
   scope.render(store, now);
   workers.render(store, now);
   queues.render(store, now);

@@ -91,6 +91,8 @@ export class Store {
     this.resetJobs(this.filter);
     /** @type {Map<string, any>} */
     this.workers = new Map();
+    /** @type {Map<string, any>} externalId -> worker */
+    this.byExternalId = new Map();
     /** @type {Map<string, any>} */
     this.queues = new Map();
     /** Per kind: {id, parsed} of the stream entry it is up to date with, or null. */
@@ -218,6 +220,7 @@ export class Store {
     }
     if (workers) {
       this.workers = new Map();
+      this.byExternalId = new Map();
       for (const w of workers.data || []) {
         if (!w || typeof w !== "object") continue;
         const ms = parseTime(w.timestamp) ?? 0;
@@ -412,7 +415,10 @@ export class Store {
       w = { id: key, externalId: null, hostname: null, state: "online", activeJobs: null, concurrency: null, queues: null, lastHeartbeatMs: null, seenMs: null, changedMs: ms, v: 0 };
       this.workers.set(key, w);
     }
-    if (typeof d.externalId === "string" && d.externalId) w.externalId = d.externalId;
+    if (typeof d.externalId === "string" && d.externalId) {
+      w.externalId = d.externalId;
+      this.byExternalId.set(d.externalId, w);
+    }
     if (typeof d.hostname === "string" && d.hostname) w.hostname = d.hostname;
     if (typeof d.state === "string" && d.state) {
       if (d.state !== w.state) w.changedMs = ms;
@@ -445,8 +451,22 @@ export class Store {
 
   /** The worker whose externalId (a job's `workerId`) is `externalId`, or null. */
   workerByExternalId(externalId) {
-    for (const w of this.workers.values()) if (w.externalId === externalId) return w;
+    const w = this.byExternalId.get(externalId);
+    if (w && this.workers.get(w.id) === w) return w;
+    for (const v of this.workers.values()) if (v.externalId === externalId) return v;
     return null;
+  }
+
+  /**
+   * Whether a job is lost at server time `nowMs`: it is active on, or waiting
+   * reserved by (queued/scheduled with a workerId), a worker that is offline or
+   * expired. The job API's rule (sluice/liveness.py `lost`).
+   */
+  jobLost(job, nowMs) {
+    if (!job.workerId) return false;
+    if (job.state !== "active" && job.state !== "queued" && job.state !== "scheduled") return false;
+    const w = this.workerByExternalId(job.workerId);
+    return w != null && this.workerStatus(w, nowMs).state === "offline";
   }
 
   applyQueue(ms, d) {

@@ -183,6 +183,24 @@ export class JobsTable {
     return tr ? tr._cells.link : null;
   }
 
+  /** Mark a row lost: the worker that holds its job is offline (docs/api.md, "Lost jobs"). */
+  applyLost(tr, lost) {
+    if (!!tr._lost === lost) return;
+    tr._lost = lost;
+    tr.classList.toggle("is-lost", lost);
+    if (lost) {
+      tr.dataset.lost = "true";
+      const tag = el("span", "lost-tag", "Lost");
+      tag.title = `Its worker ${tr._job.workerId} is offline`;
+      tr._cells.state.append(tag);
+      tr._cells.lostTag = tag;
+    } else {
+      delete tr.dataset.lost;
+      if (tr._cells.lostTag) tr._cells.lostTag.remove();
+      tr._cells.lostTag = null;
+    }
+  }
+
   markOpen(tr, open) {
     tr.classList.toggle("is-open", open);
     if (open) tr._cells.link.setAttribute("aria-current", "true");
@@ -205,8 +223,11 @@ export class JobsTable {
     this.changed = true;
   }
 
-  render(store) {
+  render(store, nowMs) {
     this.renderChips(store);
+    // Lost jobs change with time (a worker's heartbeats stop) as well as with events.
+    const lostNow = (job) => (nowMs == null ? false : store.jobLost(job, nowMs));
+    for (const tr of this.rows.values()) if (tr._job) this.applyLost(tr, lostNow(tr._job));
     if (!store.jobsChanged && !this.changed) return;
     store.jobsChanged = false;
     this.changed = false;
@@ -223,6 +244,7 @@ export class JobsTable {
       } else if (tr._job !== job || tr._v !== job.v) {
         this.fillRow(tr, job);
       }
+      this.applyLost(tr, lostNow(job));
       if (tr === cursor) cursor = cursor.nextSibling;
       else this.body.insertBefore(tr, cursor);
     }
@@ -339,6 +361,7 @@ export class JobsTable {
       c.state.replaceChildren(badge(job.state));
       tr.dataset.state = job.state;
       tr._state = job.state;
+      if (tr._lost) this.applyLost(tr, false); // its tag went with the old badge
     }
     setText(c.link, job.name || "(unnamed)");
     if (job.name && c.link.title !== job.name) c.link.title = job.name;
