@@ -108,3 +108,75 @@ def test_integration_two_workers_told_apart_and_a_sigkilled_one_expires(
         first.stop(signal.SIGKILL)
         second.stop()
         cleanup_broker(broker, queue)
+
+
+def test_integration_jobs_of_a_sigkilled_worker_are_lost(
+    start_server, account, broker_redis_url, queue
+):
+    """Two tasks running and one received (prefetched) on a prefork worker that
+    is SIGKILLed: once its heartbeats expire, the job API says all three are
+    lost; nothing reads as a live Active."""
+    from .rig import publisher
+
+    server = start_server(SLUICE_WORKER_EXPIRY_SECONDS=str(EXPIRY))
+    broker = redis_broker_url(broker_redis_url)
+    env = {
+        "TEST_SLUICE_INSTALL": "1",
+        "SLUICE_URL": server.url,
+        "SLUICE_API_KEY": account.api_key,
+        "SLUICE_CONNECTION_ID": account.connection_id,
+        "SLUICE_HEARTBEAT_INTERVAL": "0.5",
+    }
+    worker = CeleryWorker(broker, queue, env=env)
+    orphans: list[int] = []
+    headers = {"Authorization": f"Bearer {account.api_key}"}
+
+    def jobs() -> list[dict]:
+        reply = requests.get(
+            f"{server.url}/api/connections/{account.connection_id}/jobs",
+            headers=headers,
+            timeout=10,
+        )
+        assert reply.status_code == 200, reply.text
+        return reply.json()["data"]
+
+    try:
+        worker.start()
+        pub = publisher(broker, queue)
+        ids = {pub.send_task("sluice_test.sleep", (60,), queue=queue).id for _ in range(4)}
+
+        def running_and_reserved():
+            mine = [j for j in jobs() if j["externalId"] in ids]
+            active = [j for j in mine if j["state"] == "active"]
+            held = [j for j in mine if j["state"] == "queued" and j.get("workerId")]
+            return len(active) == 2 and len(held) >= 1 and (active, held)
+
+        try:
+            active, held = wait_until(running_and_reserved, 60, "2 active and 1 reserved job")
+        except AssertionError as exc:
+            seen = [(j["externalId"][:8], j["state"], j.get("workerId")) for j in jobs()]
+            raise AssertionError(f"{exc}: {seen}\n{worker.output()[-2000:]}") from None
+        assert {j["workerId"] for j in active + held} == {worker.nodename}
+        assert not any(j.get("lost") for j in active + held)
+
+        assert worker.process is not None
+        orphans = children(worker.process.pid)
+        worker.process.send_signal(signal.SIGKILL)
+        worker.process.wait(timeout=10)
+        held_ids = {j["externalId"] for j in active + held}
+
+        def all_lost():
+            mine = {j["externalId"]: j for j in jobs()}
+            return all(mine[i].get("lost") is True for i in held_ids) and mine
+
+        mine = wait_until(all_lost, EXPIRY + 10, "the killed worker's jobs to be lost")
+        # Nothing is a live Active: every active job of this worker is lost.
+        assert all(j.get("lost") for j in mine.values() if j["state"] == "active")
+    finally:
+        for pid in orphans:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        worker.stop(signal.SIGKILL)
+        cleanup_broker(broker, queue)
