@@ -268,6 +268,10 @@ def test_jobs_held_by_an_offline_worker_are_marked_lost(start_server, account, p
     expect(row.locator(".badge")).to_have_text("Active")
     expect(row).not_to_have_attribute("data-lost", "true")
     expect(row).to_have_attribute("data-lost", "true", timeout=8000)
+    row.locator(".job-link").click()
+    drawer = page.locator("[data-drawer]")
+    expect(drawer).to_have_attribute("data-lost", "true")
+    expect(drawer.locator("[data-drawer-sub] .lost-tag")).to_have_text("Lost")
     # The dead worker comes back: its jobs are no longer lost.
     send(server, account, [worker_event(cid, "dead@h", "busy", hostname="h", activeJobs=1)])
     expect(job_row(page, "run-dead")).not_to_have_attribute("data-lost", "true")

@@ -62,6 +62,7 @@ const drawer = new JobDrawer(root, {
   onUnauthorized: () => signedOut(),
   onLoaded: (job) => jobs.setOpen(job.id),
   rowLink: (jobId) => jobs.rowLink(jobId),
+  isLost: (job) => store.jobLost(job, client.serverNow()),
 });
 
 // The DOM is written at most every RENDER_INTERVAL_MS, always inside an animation
@@ -88,6 +89,7 @@ function render(ts) {
   workers.render(store, now);
   queues.render(store, now);
   stats.render(store, now);
+  drawer.renderLost();
 }
 
 const client = new StreamClient({
