@@ -64,15 +64,15 @@ def worker_online(snapshot: dict[str, Any], now_ms: int, expiry_seconds: float) 
 def effective(snapshot: dict[str, Any], now_ms: int, expiry_seconds: float) -> dict[str, Any]:
     """A worker snapshot as the workers API answers it: always with `expired`;
     an expired one with `state: "offline"`, `reportedState` (the state it last
-    said), `offlineReason: "heartbeat_expired"`, `activeJobs: 0` and
-    `silentSeconds` (whole seconds since its last event)."""
+    said), `offlineReason: "heartbeat_expired"` and `silentSeconds` (whole
+    seconds since its last event). `activeJobs` stays as last reported: the jobs
+    it held when it went silent (now lost)."""
     out = dict(snapshot)
     if not expired(snapshot, now_ms, expiry_seconds):
         out["expired"] = False
         return out
     out["reportedState"] = snapshot.get("state")
     out["state"] = OFFLINE
-    out["activeJobs"] = 0
     out["expired"] = True
     out["offlineReason"] = HEARTBEAT_EXPIRED
     out["silentSeconds"] = (silent_ms(snapshot, now_ms) or 0) // 1000

@@ -302,7 +302,7 @@ def test_a_worker_whose_heartbeats_stopped_is_offline_on_read(server, account):
     assert gone["expired"] is True
     assert gone["offlineReason"] == "heartbeat_expired"
     assert gone["reportedState"] == "busy"
-    assert gone["activeJobs"] == 0
+    assert gone["activeJobs"] == 2  # as last reported: what it held (now lost)
     assert 95 <= gone["silentSeconds"] < 95 + 30
     assert gone["timestamp"] == old
     assert (by_name["live@h"]["state"], by_name["live@h"]["expired"]) == ("idle", False)

@@ -63,7 +63,6 @@ def test_effective_snapshot_says_why_it_is_offline():
         **stale,
         "state": "offline",
         "reportedState": "busy",
-        "activeJobs": 0,
         "expired": True,
         "offlineReason": HEARTBEAT_EXPIRED,
         "silentSeconds": 95,

@@ -225,7 +225,7 @@ export class Store {
         if (!w || typeof w !== "object") continue;
         const ms = parseTime(w.timestamp) ?? 0;
         // An expired worker is kept as it last reported: the page applies the expiry itself.
-        const data = w.expired === true && typeof w.reportedState === "string" ? { ...w, state: w.reportedState, activeJobs: null } : w;
+        const data = w.expired === true && typeof w.reportedState === "string" ? { ...w, state: w.reportedState } : w;
         this.applyWorker(data.state === "offline" ? WORKER_STATE_CHANGE : WORKER_HEARTBEAT, ms, data);
       }
       this.workersChanged = true;
