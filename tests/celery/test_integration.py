@@ -86,14 +86,15 @@ def test_signals_from_publisher_and_worker(capture):
                 )
 
             events = capture.wait_for(finished, timeout=20)
-        # The publisher's `queued`, then the worker's: `queued` held by that worker.
+        # The publisher's `queued` and the worker's (`queued` held by that worker),
+        # sent by two threads: in either order.
         assert jobs(events, ok) == [("queued", 1), ("queued", 1), ("active", 1), ("completed", 1)]
         held = [
             e["job"].get("workerId")
             for e in events
             if e["type"] == "job_state_change" and e["job"]["externalId"] == ok
         ]
-        assert held[0] is None and held[1]
+        assert None in held[:2] and any(held[:2])
         assert collapsed(jobs(events, flaky)) == [
             ("queued", 1), ("active", 1), ("retrying", 1),
             ("queued", 2), ("active", 2), ("retrying", 2),
