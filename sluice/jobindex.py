@@ -23,7 +23,7 @@ _string = json.encoder.encode_basestring
 
 #: What the script gets per event besides (producer id, event name, data):
 #: kind ("j" job, "w" worker, "q" queue), then the kind's fields, "" when absent.
-INDEX_STRIDE: Final = 15
+INDEX_STRIDE: Final = 14
 JOB, WORKER, QUEUE = "j", "w", "q"
 #: The index fields of an event the index ignores.
 NOT_INDEXED: Final = ("",) * INDEX_STRIDE
@@ -55,9 +55,8 @@ def index_fields(event: str, data: Mapping[str, Any]) -> tuple[str, ...]:
 
     - a job: kind, job id, state, queue, name, worker id, external id, its
       timeline entry as JSON without the closing brace (the script adds the
-      previous state it knows), the previous state the producer sent, the
-      event's timestamp (normalised: ISO 8601 UTC to the millisecond, so text
-      order is time order), and the arguments, keyword arguments and result (JSON, from `extensions`) and
+      previous state it knows), the previous state the producer sent, and the
+      arguments, keyword arguments and result (JSON, from `extensions`) and
       the traceback, each "" when not sent; and the job as lists show it (its
       data without `stacktrace`, which only the detail shows), "" when that is
       the data itself;
@@ -75,7 +74,6 @@ def index_fields(event: str, data: Mapping[str, Any]) -> tuple[str, ...]:
             data["externalId"],
             _timeline_entry(data),
             data.get("previousState") or "",
-            data["timestamp"],
             _json_or_empty(extensions.get("args")),
             _json_or_empty(extensions.get("kwargs")),
             _json_or_empty(extensions.get("result")),

@@ -248,37 +248,3 @@ def test_store_counts_follow_the_server_with_optimistic_moves(server, page):
     assert out["reflected"] == {"total": 60, "active": 0, "failed": 0, "completed": 0, "queued": 9}
     assert out["filtered"] == {"total": 61, "active": 0, "failed": 0, "completed": 0, "queued": 10}
     assert out["reset"] is None
-
-
-LATE = (
-    "async () => {"
-    + PRELUDE
-    + """
-  const { isLate } = await import('/static/js/live/store.js');
-  const s = new Store();
-  s.apply('job:state_change', '1000-0', job('a', 'completed', 5));
-  // Another process's older event, arriving after: the job stays completed.
-  s.apply('job:state_change', '1001-0', job('a', 'queued', 2));
-  const late = s.jobs.get('a').state;
-  // The same millisecond: a final state is not left for another.
-  s.apply('job:state_change', '1002-0', job('a', 'active', 5));
-  const tie = s.jobs.get('a').state;
-  s.apply('job:state_change', '1003-0', job('a', 'retrying', 6));
-  return { late, tie, state: s.jobs.get('a').state, counts: { ...s.stateCounts },
-           events: s.eventCount, resume: s.resumeId(),
-           rule: [isLate({ updatedMs: 10, state: 'active' }, 'queued', 9),
-                  isLate({ updatedMs: 10, state: 'failed' }, 'active', 10),
-                  isLate({ updatedMs: 10, state: 'active' }, 'failed', 10),
-                  isLate({ updatedMs: null, state: 'active' }, 'queued', 9)] };
-}"""
-)
-
-
-def test_store_keeps_a_job_as_of_its_latest_event_by_time(server, page):
-    page.goto(server.url + "/login")
-    out = page.evaluate(LATE)
-    assert (out["late"], out["tie"]) == ("completed", "completed")
-    assert out["state"] == "retrying" and out["counts"]["retrying"] == 1
-    assert sum(out["counts"].values()) == 1
-    assert out["events"] == 4 and out["resume"] == "1003-0"
-    assert out["rule"] == [True, True, False, False]

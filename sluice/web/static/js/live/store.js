@@ -27,17 +27,6 @@ import { JOB_STATES, JOB_STATE_CHANGE, QUEUE_SNAPSHOT, WORKER_HEARTBEAT, WORKER_
 
 export { JOB_STATES };
 export const FINISHED = new Set(["completed", "failed", "cancelled"]);
-
-/**
- * Whether an event for `job` is older than what the job shows: an earlier
- * timestamp, or the same millisecond while the job is in a final state and
- * the event is not (the job index's rule, docs/api.md).
- */
-export function isLate(job, to, when) {
-  if (when == null || job.updatedMs == null) return false;
-  if (when < job.updatedMs) return true;
-  return when === job.updatedMs && FINISHED.has(job.state) && !FINISHED.has(to);
-}
 export const KINDS = ["job", "worker", "queue"];
 
 const JOB_FIELDS = [
@@ -343,13 +332,6 @@ export class Store {
     let job = this.jobs.get(key);
     if (job && job.lastParsed && compareIds(parsed, job.lastParsed) <= 0) return false;
     const to = JOB_STATES.includes(d.state) ? d.state : "unknown";
-    if (job && isLate(job, to, parseTime(d.timestamp))) {
-      // Older than what the job shows (another process's event, arrived late):
-      // the job stays as of its latest event, as the server's index keeps it.
-      job.lastId = id;
-      job.lastParsed = parsed;
-      return false;
-    }
     this.countEvent(parsed, !!job, job ? job.state : "", to);
     if (!job) {
       // Not in the list: it joins (on top) only when the list's filter wants it.
