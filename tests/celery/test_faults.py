@@ -199,9 +199,21 @@ def test_agent_turns_task_events_on_like_flower(server, account, broker_redis_ur
         procs.append(Agent(broker, server.url, account, "--queue", queue).start())
         col = Collector(server.url, account)
         worker.wait_for_output("enabled by remote", timeout=20)
-        task_id = publisher(broker, queue).send_task("sluice_test.add", (3, 4), queue=queue).id
-        col.wait(lambda c: c.has_state(task_id, "completed"), what="the task's events")
-        assert col.states(task_id)[-2:] == ["active", "completed"]
+        # The worker logs "enabled by remote" as it turns events on; a task it
+        # takes in that instant may still go unreported. Another task shows
+        # whether events now flow (without the agent's command none ever would).
+        app = publisher(broker, queue)
+        done = None
+        for _attempt in range(3):
+            task_id = app.send_task("sluice_test.add", (3, 4), queue=queue).id
+            try:
+                col.wait(lambda c, t=task_id: c.has_state(t, "completed"), 15, "the task's events")
+            except AssertionError:
+                continue
+            done = task_id
+            break
+        assert done is not None, "no task's events reached Sluice after the agent's enable_events"
+        assert col.states(done)[-2:] == ["active", "completed"]
         col.close()
     finally:
         for proc in reversed(procs):
