@@ -4,7 +4,6 @@ stream's window, on a real gunicorn and a real Redis."""
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 
 import pytest
@@ -12,7 +11,6 @@ import requests
 
 from sluice.contract import JOB_STATES
 from sluice.store.keys import Keys
-from sluice.timefmt import iso_from_ms
 from tests.sse import open_stream
 from tests.util import ingest, job_event, queue_event, raw_redis, wait_until, worker_event
 
@@ -279,86 +277,6 @@ def test_workers_and_queues_snapshots(server, account):
     queues = get(server, account, "/queues").json()
     assert [(q["name"], q["depth"]) for q in queues["data"]] == [("default", 3)]
     assert workers["streamId"] != "0-0"
-
-
-def test_a_worker_whose_heartbeats_stopped_is_offline_on_read(server, account):
-    """Liveness is decided on read: a heartbeat older than
-    SLUICE_WORKER_EXPIRY_SECONDS (30 s by default) gives `offline`, with why;
-    a fresh one, or a new heartbeat of the same worker, gives it back."""
-    cid = account.connection_id
-    old = iso_from_ms(int(time.time() * 1000) - 95_000)
-    events = [
-        worker_event(cid, "gone@h", "busy", hostname="h", activeJobs=2, concurrency=2),
-        worker_event(cid, "live@h", "idle", hostname="h"),
-        worker_event(cid, "said@h", "offline", kind="worker_state_change"),
-    ]
-    events[0]["timestamp"] = old
-    events[2]["timestamp"] = old
-    assert ingest(server.url, account.api_key, cid, events).status_code == 202
-    answer = get(server, account, "/workers").json()
-    by_name = {w["externalId"]: w for w in answer["data"]}
-    gone = by_name["gone@h"]
-    assert gone["state"] == "offline"
-    assert gone["expired"] is True
-    assert gone["offlineReason"] == "heartbeat_expired"
-    assert gone["reportedState"] == "busy"
-    assert gone["activeJobs"] == 2  # as last reported: what it held (now lost)
-    assert 95 <= gone["silentSeconds"] < 95 + 30
-    assert gone["timestamp"] == old
-    assert (by_name["live@h"]["state"], by_name["live@h"]["expired"]) == ("idle", False)
-    assert "offlineReason" not in by_name["live@h"]
-    # Said offline itself: offline, not expired.
-    assert (by_name["said@h"]["state"], by_name["said@h"]["expired"]) == ("offline", False)
-    # A new heartbeat brings it back.
-    again = [worker_event(cid, "gone@h", "busy", hostname="h", activeJobs=1)]
-    assert ingest(server.url, account.api_key, cid, again).status_code == 202
-    gone = next(
-        w for w in get(server, account, "/workers").json()["data"] if w["externalId"] == "gone@h"
-    )
-    assert (gone["state"], gone["expired"], gone["activeJobs"]) == ("busy", False, 1)
-
-
-def test_jobs_held_by_an_offline_or_expired_worker_are_lost_on_read(server, account):
-    """`lost: true` on an active or received (queued with a workerId) job whose
-    worker said offline or stopped beating; not on a job in the broker, a
-    finished one, or one whose worker is alive or was never seen."""
-    cid = account.connection_id
-    old = iso_from_ms(int(time.time() * 1000) - 95_000)
-    killed = worker_event(cid, "killed@h", "busy", activeJobs=2)
-    killed["timestamp"] = old
-    events = [
-        killed,
-        worker_event(cid, "bye@h", "offline", kind="worker_state_change"),
-        worker_event(cid, "alive@h", "busy", activeJobs=1),
-        job_event(cid, "run-killed", "active", workerId="killed@h"),
-        job_event(cid, "held-killed", "queued", workerId="killed@h"),
-        job_event(cid, "run-bye", "active", workerId="bye@h"),
-        job_event(cid, "run-alive", "active", workerId="alive@h"),
-        job_event(cid, "in-broker", "queued"),
-        job_event(cid, "done-killed", "completed", workerId="killed@h"),
-        job_event(cid, "run-unseen", "active", workerId="never@h"),
-    ]
-    assert ingest(server.url, account.api_key, cid, events).status_code == 202
-    page = get(server, account, "/jobs").json()["data"]
-    assert {j["externalId"] for j in page if j.get("lost")} == {
-        "run-killed",
-        "held-killed",
-        "run-bye",
-    }
-    assert all(j["lost"] is True for j in page if "lost" in j)
-    assert get(server, account, "/jobs/run-killed").json()["data"]["lost"] is True
-    assert "lost" not in get(server, account, "/jobs/run-alive").json()["data"]
-    # The worker beats again: its jobs are no longer lost.
-    again = [worker_event(cid, "killed@h", "busy", activeJobs=2)]
-    assert ingest(server.url, account.api_key, cid, again).status_code == 202
-    assert "lost" not in get(server, account, "/jobs/run-killed").json()["data"]
-    filtered = get(server, account, "/jobs", state="active").json()["data"]
-    assert {j["externalId"] for j in filtered if j.get("lost")} == {"run-bye"}
-
-
-def test_the_expiry_reaches_clients_by_the_config_endpoint(server):
-    config = requests.get(f"{server.url}/api/config", timeout=10).json()
-    assert config["workerExpirySeconds"] == 30.0
 
 
 def test_rejected_batch_leaves_nothing_in_the_index(server, account):

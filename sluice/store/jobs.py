@@ -543,19 +543,6 @@ def snapshots(r: Redis, connection_id: str, kind: str) -> dict[str, Any]:
     }
 
 
-def worker_snapshots(r: Redis, connection_id: str, worker_ids: list[str]) -> dict[str, Any]:
-    """The latest snapshots of the workers with these ids (a worker's `id`), by
-    id; a worker without one is left out."""
-    if not worker_ids:
-        return {}
-    values = r.hmget(Keys.index(connection_id, Keys.WORKERS), worker_ids)
-    return {
-        worker_id: json.loads(value)
-        for worker_id, value in zip(worker_ids, values, strict=True)
-        if value is not None
-    }
-
-
 def purge(r: Redis, connection_id: str) -> None:
     """Delete a connection's whole index, a bounded batch per script call."""
     purge_batch = script(r, _PURGE_LUA)

@@ -94,8 +94,7 @@ def check_lifecycle(col: Collector, pub, queue: str, worker: CeleryWorker, *, st
             jobs = sorted(
                 jobs, key=lambda d: (d["timestamp"], d["attempt"], rank.get(d["state"], 2))
             )
-        # A waiting state repeats when a worker receives the task (it then says which).
-        return dedupe_consecutive([d["state"] for d in jobs])
+        return [d["state"] for d in jobs]
 
     # One job id (derived by the server) across every event of a task.
     for key in ids:

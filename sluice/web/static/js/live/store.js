@@ -63,26 +63,10 @@ function filterFields(key, d) {
   };
 }
 
-/** SLUICE_WORKER_EXPIRY_SECONDS until GET /api/config says (docs/api.md, "Worker liveness"). */
-export const DEFAULT_WORKER_EXPIRY_MS = 30000;
-
-/**
- * A worker's state as the page shows and counts it, at server time `nowMs`: the
- * server's rule (sluice/liveness.py). Offline when it said so, or when its latest
- * event's timestamp is more than `expiryMs` old (its heartbeats stopped).
- * Returns {state, expired, silentMs}.
- */
-export function workerStatus(w, nowMs, expiryMs) {
-  const silentMs = w.seenMs == null ? null : Math.max(0, nowMs - w.seenMs);
-  const expired = w.state !== "offline" && silentMs != null && silentMs > expiryMs;
-  return { state: expired ? "offline" : w.state, expired, silentMs };
-}
-
 export class Store {
   constructor({ maxJobs = 20000 } = {}) {
     this.maxJobs = maxJobs;
     this.filter = emptyFilter();
-    this.workerExpiryMs = DEFAULT_WORKER_EXPIRY_MS;
     this.reset();
   }
 
@@ -91,8 +75,6 @@ export class Store {
     this.resetJobs(this.filter);
     /** @type {Map<string, any>} */
     this.workers = new Map();
-    /** @type {Map<string, any>} externalId -> worker */
-    this.byExternalId = new Map();
     /** @type {Map<string, any>} */
     this.queues = new Map();
     /** Per kind: {id, parsed} of the stream entry it is up to date with, or null. */
@@ -220,13 +202,10 @@ export class Store {
     }
     if (workers) {
       this.workers = new Map();
-      this.byExternalId = new Map();
       for (const w of workers.data || []) {
         if (!w || typeof w !== "object") continue;
         const ms = parseTime(w.timestamp) ?? 0;
-        // An expired worker is kept as it last reported: the page applies the expiry itself.
-        const data = w.expired === true && typeof w.reportedState === "string" ? { ...w, state: w.reportedState } : w;
-        this.applyWorker(data.state === "offline" ? WORKER_STATE_CHANGE : WORKER_HEARTBEAT, ms, data);
+        this.applyWorker(w.state === "offline" ? WORKER_STATE_CHANGE : WORKER_HEARTBEAT, ms, w);
       }
       this.workersChanged = true;
       this.setAsOf("worker", workers.streamId);
@@ -412,13 +391,10 @@ export class Store {
     if (typeof key !== "string" || !key) return false;
     let w = this.workers.get(key);
     if (!w) {
-      w = { id: key, externalId: null, hostname: null, state: "online", activeJobs: null, concurrency: null, queues: null, lastHeartbeatMs: null, seenMs: null, changedMs: ms, v: 0 };
+      w = { id: key, externalId: null, hostname: null, state: "online", activeJobs: null, concurrency: null, queues: null, lastHeartbeatMs: null, changedMs: ms, v: 0 };
       this.workers.set(key, w);
     }
-    if (typeof d.externalId === "string" && d.externalId) {
-      w.externalId = d.externalId;
-      this.byExternalId.set(d.externalId, w);
-    }
+    if (typeof d.externalId === "string" && d.externalId) w.externalId = d.externalId;
     if (typeof d.hostname === "string" && d.hostname) w.hostname = d.hostname;
     if (typeof d.state === "string" && d.state) {
       if (d.state !== w.state) w.changedMs = ms;
@@ -427,7 +403,6 @@ export class Store {
     if (Number.isFinite(d.activeJobs)) w.activeJobs = d.activeJobs;
     if (Number.isFinite(d.concurrency)) w.concurrency = d.concurrency;
     if (Array.isArray(d.queues)) w.queues = d.queues;
-    w.seenMs = parseTime(d.timestamp) ?? ms; // the latest event's time: what liveness is decided on
     if (type === WORKER_HEARTBEAT) w.lastHeartbeatMs = parseTime(d.timestamp) ?? ms;
     else if (w.lastHeartbeatMs == null) w.lastHeartbeatMs = parseTime(d.timestamp) ?? ms;
     if (w.state === "offline") w.activeJobs = 0;
@@ -436,37 +411,10 @@ export class Store {
     return true;
   }
 
-  /** Set the worker expiry (seconds, from GET /api/config); ignored unless a positive number. */
-  setWorkerExpirySeconds(n) {
-    if (Number.isFinite(n) && n > 0) {
-      this.workerExpiryMs = n * 1000;
-      this.workersChanged = true;
-    }
-  }
-
-  /** {state, expired, silentMs} of worker `w` at server time `nowMs` (see workerStatus). */
-  workerStatus(w, nowMs) {
-    return workerStatus(w, nowMs, this.workerExpiryMs);
-  }
-
   /** The worker whose externalId (a job's `workerId`) is `externalId`, or null. */
   workerByExternalId(externalId) {
-    const w = this.byExternalId.get(externalId);
-    if (w && this.workers.get(w.id) === w) return w;
-    for (const v of this.workers.values()) if (v.externalId === externalId) return v;
+    for (const w of this.workers.values()) if (w.externalId === externalId) return w;
     return null;
-  }
-
-  /**
-   * Whether a job is lost at server time `nowMs`: it is active on, or waiting
-   * reserved by (queued/scheduled with a workerId), a worker that is offline or
-   * expired. The job API's rule (sluice/liveness.py `lost`).
-   */
-  jobLost(job, nowMs) {
-    if (!job.workerId) return false;
-    if (job.state !== "active" && job.state !== "queued" && job.state !== "scheduled") return false;
-    const w = this.workerByExternalId(job.workerId);
-    return w != null && this.workerStatus(w, nowMs).state === "offline";
   }
 
   applyQueue(ms, d) {
