@@ -183,6 +183,13 @@ class Settings:
         minimum=1,
         doc="Jobs kept in the index per connection; the least recently updated go first.",
     )
+    worker_expiry_seconds: float = setting(
+        "SLUICE_WORKER_EXPIRY_SECONDS",
+        30.0,
+        minimum=1.0,
+        doc="A worker whose last event (heartbeat or state change) is older than "
+        "this counts as offline.",
+    )
     dedupe_max: int = setting(
         "SLUICE_DEDUPE_MAX",
         20_000,

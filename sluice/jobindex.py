@@ -23,7 +23,7 @@ _string = json.encoder.encode_basestring
 
 #: What the script gets per event besides (producer id, event name, data):
 #: kind ("j" job, "w" worker, "q" queue), then the kind's fields, "" when absent.
-INDEX_STRIDE: Final = 14
+INDEX_STRIDE: Final = 15
 JOB, WORKER, QUEUE = "j", "w", "q"
 #: The index fields of an event the index ignores.
 NOT_INDEXED: Final = ("",) * INDEX_STRIDE
@@ -31,6 +31,31 @@ NOT_INDEXED: Final = ("",) * INDEX_STRIDE
 
 def _json_or_empty(value: Any) -> str:
     return "" if value is None else dumps(value)
+
+
+#: Where a state comes in one attempt of a job's life: waiting, running, done.
+#: At the same millisecond and attempt, an event of an earlier step is late.
+LIFE_STEP: Final[Mapping[str, int]] = {
+    "unknown": 0,
+    "scheduled": 0,
+    "queued": 0,
+    "active": 1,
+    "retrying": 2,
+    "completed": 2,
+    "failed": 2,
+    "cancelled": 2,
+}
+
+
+def event_age(data: Mapping[str, Any]) -> str:
+    """How new a job event is, as text whose byte order is the index's order of
+    one job's events: its timestamp (normalised ISO 8601, so text order is time
+    order), then its attempt (1 when absent), then its step in the attempt
+    (`LIFE_STEP`). Several processes report one job (a Celery worker's main
+    process its `received`, a pool process its `started` and `succeeded`, often
+    in the same millisecond); this orders them whatever order they arrive in."""
+    attempt = data.get("attempt") or 1
+    return f"{data['timestamp']} {attempt:016d}{LIFE_STEP.get(data['state'], 0)}"
 
 
 def _timeline_entry(data: Mapping[str, Any]) -> str:
@@ -55,9 +80,9 @@ def index_fields(event: str, data: Mapping[str, Any]) -> tuple[str, ...]:
 
     - a job: kind, job id, state, queue, name, worker id, external id, its
       timeline entry as JSON without the closing brace (the script adds the
-      previous state it knows), the previous state the producer sent, and the
-      arguments, keyword arguments and result (JSON, from `extensions`) and
-      the traceback, each "" when not sent; and the job as lists show it (its
+      previous state it knows), the previous state the producer sent, the
+      event's age (`event_age`), and the arguments, keyword arguments and
+      result (JSON, from `extensions`) and the traceback, each "" when not sent; and the job as lists show it (its
       data without `stacktrace`, which only the detail shows), "" when that is
       the data itself;
     - a worker: kind, worker id; a queue: kind, queue name.
@@ -74,6 +99,7 @@ def index_fields(event: str, data: Mapping[str, Any]) -> tuple[str, ...]:
             data["externalId"],
             _timeline_entry(data),
             data.get("previousState") or "",
+            event_age(data),
             _json_or_empty(extensions.get("args")),
             _json_or_empty(extensions.get("kwargs")),
             _json_or_empty(extensions.get("result")),

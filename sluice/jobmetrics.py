@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from . import liveness
 from .contract import WORKER_STATES
 
 #: The label value of everything past a cap.
@@ -26,7 +27,7 @@ FINISHED = frozenset({"completed", "failed", "cancelled"})
 #: The state a job's wait ends in.
 STARTED = "active"
 #: A worker's state that means it is gone.
-OFFLINE = "offline"
+OFFLINE = liveness.OFFLINE
 assert OFFLINE in WORKER_STATES
 
 
@@ -85,11 +86,12 @@ def wait_seconds(data: dict[str, Any]) -> float | None:
     return _span(data.get("createdAt"), data.get("startedAt"))
 
 
-def worker_online(snapshot: dict[str, Any]) -> bool:
+def worker_online(snapshot: dict[str, Any], now_ms: int, expiry_seconds: float) -> bool:
     """Whether a worker counts as online, from its latest snapshot
-    (`worker:heartbeat` or `worker:state_change` data): unless it said `offline`.
-    The one place that decides it (heartbeat expiry would go here)."""
-    return snapshot.get("state") != OFFLINE
+    (`worker:heartbeat` or `worker:state_change` data) and the time now: unless
+    it said `offline` or its heartbeats stopped more than `expiry_seconds` ago.
+    The rule is `sluice.liveness`'s, shared with the workers API and the dashboard."""
+    return liveness.worker_online(snapshot, now_ms, expiry_seconds)
 
 
 # -- label caps ----------------------------------------------------------------------
@@ -223,13 +225,16 @@ def queue_gauges(snapshots: Iterable[dict[str, Any]], admitted: set[str]) -> lis
     return [QueueGauge(label, *values) for label, values in sorted(merged.items())]
 
 
-def workers_online(snapshots: Iterable[dict[str, Any]]) -> int | None:
-    """How many of a connection's workers are online; None when it has no
-    worker snapshot at all (no series rather than a 0 that says "all down")."""
+def workers_online(
+    snapshots: Iterable[dict[str, Any]], now_ms: int, expiry_seconds: float
+) -> int | None:
+    """How many of a connection's workers are online at `now_ms` (see
+    `worker_online`); None when it has no worker snapshot at all (no series
+    rather than a 0 that says "all down")."""
     count, seen = 0, False
     for snapshot in snapshots:
         seen = True
-        if worker_online(snapshot):
+        if worker_online(snapshot, now_ms, expiry_seconds):
             count += 1
     return count if seen else None
 

@@ -12,6 +12,7 @@ pure parts (caps, runtime, wait, gauges) are in tests/unit/test_jobmetrics.py.
 from __future__ import annotations
 
 import subprocess
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,6 +22,7 @@ import requests
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
+from sluice.timefmt import iso_from_ms
 from tests.prometheus import PROMTOOL, TOKEN, Prometheus, needs_prometheus, scrape
 from tests.util import ingest, job_event, queue_event, wait_until, worker_event
 
@@ -343,5 +345,30 @@ def test_gauges_of_a_connection_without_workers_and_redis_reads_bounded(
             what="the deleted connection's gauges to go",
         )
         assert requests.get(server.url + "/api/health", timeout=5).status_code == 200
+    finally:
+        server.stop()
+
+
+def test_workers_online_leaves_out_a_worker_whose_heartbeats_stopped(start_server, account):
+    """`sluice_workers_online` follows the workers API's rule: a worker whose last
+    event is older than SLUICE_WORKER_EXPIRY_SECONDS is not online, without any
+    goodbye; a new heartbeat counts it again."""
+    server = start_server(SLUICE_METRICS_TOKEN=TOKEN, SLUICE_WORKER_EXPIRY_SECONDS="30")
+    try:
+        cid, key = account.connection_id, account.api_key
+        old = iso_from_ms(int(time.time() * 1000) - 120_000)
+        events = [
+            worker_event(cid, "w1@h", "busy", activeJobs=1),
+            worker_event(cid, "w2@h", "busy", activeJobs=1),
+            worker_event(cid, "w3@h", "idle"),
+        ]
+        events[1]["timestamp"] = old  # silent for two minutes: SIGKILLed, say
+        assert ingest(server.url, key, cid, events).status_code == 202
+        on = [({"connection": cid}, 2.0)]
+        assert samples(scrape(server.url).text, "sluice_workers_online", cid) == on
+        again = [worker_event(cid, "w2@h", "busy", activeJobs=1)]
+        assert ingest(server.url, key, cid, again).status_code == 202
+        on = [({"connection": cid}, 3.0)]
+        assert samples(scrape(server.url).text, "sluice_workers_online", cid) == on
     finally:
         server.stop()

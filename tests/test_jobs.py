@@ -4,6 +4,7 @@ stream's window, on a real gunicorn and a real Redis."""
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 
 import pytest
@@ -11,6 +12,7 @@ import requests
 
 from sluice.contract import JOB_STATES
 from sluice.store.keys import Keys
+from sluice.timefmt import iso_from_ms
 from tests.sse import open_stream
 from tests.util import ingest, job_event, queue_event, raw_redis, wait_until, worker_event
 
@@ -279,6 +281,86 @@ def test_workers_and_queues_snapshots(server, account):
     assert workers["streamId"] != "0-0"
 
 
+def test_a_worker_whose_heartbeats_stopped_is_offline_on_read(server, account):
+    """Liveness is decided on read: a heartbeat older than
+    SLUICE_WORKER_EXPIRY_SECONDS (30 s by default) gives `offline`, with why;
+    a fresh one, or a new heartbeat of the same worker, gives it back."""
+    cid = account.connection_id
+    old = iso_from_ms(int(time.time() * 1000) - 95_000)
+    events = [
+        worker_event(cid, "gone@h", "busy", hostname="h", activeJobs=2, concurrency=2),
+        worker_event(cid, "live@h", "idle", hostname="h"),
+        worker_event(cid, "said@h", "offline", kind="worker_state_change"),
+    ]
+    events[0]["timestamp"] = old
+    events[2]["timestamp"] = old
+    assert ingest(server.url, account.api_key, cid, events).status_code == 202
+    answer = get(server, account, "/workers").json()
+    by_name = {w["externalId"]: w for w in answer["data"]}
+    gone = by_name["gone@h"]
+    assert gone["state"] == "offline"
+    assert gone["expired"] is True
+    assert gone["offlineReason"] == "heartbeat_expired"
+    assert gone["reportedState"] == "busy"
+    assert gone["activeJobs"] == 2  # as last reported: what it held (now lost)
+    assert 95 <= gone["silentSeconds"] < 95 + 30
+    assert gone["timestamp"] == old
+    assert (by_name["live@h"]["state"], by_name["live@h"]["expired"]) == ("idle", False)
+    assert "offlineReason" not in by_name["live@h"]
+    # Said offline itself: offline, not expired.
+    assert (by_name["said@h"]["state"], by_name["said@h"]["expired"]) == ("offline", False)
+    # A new heartbeat brings it back.
+    again = [worker_event(cid, "gone@h", "busy", hostname="h", activeJobs=1)]
+    assert ingest(server.url, account.api_key, cid, again).status_code == 202
+    gone = next(
+        w for w in get(server, account, "/workers").json()["data"] if w["externalId"] == "gone@h"
+    )
+    assert (gone["state"], gone["expired"], gone["activeJobs"]) == ("busy", False, 1)
+
+
+def test_jobs_held_by_an_offline_or_expired_worker_are_lost_on_read(server, account):
+    """`lost: true` on an active or received (queued with a workerId) job whose
+    worker said offline or stopped beating; not on a job in the broker, a
+    finished one, or one whose worker is alive or was never seen."""
+    cid = account.connection_id
+    old = iso_from_ms(int(time.time() * 1000) - 95_000)
+    killed = worker_event(cid, "killed@h", "busy", activeJobs=2)
+    killed["timestamp"] = old
+    events = [
+        killed,
+        worker_event(cid, "bye@h", "offline", kind="worker_state_change"),
+        worker_event(cid, "alive@h", "busy", activeJobs=1),
+        job_event(cid, "run-killed", "active", workerId="killed@h"),
+        job_event(cid, "held-killed", "queued", workerId="killed@h"),
+        job_event(cid, "run-bye", "active", workerId="bye@h"),
+        job_event(cid, "run-alive", "active", workerId="alive@h"),
+        job_event(cid, "in-broker", "queued"),
+        job_event(cid, "done-killed", "completed", workerId="killed@h"),
+        job_event(cid, "run-unseen", "active", workerId="never@h"),
+    ]
+    assert ingest(server.url, account.api_key, cid, events).status_code == 202
+    page = get(server, account, "/jobs").json()["data"]
+    assert {j["externalId"] for j in page if j.get("lost")} == {
+        "run-killed",
+        "held-killed",
+        "run-bye",
+    }
+    assert all(j["lost"] is True for j in page if "lost" in j)
+    assert get(server, account, "/jobs/run-killed").json()["data"]["lost"] is True
+    assert "lost" not in get(server, account, "/jobs/run-alive").json()["data"]
+    # The worker beats again: its jobs are no longer lost.
+    again = [worker_event(cid, "killed@h", "busy", activeJobs=2)]
+    assert ingest(server.url, account.api_key, cid, again).status_code == 202
+    assert "lost" not in get(server, account, "/jobs/run-killed").json()["data"]
+    filtered = get(server, account, "/jobs", state="active").json()["data"]
+    assert {j["externalId"] for j in filtered if j.get("lost")} == {"run-bye"}
+
+
+def test_the_expiry_reaches_clients_by_the_config_endpoint(server):
+    config = requests.get(f"{server.url}/api/config", timeout=10).json()
+    assert config["workerExpirySeconds"] == 30.0
+
+
 def test_rejected_batch_leaves_nothing_in_the_index(server, account):
     cid = account.connection_id
     good = job_event(cid, "kept-out", "queued")
@@ -378,3 +460,66 @@ def test_the_index_keeps_within_its_byte_budget(start_server, account, redis_url
     post_all(server, account, long_error, batch=60)
     timeline = get(server, account, "/jobs/chatty").json()["data"]["timeline"]
     assert 10 <= len(timeline) <= 50
+
+
+def at(event: dict, timestamp: str) -> dict:
+    event["timestamp"] = timestamp
+    return event
+
+
+def test_an_event_that_arrives_late_joins_the_timeline_but_not_the_state(server, account):
+    """Producers in several processes: a publisher's `queued` may reach Sluice after
+    the worker's `completed`. The job stays as of its latest event by time; the
+    late event takes its place in the timeline; counts and filters agree."""
+    cid = account.connection_id
+    events = [
+        at(job_event(cid, "late-1", "active", workerId="w1@h"), "2026-12-01T10:00:01.000Z"),
+        at(job_event(cid, "late-1", "completed", workerId="w1@h"), "2026-12-01T10:00:02.000Z"),
+    ]
+    post_all(server, account, events)
+    # Later, in a batch of its own, then also in the same batch as a newer event.
+    post_all(server, account, [at(job_event(cid, "late-1", "queued"), "2026-12-01T10:00:00.000Z")])
+    post_all(
+        server,
+        account,
+        [
+            at(job_event(cid, "late-2", "completed"), "2026-12-01T10:00:05.000Z"),
+            at(job_event(cid, "late-2", "queued"), "2026-12-01T10:00:04.000Z"),
+            # The same millisecond: the event that arrived last is the newest.
+            at(job_event(cid, "late-3", "failed", error="boom"), "2026-12-01T10:00:06.000Z"),
+            at(job_event(cid, "late-3", "retrying", attempt=2), "2026-12-01T10:00:06.000Z"),
+            # The same millisecond and attempt (a Celery worker's `received`, from its
+            # main process, after its pool process's `started` and `succeeded`): an
+            # earlier step of the attempt is late, and goes before its millisecond.
+            at(job_event(cid, "late-4", "queued"), "2026-12-01T10:00:07.000Z"),
+            at(job_event(cid, "late-4", "active", workerId="w1@h"), "2026-12-01T10:00:08.000Z"),
+            at(job_event(cid, "late-4", "completed", workerId="w1@h"), "2026-12-01T10:00:08.000Z"),
+            at(job_event(cid, "late-4", "queued", workerId="w1@h"), "2026-12-01T10:00:08.000Z"),
+        ],
+    )
+    one = get(server, account, "/jobs/late-1").json()["data"]
+    assert one["state"] == "completed" and one["timestamp"] == "2026-12-01T10:00:02.000Z"
+    assert [(t["state"], t["timestamp"][-10:]) for t in one["timeline"]] == [
+        ("queued", "00:00.000Z"),
+        ("active", "00:01.000Z"),
+        ("completed", "00:02.000Z"),
+    ]
+    two = get(server, account, "/jobs/late-2").json()["data"]
+    assert two["state"] == "completed"
+    assert [t["state"] for t in two["timeline"]] == ["queued", "completed"]
+    three = get(server, account, "/jobs/late-3").json()["data"]
+    assert three["state"] == "retrying"
+    assert [t["state"] for t in three["timeline"]] == ["failed", "retrying"]
+    four = get(server, account, "/jobs/late-4").json()["data"]
+    assert four["state"] == "completed"
+    assert [(t["state"], t.get("workerId")) for t in four["timeline"]] == [
+        ("queued", None),
+        ("queued", "w1@h"),
+        ("active", "w1@h"),
+        ("completed", "w1@h"),
+    ]
+    body = get(server, account, "/jobs", limit=10).json()
+    assert body["counts"]["queued"] == 0 and body["counts"]["active"] == 0
+    assert body["counts"]["completed"] == 3 and body["counts"]["retrying"] == 1
+    assert body["counts"]["failed"] == 0
+    assert every_page(server, account, state="queued") == []

@@ -54,8 +54,10 @@ PREFIX_NAMES = 20
 PURGE_BATCH = 500
 #: A job's record in `Keys.RECORDS`, in order (Lua indexes from 1): data
 #: without stacktrace, updated (ms), position, state, queue, name, worker id,
-#: external id, timeline, timeline entries, size counted, largest details sent.
-RECORD_FIELDS = ("d", "u", "p", "s", "q", "n", "w", "x", "l", "c", "z", "e")
+#: external id, timeline, timeline entries, size counted, largest details
+#: sent, and the data's age (`jobindex.event_age`; absent in records written
+#: before it was kept).
+RECORD_FIELDS = ("d", "u", "p", "s", "q", "n", "w", "x", "l", "c", "z", "e", "t")
 
 
 def _keys_in_lua(source: str) -> str:
@@ -125,30 +127,66 @@ touched[P .. "$POSITION$"] = true
 -- before the batch (`before`, false for a new job) and after it (`after`),
 -- applied by flush_index with one ZADD / ZREM per sorted set.
 local before, after, order = {}, {}, {}
+-- Add a late entry to a timeline (entries newline-joined, oldest first) at
+-- its time: before the first entry of its millisecond or later (`at` is its
+-- age, which starts with its timestamp). Then keep the newest within the
+-- bounds.
+local function add_entry(timeline, count, entry, at)
+  local cut, start = nil, 1
+  at = string.match(at, "^[^ ]*")
+  while start <= #timeline do
+    local stop = string.find(timeline, "\n", start, true) or (#timeline + 1)
+    local line_at = string.match(string.sub(timeline, start, stop - 1), '"timestamp":"([^"]*)"')
+    if line_at and line_at >= at then
+      cut = start
+      break
+    end
+    start = stop + 1
+  end
+  if cut then
+    timeline = string.sub(timeline, 1, cut - 1) .. entry .. "\n" .. string.sub(timeline, cut)
+  else
+    timeline = timeline .. "\n" .. entry
+  end
+  count = count + 1
+  while count > 1 and (count > timeline_max or #timeline > timeline_bytes) do
+    timeline = string.sub(timeline, string.find(timeline, "\n", 1, true) + 1)
+    count = count - 1
+  end
+  return timeline, count
+end
 -- Index one accepted job event (producer id, event, data, index fields; the
 -- last five, the details and the listed data, may be left out when empty).
--- The timeline is its entries (JSON, which never holds a raw newline) joined
--- by newlines, oldest first.
+-- The record is the job as of its newest event by age (`event_age`: its
+-- timestamp, then attempt, then step): an event older than the record's
+-- (producers in several processes: a publisher's `queued` may arrive after
+-- the worker's `completed`) only joins the timeline, at its time, and sends
+-- its details. At the same age, the last to arrive is the newest.
 local function index_job(ev, data)
-  if ev[17] and ev[17] ~= "" then data = ev[17] end  -- without its stacktrace
+  if ev[18] and ev[18] ~= "" then data = ev[18] end  -- without its stacktrace
   local id, state, queue, name = ev[5], ev[6], ev[7], ev[8]
-  local worker, xid, entry, sent_prev = ev[9], ev[10], ev[11], ev[12]
+  local worker, xid, entry, sent_prev, at = ev[9], ev[10], ev[11], ev[12], ev[13]
   local old = load(id)
-  position = position + 1
-  if after[id] == nil then
-    order[#order + 1] = id
-    before[id] = old or false
+  local late = old and old[13] and at < old[13]
+  if not late then
+    position = position + 1
+    if after[id] == nil then
+      order[#order + 1] = id
+      before[id] = old or false
+    end
   end
-  local prev = old and old[4]
+  local prev = not late and old and old[4] or nil
   if not prev and sent_prev ~= "" then prev = sent_prev end
   entry = entry .. ',"previousState":' .. (prev and ('"' .. prev .. '"') or "null") .. "}"
   local timeline, count
-  if old then
+  if old and not late then
     timeline, count = old[9] .. "\n" .. entry, old[10] + 1
     while count > 1 and (count > timeline_max or #timeline > timeline_bytes) do
       timeline = string.sub(timeline, string.find(timeline, "\n", 1, true) + 1)
       count = count - 1
     end
+  elseif late then
+    timeline, count = add_entry(old[9], old[10], entry, at)
   else
     timeline, count = entry, 1
   end
@@ -156,8 +194,8 @@ local function index_job(ev, data)
   -- the detail reads them) until sent again; the record counts the largest
   -- sent (`e`).
   local extra, sent = old and old[12] or 0, 0
-  if ev[13] then
-    for j = 1, 4 do sent = sent + #ev[12 + j] end
+  if ev[14] then
+    for j = 1, 4 do sent = sent + #ev[13 + j] end
   end
   if sent > 0 then
     local details = {"", "", "", ""}
@@ -166,17 +204,29 @@ local function index_job(ev, data)
       if packed then details = cmsgpack.unpack(packed) end
     end
     for j = 1, 4 do
-      if ev[12 + j] ~= "" then details[j] = ev[12 + j] end
+      if ev[13 + j] ~= "" then details[j] = ev[13 + j] end
     end
     redis.call("HSET", DETAILS, id, cmsgpack.pack(details))
     touched[DETAILS] = true
     extra = math.max(extra, sent)
   end
+  local record
+  if late then
+    -- The job as it was, with the entry in its timeline.
+    record = old
+    record[9], record[10], record[12] = timeline, count, extra
+    data, state, queue, name, worker, xid = old[1], old[4], old[5], old[6], old[7], old[8]
+  end
   -- Its size: what the job holds plus a fixed overhead.
   local size = #data + #timeline + #id + #xid + #name + #queue + #worker + extra + 120
   index_bytes = index_bytes + size - (old and old[11] or 0)
-  local record = {data, now, position, state, queue, name, worker, xid, timeline, count, size, extra}
-  after[id] = record
+  if late then
+    record[11] = size
+    if after[id] ~= nil then after[id] = record end
+  else
+    record = {data, now, position, state, queue, name, worker, xid, timeline, count, size, extra, at}
+    after[id] = record
+  end
   redis.call("HSET", RECORDS, id, cmsgpack.pack(record))
 end
 local function bulk(command, key, items)
@@ -540,6 +590,19 @@ def snapshots(r: Redis, connection_id: str, kind: str) -> dict[str, Any]:
     return {
         "data": [json.loads(value) for value in values if value is not None],
         "streamId": text(stream_id),
+    }
+
+
+def worker_snapshots(r: Redis, connection_id: str, worker_ids: list[str]) -> dict[str, Any]:
+    """The latest snapshots of the workers with these ids (a worker's `id`), by
+    id; a worker without one is left out."""
+    if not worker_ids:
+        return {}
+    values = r.hmget(Keys.index(connection_id, Keys.WORKERS), worker_ids)
+    return {
+        worker_id: json.loads(value)
+        for worker_id, value in zip(worker_ids, values, strict=True)
+        if value is not None
     }
 
 

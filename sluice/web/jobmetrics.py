@@ -136,16 +136,21 @@ def _note(r: Redis, connection_id: str, settings: Settings) -> None:
 def read_gauges(r: Redis, settings: Settings) -> list[ConnectionGauges] | None:
     """The queue and worker gauges of the most recently active connections
     (at most SLUICE_METRICS_MAX_CONNECTIONS, active within the job retention),
-    from their latest snapshots; None (and a Redis error counted) when Redis
+    from their latest snapshots (a worker silent past SLUICE_WORKER_EXPIRY_SECONDS
+    is not online); None (and a Redis error counted) when Redis
     fails."""
+    now_ms = int(time.time() * 1000)
     try:
-        rows = recent_snapshots(
-            r, int(time.time() * 1000), _keep_ms(settings), settings.metrics_max_connections
-        )
+        rows = recent_snapshots(r, now_ms, _keep_ms(settings), settings.metrics_max_connections)
     except STORE_ERRORS:
         REDIS_ERRORS.inc()
         return None
+    expiry = settings.worker_expiry_seconds
     return [
-        ConnectionGauges(connection_id, workers_online(workers), queue_gauges(queues, admitted))
+        ConnectionGauges(
+            connection_id,
+            workers_online(workers, now_ms, expiry),
+            queue_gauges(queues, admitted),
+        )
         for connection_id, workers, queues, admitted in rows
     ]

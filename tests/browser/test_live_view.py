@@ -160,6 +160,124 @@ def test_worker_going_offline_is_greyed(server, account, page):
     expect(page.locator('[data-stat="workers"]')).to_have_text("0")
 
 
+def test_two_workers_on_one_host_are_told_apart(server, account, page):
+    """Workers are labelled by their full name (`w1@host`), the host beside it:
+    `celery multi` or several `-n` workers on one machine are distinct entries."""
+    cid = account.connection_id
+    send(server, account, [worker_event(cid, "w1@host", "online", hostname="host")])
+    login_cookie(page, server.url, account)
+    open_live(page, server.url, cid)
+    send(
+        server,
+        account,
+        [worker_event(cid, "w2@host", "busy", hostname="host", activeJobs=1)]
+        + [job_event(cid, "on-w2", "active", workerId="w2@host")],
+    )
+    workers = page.locator("[data-workers] li.worker")
+    expect(workers).to_have_count(2)
+    for name in ("w1@host", "w2@host"):
+        item = page.locator(f'[data-workers] li.worker[data-external-id="{name}"]')
+        expect(item.locator(".worker-host")).to_have_text(name)
+        expect(item.locator(".worker-hostname")).to_have_text("on host")
+    expect(page.locator('[data-stat="workers"]')).to_have_text("2")
+    # The worker's view and the job row name the same worker.
+    expect(job_row(page, "on-w2").locator(".c-worker")).to_have_text("w2@host")
+    page.locator('[data-external-id="w2@host"] .worker-host').click()
+    expect(page).to_have_url(re.compile(r"\?worker=w2%40host$"))
+    expect(page.locator('[data-scope="worker"] .scope-value')).to_have_text("w2@host")
+    expect(page.locator("[data-workers] li.worker.is-selected .worker-host")).to_have_text(
+        "w2@host"
+    )
+
+
+def test_a_worker_whose_heartbeats_stopped_shows_offline(start_server, account, page):
+    """The page applies the server's expiry (from GET /api/config) itself, every
+    second: a worker loaded with an old heartbeat is offline, and a live one whose
+    heartbeats stop goes offline with no event at all; a new heartbeat brings it back."""
+    server = start_server(SLUICE_WORKER_EXPIRY_SECONDS="4")
+    cid = account.connection_id
+    old = iso(datetime.now(UTC) - timedelta(seconds=95))
+    dead = worker_event(cid, "dead@h", "busy", hostname="h", activeJobs=2, concurrency=2)
+    dead["timestamp"] = old
+    send(server, account, [dead])
+    login_cookie(page, server.url, account)
+    open_live(page, server.url, cid)
+    item = page.locator('[data-workers] li.worker[data-external-id="dead@h"]')
+    expect(item).to_have_attribute("data-state", "offline")
+    expect(item).to_have_attribute("data-offline-reason", "heartbeat_expired")
+    expect(item).to_have_class(re.compile(r"\bis-offline\b"))
+    expect(item.locator(".worker-state")).to_have_text("offline")
+    expect(item.locator(".worker-jobs")).to_have_text("0 / 2 active")
+    expect(item.locator(".worker-ago")).to_have_text(re.compile(r"^no heartbeat for 9\d s$"))
+    expect(page.locator('[data-stat="workers"]')).to_have_text("0")
+
+    send(server, account, [worker_event(cid, "live@h", "busy", hostname="h", activeJobs=1)])
+    live = page.locator('[data-workers] li.worker[data-external-id="live@h"]')
+    expect(live).to_have_attribute("data-state", "busy")
+    expect(page.locator('[data-stat="workers"]')).to_have_text("1")
+    expect(page.locator("[data-workers-count]")).to_have_text("1 online · 1 offline")
+    # Its heartbeats stop: offline after the expiry (4 s), by the page's own timer.
+    expect(live).to_have_attribute("data-state", "offline", timeout=8000)
+    expect(live.locator(".worker-ago")).to_have_text(re.compile(r"^no heartbeat for \d+ s$"))
+    expect(page.locator('[data-stat="workers"]')).to_have_text("0")
+    expect(page.locator("[data-workers-count]")).to_have_text("0 online · 2 offline")
+    # A new heartbeat: online again.
+    send(server, account, [worker_event(cid, "dead@h", "idle", hostname="h")])
+    expect(item).to_have_attribute("data-state", "idle")
+    expect(item.locator(".worker-ago")).to_have_text(re.compile(r"^last heartbeat \d+ s ago$"))
+    expect(page.locator('[data-stat="workers"]')).to_have_text("1")
+
+
+def test_jobs_held_by_an_offline_worker_are_marked_lost(start_server, account, page):
+    """A job active on, or reserved by (queued with a workerId), a worker that is
+    offline or whose heartbeats stopped is marked Lost, at load and live."""
+    server = start_server(SLUICE_WORKER_EXPIRY_SECONDS="4")
+    cid = account.connection_id
+    dead = worker_event(cid, "dead@h", "busy", hostname="h", activeJobs=1)
+    dead["timestamp"] = iso(datetime.now(UTC) - timedelta(seconds=95))
+    send(
+        server,
+        account,
+        [
+            dead,
+            job_event(cid, "run-dead", "active", workerId="dead@h"),
+            job_event(cid, "held-dead", "queued", workerId="dead@h"),
+            job_event(cid, "in-broker", "queued"),
+            job_event(cid, "done-dead", "completed", workerId="dead@h"),
+        ],
+    )
+    login_cookie(page, server.url, account)
+    open_live(page, server.url, cid)
+    for ref in ("run-dead", "held-dead"):
+        expect(job_row(page, ref)).to_have_attribute("data-lost", "true")
+        expect(job_row(page, ref).locator(".lost-tag")).to_have_text("Lost")
+    for ref in ("in-broker", "done-dead"):
+        expect(job_row(page, ref)).not_to_have_attribute("data-lost", "true")
+        expect(job_row(page, ref).locator(".lost-tag")).to_have_count(0)
+
+    # Live: a job on a beating worker; the worker goes silent, the job is lost.
+    send(
+        server,
+        account,
+        [
+            worker_event(cid, "live@h", "busy", hostname="h", activeJobs=1),
+            job_event(cid, "run-live", "active", workerId="live@h"),
+        ],
+    )
+    row = job_row(page, "run-live")
+    expect(row.locator(".badge")).to_have_text("Active")
+    expect(row).not_to_have_attribute("data-lost", "true")
+    expect(row).to_have_attribute("data-lost", "true", timeout=8000)
+    row.locator(".job-link").click()
+    drawer = page.locator("[data-drawer]")
+    expect(drawer).to_have_attribute("data-lost", "true")
+    expect(drawer.locator("[data-drawer-sub] .lost-tag")).to_have_text("Lost")
+    # The dead worker comes back: its jobs are no longer lost.
+    send(server, account, [worker_event(cid, "dead@h", "busy", hostname="h", activeJobs=1)])
+    expect(job_row(page, "run-dead")).not_to_have_attribute("data-lost", "true")
+    expect(job_row(page, "run-dead").locator(".lost-tag")).to_have_count(0)
+
+
 def test_queue_depth_and_sparkline(server, account, page):
     cid = account.connection_id
     login_cookie(page, server.url, account)

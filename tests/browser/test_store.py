@@ -248,3 +248,45 @@ def test_store_counts_follow_the_server_with_optimistic_moves(server, page):
     assert out["reflected"] == {"total": 60, "active": 0, "failed": 0, "completed": 0, "queued": 9}
     assert out["filtered"] == {"total": 61, "active": 0, "failed": 0, "completed": 0, "queued": 10}
     assert out["reset"] is None
+
+
+LATE = (
+    "async () => {"
+    + PRELUDE
+    + """
+  const { eventAge, isLate } = await import('/static/js/live/store.js');
+  const s = new Store();
+  s.apply('job:state_change', '1000-0', job('a', 'completed', 5));
+  // Another process's older event, arriving after: the job stays completed.
+  s.apply('job:state_change', '1001-0', job('a', 'queued', 2));
+  const late = s.jobs.get('a').state;
+  // The same millisecond and attempt: an earlier step of the attempt is late
+  // (a worker's `received` after its pool's `succeeded`).
+  s.apply('job:state_change', '1002-0', job('a', 'queued', 5, { workerId: 'w1@h' }));
+  const step = s.jobs.get('a').state;
+  // The same millisecond, the next attempt: newer.
+  s.apply('job:state_change', '1003-0', job('a', 'queued', 5, { attempt: 2 }));
+  const retry = s.jobs.get('a').state;
+  // The same age: the event that arrives last is the newest.
+  s.apply('job:state_change', '1004-0', job('a', 'failed', 6, { attempt: 2 }));
+  s.apply('job:state_change', '1005-0', job('a', 'completed', 6, { attempt: 2 }));
+  const age = eventAge(job('x', 'retrying', 0, { attempt: 3 }));
+  return { late, step, retry, state: s.jobs.get('a').state, counts: { ...s.stateCounts },
+           events: s.eventCount, resume: s.resumeId(), age: [age[1], age[2]],
+           rule: [isLate({ age: [10, 1, 0] }, [9, 1, 2]), isLate({ age: [10, 1, 2] }, [10, 1, 0]),
+                  isLate({ age: [10, 2, 0] }, [10, 1, 2]), isLate({ age: [10, 1, 2] }, [10, 1, 2]),
+                  isLate({ age: [10, 1, 0] }, [11, 1, 0]), isLate({ age: null }, [9, 1, 0]),
+                  isLate({ age: [10, 1, 0] }, null)] };
+}"""
+)
+
+
+def test_store_keeps_a_job_as_of_its_latest_event_by_time(server, page):
+    page.goto(server.url + "/login")
+    out = page.evaluate(LATE)
+    assert (out["late"], out["step"], out["retry"]) == ("completed", "completed", "queued")
+    assert out["state"] == "completed" and out["counts"]["completed"] == 1
+    assert sum(out["counts"].values()) == 1
+    assert out["events"] == 6 and out["resume"] == "1005-0"
+    assert out["age"] == [3, 2]
+    assert out["rule"] == [True, True, True, False, False, False, False]

@@ -44,3 +44,11 @@ def flaky(self, failures: int, countdown: float = 0.3) -> str:
         error = RuntimeError(f"attempt {self.request.retries + 1} failed")
         raise self.retry(countdown=countdown, exc=error)
     return "ok"
+
+
+@app.task(name="sluice_test.sleep")
+def sleep(seconds: float) -> None:
+    """Runs for `seconds` (the lost-jobs test kills its worker meanwhile)."""
+    import time
+
+    time.sleep(seconds)

@@ -66,6 +66,11 @@ def test_queue_depth_rises_while_no_worker_runs(
         cleanup_broker(broker, queue)
 
 
+#: A task's states through the agent: sent (`queued`), received by a worker
+#: (`queued` with its workerId: dropped as no change when it comes first), run.
+RECEIVED_STORY = (["queued", "queued", "active", "completed"], ["queued", "active", "completed"])
+
+
 @pytest.mark.parametrize("broker_kind", BROKERS)
 def test_agent_delivers_what_happened_while_sluice_was_down(
     start_server, redis_url, broker_redis_url, broker_kind, queue, procs
@@ -98,7 +103,10 @@ def test_agent_delivers_what_happened_while_sluice_was_down(
             what="the tasks from the outage",
         )
         for task_id in ids:
-            assert replay.states(task_id) == ["queued", "active", "completed"], replay.jobs(task_id)
+            # Sent, then received by the worker (`queued` again, with its workerId;
+            # one `queued` when the broker brings task-received before task-sent).
+            assert replay.states(task_id) in RECEIVED_STORY, replay.jobs(task_id)
+            assert worker.nodename in {j.get("workerId") for j in replay.jobs(task_id)}
         sse_ids = [i for _, i, _ in replay.events]
         assert len(sse_ids) == len(set(sse_ids))
         replay.close()
@@ -155,7 +163,7 @@ def test_agent_resumes_after_the_broker_restarts(server, account, queue, procs):
             except AssertionError:
                 continue
         done = next(t for t in after if col.has_state(t, "completed"))
-        assert col.states(done) == ["queued", "active", "completed"]
+        assert col.states(done) in RECEIVED_STORY
         col.close()
     finally:
         for proc in reversed(procs):

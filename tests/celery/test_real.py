@@ -94,7 +94,8 @@ def check_lifecycle(col: Collector, pub, queue: str, worker: CeleryWorker, *, st
             jobs = sorted(
                 jobs, key=lambda d: (d["timestamp"], d["attempt"], rank.get(d["state"], 2))
             )
-        return [d["state"] for d in jobs]
+        # A waiting state repeats when a worker receives the task (it then says which).
+        return dedupe_consecutive([d["state"] for d in jobs])
 
     # One job id (derived by the server) across every event of a task.
     for key in ids:

@@ -100,17 +100,22 @@ def test_success_lifecycle_keeps_name_queue_worker_and_one_external_id():
             timestamp=t0 + 0.3,
         ),
     )
-    # task-received after task-sent is no change of state: one `queued`.
-    assert states(out) == ["queued", "active", "completed"]
+    # task-received after task-sent: still `queued`, now held (reserved) by its worker.
+    assert states(out) == ["queued", "queued", "active", "completed"]
+    assert "workerId" not in out[0]["job"] and out[1]["job"]["workerId"] == "celery@web-1"
     assert {e["job"]["externalId"] for e in out} == {"t1"}
     assert all(e["job"]["name"] == "app.add" for e in out)
-    assert [e["job"].get("previousState") for e in out] == [None, "queued", "active"]
+    assert [e["job"].get("previousState") for e in out] == [None, "queued", "queued", "active"]
     done = out[-1]["job"]
     assert done["queue"] == "emails" and done["workerId"] == "celery@web-1" and done["attempt"] == 1
     assert done["extensions"]["runtime"] == 0.01 and done["extensions"]["result"] == "3"
     assert done["finishedAt"].endswith("Z") and done["startedAt"] <= done["finishedAt"]
     assert out[0]["framework"] == "celery" and out[0]["connectionId"] == CONN
-    assert len({e["id"] for e in out}) == 3
+    assert len({e["id"] for e in out}) == 4
+    # A second task-received by the same worker is no change.
+    again = Event("task-received", uuid="t1", name="app.add", retries=0, eta=None,
+                  hostname="celery@web-1")  # fmt: skip
+    assert run(m, again) == []
 
 
 def test_failure_carries_error_and_tail_of_a_huge_traceback():
@@ -233,6 +238,7 @@ def test_eta_is_scheduled_and_revoked_is_cancelled_and_rejected_is_failed():
     )
     assert [(e["job"]["externalId"], e["job"]["state"]) for e in out] == [
         ("t4", "scheduled"),
+        ("t4", "scheduled"),  # received: held by celery@w until its ETA
         ("t4", "cancelled"),
         ("t5", "queued"),
         ("t5", "failed"),
@@ -335,7 +341,7 @@ def _story(task_id: str) -> list[dict]:
 
 def test_the_agent_sends_argument_and_result_reprs_and_the_traceback():
     out = run(CeleryEventMapper(CONN), *_story("t1"))
-    queued, failed = out[0]["job"], out[2]["job"]
+    queued, failed = out[0]["job"], out[3]["job"]
     assert queued["extensions"]["args"] == "('s3cret',)"
     assert queued["extensions"]["kwargs"] == "{'pw': 's3cret'}"
     assert failed["state"] == "failed" and failed["stacktrace"].endswith("ValueError: no")
@@ -345,9 +351,10 @@ def test_the_agent_sends_argument_and_result_reprs_and_the_traceback():
 def test_the_agent_without_argument_capture_sends_no_argument_or_result_repr():
     m = CeleryEventMapper(CONN, capture_args=False)
     out = run(m, *_story("t1"))
-    assert [e["job"]["state"] for e in out] == ["queued", "active", "failed", "queued", "completed"]
+    states_ = [e["job"]["state"] for e in out]
+    assert states_ == ["queued", "queued", "active", "failed", "queued", "completed"]
     assert "s3cret" not in json.dumps(out)
     assert all(not set(mapping.USER_DATA_KEYS) & set(e["job"].get("extensions", {})) for e in out)
-    failed = out[2]["job"]  # what is not argument data still goes
+    failed = out[3]["job"]  # what is not argument data still goes
     assert failed["error"] == "ValueError('no')" and "Traceback" in failed["stacktrace"]
     assert out[0]["job"]["extensions"]["celeryEvent"] == "task-sent"

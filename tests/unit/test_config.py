@@ -44,6 +44,7 @@ EXPECTED = {
     "SLUICE_JOB_INDEX_MAX_BYTES": (1_073_741_824, 1_048_576),
     "SLUICE_DEDUPE_TTL_SECONDS": (86_400, 1),
     "SLUICE_DEDUPE_MAX": (20_000, 1),
+    "SLUICE_WORKER_EXPIRY_SECONDS": (30.0, 1.0),
     "SLUICE_LOGIN_RATE_LIMIT": ("30 per minute", None),
     "SLUICE_LOGIN_ACCOUNT_RATE_LIMIT": ("5 per minute;15 per 15 minutes", None),
     "SLUICE_INGEST_RATE_LIMIT": ("1000 per second", None),

@@ -20,11 +20,13 @@ from sluice.errors import Invalid
 from sluice.jobindex import (
     INDEX_STRIDE,
     JOB,
+    LIFE_STEP,
     NOT_INDEXED,
     QUEUE,
     WORKER,
     JobQuery,
     _timeline_entry,
+    event_age,
     index_fields,
     job_refs,
     parse_cursor,
@@ -47,6 +49,7 @@ TS = "2026-03-01T12:00:00.000Z"
     XID,
     ENTRY,
     SENT_PREV,
+    AT,
     ARGS,
     KWARGS,
     RESULT,
@@ -96,6 +99,7 @@ def test_a_job_with_every_field_byte_for_byte():
         '{"state":"failed","timestamp":"2026-03-01T12:00:00.000Z","workerId":"celery@w1",'
         '"attempt":2,"error":"ValueError(\'boom\')"',
         "active",
+        "2026-03-01T12:00:00.000Z 00000000000000022",  # age: failed is step 2
         '"(1, 2)"',
         '{"x":[3]}',
         "",  # result null: not sent
@@ -236,6 +240,44 @@ def test_a_queue_is_its_kind_and_name():
     assert QUEUE == "q"
 
 
+# -- event_age ---------------------------------------------------------------------
+
+
+def test_every_state_has_a_step_in_an_attempt():
+    assert set(LIFE_STEP) == set(c.JOB_STATES)
+    assert LIFE_STEP["queued"] < LIFE_STEP["active"] < LIFE_STEP["completed"]
+    assert LIFE_STEP["scheduled"] == LIFE_STEP["queued"]
+    assert {LIFE_STEP[s] for s in ("retrying", "failed", "cancelled")} == {LIFE_STEP["completed"]}
+
+
+def test_an_events_age_is_its_timestamp_then_attempt_then_step():
+    assert event_age({"timestamp": TS, "state": "queued"}) == TS + " 00000000000000010"
+    assert event_age({"timestamp": TS, "state": "active", "attempt": 12}) == (
+        TS + " 00000000000000121"
+    )
+    assert event_age({"timestamp": TS, "state": "failed", "attempt": c.MAX_INTEGER}) == (
+        f"{TS} {c.MAX_INTEGER:016d}2"
+    )
+
+
+_TIMES = st.sampled_from(
+    ["2026-03-01T12:00:00.000Z", "2026-03-01T12:00:00.001Z", "2026-03-01T12:00:01.000Z"]
+)
+_EVENTS = st.fixed_dictionaries(
+    {"timestamp": _TIMES, "state": st.sampled_from(c.JOB_STATES)},
+    optional={"attempt": st.integers(1, c.MAX_INTEGER)},
+)
+
+
+@given(_EVENTS, _EVENTS)
+def test_age_text_order_is_time_then_attempt_then_step(a, b):
+    def key(d):
+        return d["timestamp"], d.get("attempt") or 1, LIFE_STEP[d["state"]]
+
+    assert (event_age(a) < event_age(b)) == (key(a) < key(b))
+    assert (event_age(a) == event_age(b)) == (key(a) == key(b))
+
+
 @pytest.mark.parametrize(
     "event",
     [c.CLOSED_EVENT, c.HEARTBEAT, c.STREAM_RESET, "job:state", "job_state_change", ""],
@@ -243,7 +285,7 @@ def test_a_queue_is_its_kind_and_name():
 def test_other_events_are_not_indexed(event):
     # Whatever the data: an event the index ignores is all empty strings.
     assert index_fields(event, {"id": "x", "name": "y", "state": "queued"}) == NOT_INDEXED
-    assert NOT_INDEXED == ("",) * INDEX_STRIDE == ("",) * 14
+    assert NOT_INDEXED == ("",) * INDEX_STRIDE == ("",) * 15
 
 
 # -- parse_job_query --------------------------------------------------------------------

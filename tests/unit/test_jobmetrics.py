@@ -155,14 +155,27 @@ def test_connections_past_the_cap_are_other_with_everything_in_them():
 # -- gauges --------------------------------------------------------------------------
 
 
-def test_online_is_anything_but_offline():
-    assert worker_online({"state": "online"})
-    assert worker_online({"state": "busy"})
-    assert worker_online({"state": "idle"})
-    assert not worker_online({"state": "offline"})
-    assert workers_online([{"state": "busy"}, {"state": "offline"}, {"state": "idle"}]) == 2
-    assert workers_online([{"state": "offline"}]) == 0
-    assert workers_online([]) is None  # no workers known: no series
+NOW = 1_772_188_200_000  # 2026-02-27T10:30:00.000Z
+FRESH = "2026-02-27T10:29:50.000Z"  # 10 s before NOW
+OLD = "2026-02-27T10:28:00.000Z"  # 120 s before NOW
+
+
+def test_online_is_anything_but_offline_or_expired():
+    assert worker_online({"state": "online", "timestamp": FRESH}, NOW, 30)
+    assert worker_online({"state": "busy", "timestamp": FRESH}, NOW, 30)
+    assert worker_online({"state": "idle", "timestamp": FRESH}, NOW, 30)
+    assert not worker_online({"state": "offline", "timestamp": FRESH}, NOW, 30)
+    assert not worker_online({"state": "busy", "timestamp": OLD}, NOW, 30)
+    snapshots = [
+        {"state": "busy", "timestamp": FRESH},
+        {"state": "offline", "timestamp": FRESH},
+        {"state": "idle", "timestamp": FRESH},
+        {"state": "busy", "timestamp": OLD},  # heartbeats stopped: not online
+    ]
+    assert workers_online(snapshots, NOW, 30) == 2
+    assert workers_online(snapshots, NOW, 200) == 3  # a longer expiry: still in time
+    assert workers_online([{"state": "offline", "timestamp": FRESH}], NOW, 30) == 0
+    assert workers_online([], NOW, 30) is None  # no workers known: no series
 
 
 def test_queue_gauges_admitted_queues_apart_the_rest_summed_as_other():

@@ -12,9 +12,11 @@ worker-online/offline → worker_state_change, worker-heartbeat →
 worker_heartbeat.
 
 Producer event ids are derived from what the event *means* (task id, attempt,
-state), not from when it was seen. A resent batch, a task-sent and a
-task-received for the same attempt, or the agent and the integration
-reporting the same transition all collapse to one stream event on the server.
+state, and for a waiting task the worker that received it), not from when it
+was seen. A resent batch, or the agent and the integration reporting the same
+transition all collapse to one stream event on the server; a task-received
+(`queued` with the worker that reserved it) is one event after the task-sent's
+`queued`.
 
 What a person needs to debug a task travels in every producer's events the
 same way: the reprs of its arguments and keyword arguments (on the events of
@@ -319,8 +321,11 @@ def job_event(
         ext = bounded_extensions(extensions)
         if ext:
             job["extensions"] = ext
+    # A waiting task a worker has received (reserved) is its own event: it says
+    # which worker holds it, after the publisher's `queued` (same state, no worker).
+    held = [job["workerId"]] if state in (QUEUED, SCHEDULED) and "workerId" in job else []
     return {
-        "id": event_id or producer_id("job", task_id, attempt or 1, state),
+        "id": event_id or producer_id("job", task_id, attempt or 1, state, *held),
         "type": JOB_STATE_CHANGE,
         "timestamp": iso(timestamp) or now_iso(),
         "framework": FRAMEWORK,

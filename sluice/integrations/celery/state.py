@@ -62,7 +62,8 @@ class CeleryEventMapper:
     Celery's task-started/succeeded/failed events carry only the task id, so
     the task's name, queue, worker and attempt come from its earlier events
     (bounded LRU, like Flower's state). It also drops transitions that are no
-    change (task-received after task-sent: both `queued`) or stale (a late
+    change (a repeated event: the same state, and no worker newly holding the
+    task; task-received after task-sent is sent, with its worker) or stale (a late
     `queued` after the same attempt already started).
 
     Celery's events carry the reprs of a task's arguments (task-sent,
@@ -185,15 +186,20 @@ class CeleryEventMapper:
                 return None  # stale: this attempt is already past waiting
             if attempt > task.attempt:
                 task.started = None
+                task.worker = None  # a new attempt: no worker holds it yet
             task.attempt = attempt
             if task.created is None:
                 task.created = ts
+        # task-received: a worker now holds (has reserved) the waiting task; sent
+        # even though the state stays the same, so that the job says which worker.
+        reserved = kind == "task-received" and bool(ev.get("hostname"))
+        reserved = reserved and ev.get("hostname") != task.worker
         if ev.get("hostname") and kind != "task-sent":
             task.worker = ev["hostname"]
         if state == ACTIVE:
             task.started = ts
-        if state == task.state and kind != "task-retried":
-            return None  # no change (e.g. task-received after task-sent)
+        if state == task.state and kind != "task-retried" and not reserved:
+            return None  # no change (e.g. a second task-received)
         message = kind in ("task-sent", "task-received")
         ext: dict[str, Any] = {
             "celeryEvent": kind,

@@ -83,5 +83,12 @@ def debug_stats() -> Response:
 
 @bp.get("/config")
 def client_config() -> Response:
-    """Settings a dashboard needs to interpret the stream (e.g. when to call it stale)."""
-    return jsonify({"heartbeatSeconds": state().settings.heartbeat_seconds})
+    """Settings a dashboard needs to interpret the stream (e.g. when to call it
+    stale) and its workers (when one whose heartbeats stopped is offline)."""
+    settings = state().settings
+    return jsonify(
+        {
+            "heartbeatSeconds": settings.heartbeat_seconds,
+            "workerExpirySeconds": settings.worker_expiry_seconds,
+        }
+    )

@@ -62,6 +62,7 @@ const drawer = new JobDrawer(root, {
   onUnauthorized: () => signedOut(),
   onLoaded: (job) => jobs.setOpen(job.id),
   rowLink: (jobId) => jobs.rowLink(jobId),
+  isLost: (job) => store.jobLost(job, client.serverNow()),
 });
 
 // The DOM is written at most every RENDER_INTERVAL_MS, always inside an animation
@@ -83,11 +84,12 @@ function render(ts) {
   }
   lastDraw = ts;
   const now = client.serverNow();
-  jobs.render(store);
+  jobs.render(store, now);
   scope.render(store, now);
   workers.render(store, now);
   queues.render(store, now);
   stats.render(store, now);
+  drawer.renderLost();
 }
 
 const client = new StreamClient({
@@ -422,7 +424,11 @@ setInterval(scheduleRender, 1000);
 
 async function loadMeta() {
   const [config, list] = await Promise.all([api("/api/config"), api("/api/connections")]);
-  if (config.ok && config.data) client.setHeartbeatSeconds(Number(config.data.heartbeatSeconds));
+  if (config.ok && config.data) {
+    client.setHeartbeatSeconds(Number(config.data.heartbeatSeconds));
+    store.setWorkerExpirySeconds(Number(config.data.workerExpirySeconds));
+    scheduleRender();
+  }
   if (list.status === 401) return signedOut();
   if (list.ok) {
     const conn = (list.data?.data || []).find((c) => c.id === connectionId);

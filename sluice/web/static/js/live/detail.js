@@ -232,6 +232,25 @@ export class JobDrawer {
     this.update();
   }
 
+  /** "Lost" beside the state while the worker holding the job is offline (re-checked every render). */
+  renderLost() {
+    const job = this.job;
+    const lost = !!(job && this.opts.isLost && this.opts.isLost(job));
+    if (!!this.sub._lost === lost) return;
+    this.sub._lost = lost;
+    if (this.sub._lostTag) this.sub._lostTag.remove();
+    this.sub._lostTag = null;
+    if (lost) {
+      const tag = el("span", "lost-tag", "Lost");
+      tag.title = `Its worker ${job.workerId} is offline: it will not finish there`;
+      this.sub.append(tag);
+      this.sub._lostTag = tag;
+      this.node.dataset.lost = "true";
+    } else {
+      delete this.node.dataset.lost;
+    }
+  }
+
   /** Bring the drawer up to date with this.job (only what changed is written). */
   update() {
     const job = this.job;
@@ -242,7 +261,9 @@ export class JobDrawer {
     if (this.sub._state !== job.state) {
       this.sub.replaceChildren(badge(job.state));
       this.sub._state = job.state;
+      this.sub._lost = false;
     }
+    this.renderLost();
     this.linkField(p.task, job.name, { name: job.name }, `All jobs named ${job.name}`);
     setText(p.id, job.id);
     setText(p.externalId, job.externalId);

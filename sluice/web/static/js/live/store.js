@@ -27,6 +27,30 @@ import { JOB_STATES, JOB_STATE_CHANGE, QUEUE_SNAPSHOT, WORKER_HEARTBEAT, WORKER_
 
 export { JOB_STATES };
 export const FINISHED = new Set(["completed", "failed", "cancelled"]);
+
+/** Where a state comes in one attempt of a job's life (sluice/jobindex.py). */
+const LIFE_STEP = { active: 1, retrying: 2, completed: 2, failed: 2, cancelled: 2 };
+
+/**
+ * How new a job event is, as the job index orders one job's events
+ * (docs/api.md): [timestamp in ms, attempt (1 when absent), step in the
+ * attempt (waiting 0, running 1, done 2)]; null without a timestamp.
+ */
+export function eventAge(d) {
+  const when = parseTime(d.timestamp);
+  if (when == null) return null;
+  const attempt = Number.isInteger(d.attempt) && d.attempt > 0 ? d.attempt : 1;
+  return [when, attempt, LIFE_STEP[d.state] || 0];
+}
+
+/** Whether an event of age `age` is older than what `job` shows. */
+export function isLate(job, age) {
+  if (age == null || job.age == null) return false;
+  for (let i = 0; i < 3; i++) {
+    if (age[i] !== job.age[i]) return age[i] < job.age[i];
+  }
+  return false;
+}
 export const KINDS = ["job", "worker", "queue"];
 
 const JOB_FIELDS = [
@@ -63,10 +87,26 @@ function filterFields(key, d) {
   };
 }
 
+/** SLUICE_WORKER_EXPIRY_SECONDS until GET /api/config says (docs/api.md, "Worker liveness"). */
+export const DEFAULT_WORKER_EXPIRY_MS = 30000;
+
+/**
+ * A worker's state as the page shows and counts it, at server time `nowMs`: the
+ * server's rule (sluice/liveness.py). Offline when it said so, or when its latest
+ * event's timestamp is more than `expiryMs` old (its heartbeats stopped).
+ * Returns {state, expired, silentMs}.
+ */
+export function workerStatus(w, nowMs, expiryMs) {
+  const silentMs = w.seenMs == null ? null : Math.max(0, nowMs - w.seenMs);
+  const expired = w.state !== "offline" && silentMs != null && silentMs > expiryMs;
+  return { state: expired ? "offline" : w.state, expired, silentMs };
+}
+
 export class Store {
   constructor({ maxJobs = 20000 } = {}) {
     this.maxJobs = maxJobs;
     this.filter = emptyFilter();
+    this.workerExpiryMs = DEFAULT_WORKER_EXPIRY_MS;
     this.reset();
   }
 
@@ -75,6 +115,8 @@ export class Store {
     this.resetJobs(this.filter);
     /** @type {Map<string, any>} */
     this.workers = new Map();
+    /** @type {Map<string, any>} externalId -> worker */
+    this.byExternalId = new Map();
     /** @type {Map<string, any>} */
     this.queues = new Map();
     /** Per kind: {id, parsed} of the stream entry it is up to date with, or null. */
@@ -202,10 +244,13 @@ export class Store {
     }
     if (workers) {
       this.workers = new Map();
+      this.byExternalId = new Map();
       for (const w of workers.data || []) {
         if (!w || typeof w !== "object") continue;
         const ms = parseTime(w.timestamp) ?? 0;
-        this.applyWorker(w.state === "offline" ? WORKER_STATE_CHANGE : WORKER_HEARTBEAT, ms, w);
+        // An expired worker is kept as it last reported: the page applies the expiry itself.
+        const data = w.expired === true && typeof w.reportedState === "string" ? { ...w, state: w.reportedState } : w;
+        this.applyWorker(data.state === "offline" ? WORKER_STATE_CHANGE : WORKER_HEARTBEAT, ms, data);
       }
       this.workersChanged = true;
       this.setAsOf("worker", workers.streamId);
@@ -299,6 +344,7 @@ export class Store {
     job.activeMs = null;
     job.finishedMs = null;
     job.updatedMs = null;
+    job.age = null;
     job.m = null;
     this.jobs.set(key, job);
     this.stateCounts.unknown++;
@@ -311,6 +357,13 @@ export class Store {
     let job = this.jobs.get(key);
     if (job && job.lastParsed && compareIds(parsed, job.lastParsed) <= 0) return false;
     const to = JOB_STATES.includes(d.state) ? d.state : "unknown";
+    if (job && isLate(job, eventAge(d))) {
+      // Older than what the job shows (another process's event, arrived late):
+      // the job stays as of its latest event, as the server's index keeps it.
+      job.lastId = id;
+      job.lastParsed = parsed;
+      return false;
+    }
     this.countEvent(parsed, !!job, job ? job.state : "", to);
     if (!job) {
       // Not in the list: it joins (on top) only when the list's filter wants it.
@@ -346,6 +399,7 @@ export class Store {
       job.finishedMs = null;
     }
     job.updatedMs = when;
+    job.age = eventAge(d);
     job.m = filterFields(job.id, d);
     job.v++;
     this.jobsChanged = true;
@@ -391,10 +445,13 @@ export class Store {
     if (typeof key !== "string" || !key) return false;
     let w = this.workers.get(key);
     if (!w) {
-      w = { id: key, externalId: null, hostname: null, state: "online", activeJobs: null, concurrency: null, queues: null, lastHeartbeatMs: null, changedMs: ms, v: 0 };
+      w = { id: key, externalId: null, hostname: null, state: "online", activeJobs: null, concurrency: null, queues: null, lastHeartbeatMs: null, seenMs: null, changedMs: ms, v: 0 };
       this.workers.set(key, w);
     }
-    if (typeof d.externalId === "string" && d.externalId) w.externalId = d.externalId;
+    if (typeof d.externalId === "string" && d.externalId) {
+      w.externalId = d.externalId;
+      this.byExternalId.set(d.externalId, w);
+    }
     if (typeof d.hostname === "string" && d.hostname) w.hostname = d.hostname;
     if (typeof d.state === "string" && d.state) {
       if (d.state !== w.state) w.changedMs = ms;
@@ -403,6 +460,7 @@ export class Store {
     if (Number.isFinite(d.activeJobs)) w.activeJobs = d.activeJobs;
     if (Number.isFinite(d.concurrency)) w.concurrency = d.concurrency;
     if (Array.isArray(d.queues)) w.queues = d.queues;
+    w.seenMs = parseTime(d.timestamp) ?? ms; // the latest event's time: what liveness is decided on
     if (type === WORKER_HEARTBEAT) w.lastHeartbeatMs = parseTime(d.timestamp) ?? ms;
     else if (w.lastHeartbeatMs == null) w.lastHeartbeatMs = parseTime(d.timestamp) ?? ms;
     if (w.state === "offline") w.activeJobs = 0;
@@ -411,10 +469,37 @@ export class Store {
     return true;
   }
 
+  /** Set the worker expiry (seconds, from GET /api/config); ignored unless a positive number. */
+  setWorkerExpirySeconds(n) {
+    if (Number.isFinite(n) && n > 0) {
+      this.workerExpiryMs = n * 1000;
+      this.workersChanged = true;
+    }
+  }
+
+  /** {state, expired, silentMs} of worker `w` at server time `nowMs` (see workerStatus). */
+  workerStatus(w, nowMs) {
+    return workerStatus(w, nowMs, this.workerExpiryMs);
+  }
+
   /** The worker whose externalId (a job's `workerId`) is `externalId`, or null. */
   workerByExternalId(externalId) {
-    for (const w of this.workers.values()) if (w.externalId === externalId) return w;
+    const w = this.byExternalId.get(externalId);
+    if (w && this.workers.get(w.id) === w) return w;
+    for (const v of this.workers.values()) if (v.externalId === externalId) return v;
     return null;
+  }
+
+  /**
+   * Whether a job is lost at server time `nowMs`: it is active on, or waiting
+   * reserved by (queued/scheduled with a workerId), a worker that is offline or
+   * expired. The job API's rule (sluice/liveness.py `lost`).
+   */
+  jobLost(job, nowMs) {
+    if (!job.workerId) return false;
+    if (job.state !== "active" && job.state !== "queued" && job.state !== "scheduled") return false;
+    const w = this.workerByExternalId(job.workerId);
+    return w != null && this.workerStatus(w, nowMs).state === "offline";
   }
 
   applyQueue(ms, d) {

@@ -183,6 +183,24 @@ export class JobsTable {
     return tr ? tr._cells.link : null;
   }
 
+  /** Mark a row lost: the worker that holds its job is offline (docs/api.md, "Lost jobs"). */
+  applyLost(tr, lost) {
+    if (!!tr._lost === lost) return;
+    tr._lost = lost;
+    tr.classList.toggle("is-lost", lost);
+    if (lost) {
+      tr.dataset.lost = "true";
+      const tag = el("span", "lost-tag", "Lost");
+      tag.title = `Its worker ${tr._job.workerId} is offline`;
+      tr._cells.state.append(tag);
+      tr._cells.lostTag = tag;
+    } else {
+      delete tr.dataset.lost;
+      if (tr._cells.lostTag) tr._cells.lostTag.remove();
+      tr._cells.lostTag = null;
+    }
+  }
+
   markOpen(tr, open) {
     tr.classList.toggle("is-open", open);
     if (open) tr._cells.link.setAttribute("aria-current", "true");
@@ -205,8 +223,11 @@ export class JobsTable {
     this.changed = true;
   }
 
-  render(store) {
+  render(store, nowMs) {
     this.renderChips(store);
+    // Lost jobs change with time (a worker's heartbeats stop) as well as with events.
+    const lostNow = (job) => (nowMs == null ? false : store.jobLost(job, nowMs));
+    for (const tr of this.rows.values()) if (tr._job) this.applyLost(tr, lostNow(tr._job));
     if (!store.jobsChanged && !this.changed) return;
     store.jobsChanged = false;
     this.changed = false;
@@ -223,6 +244,7 @@ export class JobsTable {
       } else if (tr._job !== job || tr._v !== job.v) {
         this.fillRow(tr, job);
       }
+      this.applyLost(tr, lostNow(job));
       if (tr === cursor) cursor = cursor.nextSibling;
       else this.body.insertBefore(tr, cursor);
     }
@@ -339,6 +361,7 @@ export class JobsTable {
       c.state.replaceChildren(badge(job.state));
       tr.dataset.state = job.state;
       tr._state = job.state;
+      if (tr._lost) this.applyLost(tr, false); // its tag went with the old badge
     }
     setText(c.link, job.name || "(unnamed)");
     if (job.name && c.link.title !== job.name) c.link.title = job.name;
@@ -409,12 +432,14 @@ export class ScopeBar {
       const w = store.workerByExternalId(this.filter.worker);
       let text = "No worker events seen from it.";
       if (w) {
-        const active = w.activeJobs == null ? "—" : formatInt(w.activeJobs);
-        const parts = [w.state, w.concurrency != null ? `${active} / ${w.concurrency} active` : `${active} active`];
+        const status = store.workerStatus(w, nowMs);
+        const active = status.expired ? "0" : w.activeJobs == null ? "—" : formatInt(w.activeJobs);
+        const parts = [status.state, w.concurrency != null ? `${active} / ${w.concurrency} active` : `${active} active`];
         if (w.queues && w.queues.length) parts.push(`queues: ${w.queues.join(", ")}`);
-        parts.push(w.lastHeartbeatMs == null ? "no heartbeat yet" : `last heartbeat ${formatAgo(nowMs - w.lastHeartbeatMs)}`);
+        if (w.hostname && w.hostname !== w.externalId) parts.push(`on ${w.hostname}`);
+        parts.push(heartbeatText(w, status, nowMs));
         text = parts.join(" · ");
-        worker.dataset.state = w.state;
+        worker.dataset.state = status.state;
       }
       setText(worker, text);
     }
@@ -429,6 +454,21 @@ export class ScopeBar {
       setText(queue, text);
     }
   }
+}
+
+/** "last heartbeat N s ago", or for a worker whose heartbeats stopped "no heartbeat for N s". */
+function heartbeatText(w, status, nowMs) {
+  if (status.expired) return `no heartbeat for ${formatSilence(status.silentMs)}`;
+  return w.lastHeartbeatMs == null ? "no heartbeat yet" : `last heartbeat ${formatAgo(nowMs - w.lastHeartbeatMs)}`;
+}
+
+function formatSilence(ms) {
+  return formatAgo(ms).replace(/ ago$/, "");
+}
+
+/** How a worker is named everywhere: its full name (`externalId`, e.g. Celery's `w1@host`). */
+export function workerLabel(w) {
+  return String(w.externalId || w.hostname || w.id);
 }
 
 export class WorkersPanel {
@@ -462,9 +502,18 @@ export class WorkersPanel {
   /** Structure changes only when workers changed; "N s ago" is refreshed every call. */
   render(store, nowMs) {
     const workers = [...store.workers.values()];
-    workers.sort((a, b) => (WORKER_ORDER[a.state] ?? 1) - (WORKER_ORDER[b.state] ?? 1) || String(a.hostname || a.id).localeCompare(String(b.hostname || b.id)));
+    // Liveness is re-evaluated on every render (at least once a second): a worker
+    // whose heartbeats stopped goes offline without any event.
+    const status = new Map(workers.map((w) => [w.id, store.workerStatus(w, nowMs)]));
+    let expiredChanged = false;
+    for (const w of workers) {
+      const li = this.items.get(w.id);
+      if (li && li._expired !== status.get(w.id).expired) expiredChanged = true;
+    }
+    const stateOf = (w) => status.get(w.id).state;
+    workers.sort((a, b) => (WORKER_ORDER[stateOf(a)] ?? 1) - (WORKER_ORDER[stateOf(b)] ?? 1) || workerLabel(a).localeCompare(workerLabel(b)));
     const shown = workers.slice(0, MAX_WORKERS);
-    if (store.workersChanged) {
+    if (store.workersChanged || expiredChanged) {
       store.workersChanged = false;
       let cursor = this.list.firstChild;
       const keep = new Set();
@@ -475,7 +524,7 @@ export class WorkersPanel {
           li = this.createItem(w);
           this.items.set(w.id, li);
         }
-        if (li._v !== w.v) this.fillItem(li, w);
+        if (li._v !== w.v || li._expired !== status.get(w.id).expired) this.fillItem(li, w, status.get(w.id));
         if (li === cursor) cursor = cursor.nextSibling;
         else this.list.insertBefore(li, cursor);
       }
@@ -486,12 +535,12 @@ export class WorkersPanel {
         }
       }
       this.empty.hidden = shown.length > 0;
-      const online = workers.filter((w) => w.state !== "offline").length;
+      const online = workers.filter((w) => stateOf(w) !== "offline").length;
       setText(this.count, workers.length ? `${online} online · ${workers.length - online} offline` : "");
     }
     for (const w of shown) {
       const li = this.items.get(w.id);
-      if (li) setText(li._cells.ago, w.lastHeartbeatMs == null ? "no heartbeat yet" : `last heartbeat ${formatAgo(nowMs - w.lastHeartbeatMs)}`);
+      if (li) setText(li._cells.ago, heartbeatText(w, status.get(w.id), nowMs));
     }
   }
 
@@ -505,29 +554,40 @@ export class WorkersPanel {
     const host = w.externalId ? navLink("worker-host mono", null, viewUrl({ filter: { worker: w.externalId } })) : el("span", "worker-host mono");
     li._externalId = w.externalId || "";
     if (w.externalId) li.dataset.externalId = w.externalId;
+    const hostname = el("span", "worker-hostname muted small mono");
     const state = el("span", "worker-state");
-    top.append(dot, host, state);
+    top.append(dot, host, hostname, state);
     const bottom = el("div", "worker-bottom muted small");
     const jobs = el("span", "worker-jobs");
     const ago = el("span", "worker-ago");
     bottom.append(jobs, ago);
     li.append(top, bottom);
-    li._cells = { host, state, jobs, ago };
+    li._cells = { host, hostname, state, jobs, ago };
     this.markSelected(li);
     return li;
   }
 
-  fillItem(li, w) {
+  fillItem(li, w, status) {
     const c = li._cells;
-    setText(c.host, w.hostname || w.externalId || w.id);
+    const state = status.state;
+    // Labelled by the worker's full name (Celery's `w1@host`): several workers share a host.
+    const label = workerLabel(w);
+    setText(c.host, label);
+    const host = w.hostname && w.hostname !== label ? w.hostname : "";
+    setText(c.hostname, host ? `on ${host}` : "");
+    c.hostname.hidden = !host;
     const title = w.externalId ? `Jobs of ${w.externalId}` : w.id;
     if (c.host.title !== title) c.host.title = title;
-    setText(c.state, w.state);
-    li.dataset.state = w.state;
-    li.classList.toggle("is-offline", w.state === "offline");
-    const active = w.activeJobs == null ? "—" : formatInt(w.activeJobs);
+    setText(c.state, state);
+    li.dataset.state = state;
+    li.classList.toggle("is-offline", state === "offline");
+    li.classList.toggle("is-expired", status.expired);
+    if (status.expired) li.dataset.offlineReason = "heartbeat_expired";
+    else delete li.dataset.offlineReason;
+    const active = status.expired ? "0" : w.activeJobs == null ? "—" : formatInt(w.activeJobs);
     setText(c.jobs, w.concurrency != null ? `${active} / ${w.concurrency} active` : `${active} active`);
     li._v = w.v;
+    li._expired = status.expired;
   }
 }
 
@@ -645,7 +705,7 @@ export class Stats {
     }
     n.jobs.dataset.count = counts ? String(counts.total) : "";
     let online = 0;
-    for (const w of store.workers.values()) if (w.state !== "offline") online++;
+    for (const w of store.workers.values()) if (store.workerStatus(w, nowMs).state !== "offline") online++;
     setText(n.workers, formatInt(online));
     setText(n["workers-total"], formatInt(store.workers.size));
     let depth = 0;
