@@ -220,12 +220,12 @@ def heartbeat_state(active: Any) -> str:
 
 
 def describe_exception(exc: Any) -> str | None:
-    """A job's `error` from an exception (`Type: message`) or whatever Celery gave instead."""
+    """A job's `error` from an exception: its repr (`ValueError('boom')`), as
+    Celery's own task-failed and task-retried events give it (`safe_repr` of the
+    exception), so the agent and the integration say the same; a string Celery
+    gave instead is kept as it is."""
     if exc is None:
         return None
-    if isinstance(exc, BaseException):
-        text = str(exc)
-        return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
     return safe_repr(exc, contract.MAX_ERROR)
 
 
