@@ -177,10 +177,12 @@ def test_agent_says_how_to_turn_task_events_on(server, account, broker_redis_url
         worker = CeleryWorker(broker, queue, events=False)
         procs.append(worker.start())
         agent = Agent(
-            broker, server.url, account, "--queue", queue, "--no-enable-events", "--warn-after", "1"
+            broker, server.url, account, "--queue", queue, "--no-enable-events", "--warn-after", "5"
         )
         procs.append(agent.start())
-        agent.wait_for_output("sent no task events", timeout=20)
+        # 5 s: time for the worker's heartbeats (1 s apart) to reach the agent even on a
+        # loaded machine; with none seen it gives the other warning ("no Celery events").
+        agent.wait_for_output("sent no task events", timeout=30)
         text = agent.output()
         assert worker.nodename in text
         assert "worker_send_task_events" in text and "task_send_sent_event" in text

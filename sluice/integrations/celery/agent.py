@@ -27,12 +27,10 @@ import click
 
 from ...client.ingest import DEFAULT_BUFFER, IngestSender
 from .mapping import queue_event
+from .queues import queue_depth, redis_bound_queues
 from .state import CeleryEventMapper
 
 log = logging.getLogger("sluice.celery_agent")
-
-#: Exchanges and queue names of Celery's own plumbing, never user queues.
-_INTERNAL_EXCHANGES = {"celeryev", "celery.pidbox", "reply.celery.pidbox"}
 
 HOW_TO_ENABLE = (
     "Celery workers send task events only when asked: start them with `celery worker -E` "
@@ -305,7 +303,7 @@ class CeleryAgent:
         with self._lock:
             names |= self.mapper.queues_seen
         if self.discover_queues and conn.transport.driver_type == "redis":
-            names |= _redis_bound_queues(conn)
+            names |= redis_bound_queues(conn)
         return sorted(names)
 
     def _poll_queues(self, conn: Any) -> None:
@@ -348,47 +346,6 @@ class CeleryAgent:
                 self.warn_after,
                 HOW_TO_ENABLE,
             )
-
-
-def queue_depth(conn: Any, name: str) -> tuple[int | None, int | None]:
-    """(messages waiting, consumers or None) of one queue, from the broker itself."""
-    driver = conn.transport.driver_type
-    channel = conn.default_channel
-    if driver == "redis":
-        # LLEN of the queue's list and of its priority variants (`name\x06\x16<pri>`).
-        return int(channel._size(name)), None
-    try:
-        ok = channel.queue_declare(queue=name, passive=True)
-        return int(ok.message_count), int(ok.consumer_count)
-    except Exception as exc:
-        if conn.connection_errors and isinstance(exc, conn.connection_errors):
-            raise
-        # The queue does not exist (yet): AMQP closes the channel; open a new one next time.
-        try:
-            conn.default_channel.close()
-        except Exception:
-            pass
-        conn._default_channel = None
-        return None, None
-
-
-def _redis_bound_queues(conn: Any) -> set[str]:
-    """User queues bound to exchanges on a Redis broker (kombu keeps `_kombu.binding.<exchange>` sets)."""
-    channel = conn.default_channel
-    client = channel.client
-    prefix = channel.keyprefix_queue.split("%s")[0]  # "_kombu.binding."
-    names: set[str] = set()
-    for raw_key in client.scan_iter(match=f"{channel.global_keyprefix}{prefix}*", count=200):
-        key = raw_key.decode() if isinstance(raw_key, bytes) else raw_key
-        exchange = key[len(channel.global_keyprefix) + len(prefix) :]
-        if exchange in _INTERNAL_EXCHANGES:
-            continue
-        for member in client.smembers(key[len(channel.global_keyprefix) :]):
-            text = member.decode() if isinstance(member, bytes) else member
-            queue = text.split(channel.sep)[-1]
-            if queue and not queue.startswith("celeryev.") and not queue.endswith(".pidbox"):
-                names.add(queue)
-    return names
 
 
 def run_agent(**kwargs: Any) -> int:

@@ -58,12 +58,14 @@ from .mapping import (
     job_event,
     message_extensions,
     now_iso,
+    queue_event,
     random_id,
     revoke_extensions,
     safe_repr,
     waiting_state,
     worker_event,
 )
+from .queues import queue_depth
 
 log = logging.getLogger("sluice.celery")
 
@@ -72,6 +74,10 @@ __all__ = ["install", "SluiceCelery", "Redact"]
 #: `install(app, redact=fn)`: fn(task name, args, kwargs) → (args, kwargs) to send, or None
 #: to send neither.
 Redact = Callable[[str, tuple[Any, ...], dict[str, Any]], tuple[Any, Any] | None]
+
+#: How often the main process looks at its count of active tasks, to send a
+#: heartbeat as soon as it changes (seconds).
+ACTIVE_CHECK_SECONDS = 1.0
 
 _FALSE = frozenset({"0", "f", "false", "n", "no", "off"})
 _TRUE = frozenset({"", "1", "t", "true", "y", "yes", "on"})
@@ -703,16 +709,66 @@ class SluiceCelery:
         log.info("sluice: pool process %d exiting: %s", os.getpid(), self.sender.summary())
 
     def _heartbeat_loop(self) -> None:
-        while not self._hb_stop.wait(self.heartbeat_interval):
+        """The main process's heartbeat: every `heartbeat_interval`, and at once
+        (checked every `ACTIVE_CHECK_SECONDS`) when its count of active tasks
+        changes, so the worker's panel keeps up with its jobs; with each regular
+        one, the depth of the queues it consumes, read from the broker as the
+        agent reads it."""
+        tick = min(ACTIVE_CHECK_SECONDS, self.heartbeat_interval)
+        last_active: int | None = None
+        due = time.monotonic() + self.heartbeat_interval
+        conn = None
+        while not self._hb_stop.wait(tick):
+            now = time.monotonic()
             try:
                 active = _active_count()
-                self.sender.submit(
-                    self._worker_event(
-                        WORKER_HEARTBEAT, heartbeat_state(active), active=active, random=True
+                regular = now >= due
+                if regular or active != last_active:
+                    self.sender.submit(
+                        self._worker_event(
+                            WORKER_HEARTBEAT, heartbeat_state(active), active=active, random=True
+                        )
                     )
-                )
+                    last_active = active
+                if regular:
+                    due = now + self.heartbeat_interval
+                    conn = self._send_queue_depths(conn)
             except Exception:
                 log.debug("sluice: heartbeat failed", exc_info=True)
+        if conn is not None:
+            _release(conn)
+
+    def _send_queue_depths(self, conn: Any) -> Any:
+        """A queue snapshot of each queue the worker consumes; the broker
+        connection to use next time (None after an error: a new one then)."""
+        names = self._worker.get("queues") or []
+        if not names:
+            return conn
+        try:
+            if conn is None:
+                conn = self.app.connection_for_read()
+                conn.ensure_connection(max_retries=1)
+            driver = conn.transport.driver_type
+            events = []
+            for name in names:
+                depth, consumers = queue_depth(conn, name)
+                if depth is not None:
+                    events.append(
+                        queue_event(
+                            self.connection_id,
+                            name=name,
+                            depth=depth,
+                            consumers=consumers,
+                            extensions={"broker": driver},
+                        )
+                    )
+            self.sender.submit_many(events)
+            return conn
+        except Exception as exc:
+            log.debug("sluice: queue depth failed: %s", exc)
+            if conn is not None:
+                _release(conn)
+            return None
 
     def _worker_event(
         self,
@@ -741,6 +797,13 @@ class SluiceCelery:
                 "freq": self.heartbeat_interval,
             },
         )
+
+
+def _release(conn: Any) -> None:
+    try:
+        conn.release()
+    except Exception:
+        pass
 
 
 def _guard(handler: Callable[..., None]) -> Callable[..., None]:
