@@ -110,24 +110,32 @@ def test_integration_two_workers_told_apart_and_a_sigkilled_one_expires(
         cleanup_broker(broker, queue)
 
 
-def test_integration_jobs_of_a_sigkilled_worker_are_lost(
-    start_server, account, broker_redis_url, queue
+@pytest.mark.parametrize("producer", ["integration", "agent"])
+def test_jobs_of_a_sigkilled_worker_are_lost(
+    producer, start_server, account, broker_redis_url, queue
 ):
     """Two tasks running and one received (prefetched) on a prefork worker that
     is SIGKILLed: once its heartbeats expire, the job API says all three are
-    lost; nothing reads as a live Active."""
-    from .rig import publisher
+    lost; nothing reads as a live Active. The same with the agent watching
+    Celery's events as with the integration inside the worker."""
+    from .rig import Agent, publisher
 
     server = start_server(SLUICE_WORKER_EXPIRY_SECONDS=str(EXPIRY))
     broker = redis_broker_url(broker_redis_url)
-    env = {
-        "TEST_SLUICE_INSTALL": "1",
-        "SLUICE_URL": server.url,
-        "SLUICE_API_KEY": account.api_key,
-        "SLUICE_CONNECTION_ID": account.connection_id,
-        "SLUICE_HEARTBEAT_INTERVAL": "0.5",
-    }
-    worker = CeleryWorker(broker, queue, env=env)
+    agent = None
+    if producer == "agent":
+        # Celery's own heartbeats, 1 s apart (rig.CeleryWorker), under the 3 s expiry.
+        worker = CeleryWorker(broker, queue)
+        agent = Agent(broker, server.url, account, "--queue", queue).start()
+    else:
+        env = {
+            "TEST_SLUICE_INSTALL": "1",
+            "SLUICE_URL": server.url,
+            "SLUICE_API_KEY": account.api_key,
+            "SLUICE_CONNECTION_ID": account.connection_id,
+            "SLUICE_HEARTBEAT_INTERVAL": "0.5",
+        }
+        worker = CeleryWorker(broker, queue, env=env, events=False)
     orphans: list[int] = []
     headers = {"Authorization": f"Bearer {account.api_key}"}
 
@@ -179,4 +187,6 @@ def test_integration_jobs_of_a_sigkilled_worker_are_lost(
             except ProcessLookupError:
                 pass
         worker.stop(signal.SIGKILL)
+        if agent is not None:
+            agent.stop()
         cleanup_broker(broker, queue)
