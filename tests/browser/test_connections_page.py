@@ -134,6 +134,9 @@ def test_rotate_key_asks_for_confirmation_and_shows_the_new_key_once(server, acc
     new_key = value.input_value()
     assert new_key != account.api_key
     expect(panel.locator("[data-curl]")).to_contain_text(new_key)
+    # A Celery connection: the agent's command and install() have the new key too.
+    expect(page.locator("[data-celery-agent]")).to_contain_text(f"--api-key {new_key}")
+    expect(page.locator("[data-celery-install]")).to_contain_text(f'api_key="{new_key}"')
     assert ingest(server.url, new_key, cid, [job_event(cid, "b", "queued")]).ok
     assert (
         ingest(server.url, account.api_key, cid, [job_event(cid, "c", "queued")]).status_code == 401
@@ -141,6 +144,8 @@ def test_rotate_key_asks_for_confirmation_and_shows_the_new_key_once(server, acc
     page.click("[data-key-dismiss]")  # shown once: dismissed, it is gone from the page
     expect(panel).to_be_hidden()
     expect(value).to_have_value("")
+    expect(page.locator("[data-celery-panel]")).to_be_hidden()
+    assert new_key not in page.content()
     expect(item).to_have_count(1)
 
 
