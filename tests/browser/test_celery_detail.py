@@ -206,6 +206,7 @@ def test_the_worker_view_shows_pool_queues_processed_reserved_and_registered_tas
         expect(page).to_have_url(re.compile(r"[?&]state=queued(&|$)"))
         rows = page.locator("[data-jobs-body] .job-row")
         expect(rows).to_have_count(2)
+        expect(registered).to_have_attribute("open", "")  # the same worker's view: still open
         held = rows.evaluate_all("els => els.map(e => e.dataset.externalId)")
         assert set(held) <= set(ids), held
         # They run, and processed grows with them.

@@ -1,5 +1,5 @@
-"""Worker detail (issue 13 item 7) with a real prefork worker (`-c 2 -Q a,b`),
-through each producer: the agent (Celery's heartbeat events + `inspect()`) and
+"""Worker detail (issue 13 item 7) with a real worker (`-c 2 -Q a,b`), prefork
+through each producer (threads too through the integration): the agent (Celery's heartbeat events + `inspect()`) and
 the in-worker integration (the worker's own objects). The workers API answers
 the latest snapshot: pool and size, consumed queues, registered tasks, the
 processed count growing, and active and reserved (prefetched) tasks. Every wait
@@ -37,9 +37,12 @@ def worker_of(server, account, nodename: str) -> dict | None:
     return {w["externalId"]: w for w in reply.json()["data"]}.get(nodename)
 
 
-@pytest.mark.parametrize("producer", ["agent", "integration"])
-def test_a_prefork_worker_shows_pool_size_queues_registered_processed_and_reserved(
-    server, account, broker_redis_url, queue, producer
+@pytest.mark.parametrize(
+    "producer, pool",
+    [("agent", "prefork"), ("integration", "prefork"), ("integration", "threads")],
+)
+def test_a_worker_shows_pool_size_queues_registered_processed_and_reserved(
+    server, account, broker_redis_url, queue, producer, pool
 ):
     broker = redis_broker_url(broker_redis_url)
     qa, qb = f"{queue}-a", f"{queue}-b"
@@ -51,7 +54,7 @@ def test_a_prefork_worker_shows_pool_size_queues_registered_processed_and_reserv
             "SLUICE_API_KEY": account.api_key,
             "SLUICE_HEARTBEAT_INTERVAL": "0.5",
         }
-    worker = CeleryWorker(broker, f"{qa},{qb}", env=env)
+    worker = CeleryWorker(broker, f"{qa},{qb}", pool=pool, env=env)
     agent = (
         Agent(broker, server.url, account, with_connection=False) if producer == "agent" else None
     )
@@ -68,7 +71,7 @@ def test_a_prefork_worker_shows_pool_size_queues_registered_processed_and_reserv
             w = worker_of(server, account, node)
             ready = (
                 w is not None
-                and w.get("pool") == "prefork"
+                and w.get("pool") == pool
                 and w.get("concurrency") == 2
                 and set(w.get("queues") or ()) == {qa, qb}
                 and APP_TASKS <= set(w.get("registered") or ())

@@ -394,9 +394,13 @@ export class ScopeBar {
     this.actions = actions;
     this.filter = null;
     this.items = new Map();
+    /** The worker's facts while a worker filter is on (else null). */
+    this.workerView = null;
   }
 
   setFilter(filter) {
+    // The same worker's view keeps its registered list open (a state link was followed).
+    const wasOpen = this.workerView && this.workerView.externalId === filter.worker && this.workerView.registered.open;
     this.filter = { ...filter };
     this.node.replaceChildren();
     this.items.clear();
@@ -422,6 +426,7 @@ export class ScopeBar {
       item.append(head, detail);
       if (key === "worker") {
         this.workerView = new WorkerFacts(value, filter);
+        this.workerView.registered.open = Boolean(wasOpen);
         item.append(this.workerView.node);
       }
       this.node.append(item);
@@ -471,6 +476,7 @@ export class ScopeBar {
  */
 class WorkerFacts {
   constructor(externalId, filter) {
+    this.externalId = externalId;
     this.filter = { ...filter };
     this.node = el("div", "worker-view small");
     this.node.dataset.workerView = externalId;
