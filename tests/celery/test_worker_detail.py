@@ -1,6 +1,7 @@
 """Worker detail (issue 13 item 7) with a real worker (`-c 2 -Q a,b`), prefork
-through each producer (threads too through the integration): the agent (Celery's heartbeat events + `inspect()`) and
-the in-worker integration (the worker's own objects). The workers API answers
+through each producer (threads too through the integration): the agent
+(Celery's heartbeat events + `inspect()`) and the in-worker integration (the
+worker's own objects). The workers API answers
 the latest snapshot: pool and size, consumed queues, registered tasks, the
 processed count growing, and active and reserved (prefetched) tasks. Every wait
 is a poll with a deadline on what the API says."""
