@@ -811,9 +811,16 @@ def _worker_now(consumer: Any) -> dict[str, Any]:
         from celery.worker import state
 
         out["processed"] = int(state.all_total_count[0])
-        out["reserved"] = len(state.reserved_requests - state.active_requests)
     except Exception:
-        pass
+        return out
+    for _ in range(3):  # the worker changes these sets meanwhile (heartbeat thread)
+        try:
+            out["reserved"] = len(state.reserved_requests - state.active_requests)
+            break
+        except RuntimeError:  # changed size during iteration: read again
+            continue
+        except Exception:
+            break
     return out
 
 
