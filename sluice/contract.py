@@ -77,6 +77,10 @@ MAX_HOSTNAME: Final = 255
 MAX_ERROR: Final = 10_000
 MAX_STACKTRACE: Final = 50_000
 MAX_QUEUES: Final = 100
+#: A worker's `pool` (its kind of pool: `prefork`, `threads`, ...).
+MAX_POOL_NAME: Final = 64
+#: Task names in a worker's `registered` list (each at most `MAX_JOB_NAME`).
+MAX_REGISTERED: Final = 500
 #: Integers in payloads stay exact in every JSON client (JavaScript's 2^53).
 MAX_INTEGER: Final = 2**53
 MAX_CONNECTION_NAME: Final = 200

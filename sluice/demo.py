@@ -265,6 +265,8 @@ class Producer:
                 self.workers[job["worker"]]["active"] = max(
                     0, self.workers[job["worker"]]["active"] - 1
                 )
+                processed = self.workers[job["worker"]].get("processed", 0)
+                self.workers[job["worker"]]["processed"] = processed + 1
                 roll = rng.random()
                 if roll < 0.08 and job["attempt"] <= 3:
                     job["attempt"] += 1
@@ -302,6 +304,9 @@ class Producer:
                             "activeJobs": worker["active"],
                             "concurrency": 4,
                             "queues": list(QUEUES),
+                            "pool": "prefork",
+                            "processed": worker.get("processed", 0),
+                            "registered": sorted(TASKS),
                         },
                     )
                 )

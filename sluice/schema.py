@@ -60,6 +60,8 @@ class Field:
     emit: str = "present"
     default: Any = None
     default_from: str | None = None
+    #: Items of a NAMES list, at most.
+    max_items: int = 0
 
 
 _TIMESTAMP = Field("timestamp", EVENT_TIME)
@@ -92,7 +94,11 @@ WORKER: Final[tuple[Field, ...]] = (
     _TIMESTAMP,
     Field("concurrency", INTEGER, minimum=0),
     Field("pid", INTEGER, minimum=0),
-    Field("queues", NAMES, max_len=c.MAX_QUEUE_NAME),
+    Field("queues", NAMES, max_len=c.MAX_QUEUE_NAME, max_items=c.MAX_QUEUES),
+    Field("pool", STRING, max_len=c.MAX_POOL_NAME),
+    Field("processed", INTEGER, minimum=0),
+    Field("reservedJobs", INTEGER, minimum=0),
+    Field("registered", NAMES, max_len=c.MAX_JOB_NAME, max_items=c.MAX_REGISTERED),
     _EXTENSIONS,
 )
 #: A state change always says what the worker was (null when unknown).
@@ -180,10 +186,10 @@ def _time(spec: Field, value: Any, _limit: int) -> str | None:
 def _names(spec: Field, value: Any, _limit: int) -> str | None:
     if (
         not isinstance(value, list)
-        or len(value) > c.MAX_QUEUES
+        or len(value) > spec.max_items
         or not all(isinstance(q, str) and 0 < len(q) <= spec.max_len for q in value)
     ):
-        return f"a list of at most {c.MAX_QUEUES} queue names"
+        return f"a list of at most {spec.max_items} names of 1 to {spec.max_len} characters"
     return None
 
 

@@ -159,3 +159,66 @@ def test_with_argument_capture_off_the_drawer_shows_no_arguments(
         expect(section.locator("pre")).to_have_text("")
     assert marker not in page.content()
     assert marker not in page.evaluate("() => document.body.innerText + location.href")
+
+
+def test_the_worker_view_shows_pool_queues_processed_reserved_and_registered_tasks(
+    server,
+    account,
+    broker_redis_url,  # noqa: F811
+    queue,  # noqa: F811
+    procs,
+    page,
+):
+    """A real prefork worker (`-c 2 -Q a,b`) through the agent: its view (the jobs
+    list filtered on it) says its pool and size, processed, active and reserved
+    (a link to its queued jobs: the ones it prefetched), its queues and, folded,
+    its registered tasks."""
+    broker = redis_broker_url(broker_redis_url)
+    cid = account.connection_id
+    qa, qb = f"{queue}-a", f"{queue}-b"
+    try:
+        procs.append(Agent(broker, server.url, account).start())
+        worker = CeleryWorker(broker, f"{qa},{qb}", events=True).start()
+        procs.append(worker)
+        app = publisher(broker, qa)
+        app.send_task("sluice_test.add", (1, 2), queue=qa)
+        login_cookie(page, server.url, account)
+        page.goto(f"{server.url}/connections/{cid}?worker={worker.nodename}")
+        expect(page.locator("[data-indicator]")).to_have_attribute("data-state", "live")
+        view = page.locator(f'[data-worker-view="{worker.nodename}"]')
+        fact = lambda key: view.locator(f'[data-worker-fact="{key}"]')  # noqa: E731
+        expect(fact("pool")).to_have_text("prefork · size 2", timeout=CELERY_TIMEOUT_MS)
+        expect(fact("queues")).to_have_text(", ".join(sorted([qa, qb])))
+        expect(fact("processed")).to_have_text(re.compile(r"^[1-9]"), timeout=CELERY_TIMEOUT_MS)
+        registered = view.locator("[data-worker-registered]")
+        expect(registered.locator("summary")).to_have_text("Registered tasks (4)")
+        expect(registered.locator("li").first).to_be_hidden()  # folded until opened
+        registered.locator("summary").click()
+        expect(registered.locator("li")).to_have_text(
+            ["sluice_test.add", "sluice_test.boom", "sluice_test.flaky", "sluice_test.sleep"]
+        )
+        # Four slow tasks on two processes: two run, two wait reserved on this worker.
+        ids = [app.send_task("sluice_test.sleep", (5.0,), queue=qb).id for _ in range(4)]
+        expect(fact("active")).to_have_text("2", timeout=CELERY_TIMEOUT_MS)
+        expect(fact("reserved")).to_have_text("2", timeout=CELERY_TIMEOUT_MS)
+        expect(registered).to_have_attribute("open", "")  # updates keep it open
+        fact("reserved").locator("a").click()
+        expect(page).to_have_url(re.compile(r"[?&]state=queued(&|$)"))
+        rows = page.locator("[data-jobs-body] .job-row")
+        expect(rows).to_have_count(2)
+        expect(registered).to_have_attribute("open", "")  # the same worker's view: still open
+        held = rows.evaluate_all("els => els.map(e => e.dataset.externalId)")
+        assert set(held) <= set(ids), held
+        # They run, and processed grows with them.
+        before = int(fact("processed").inner_text().replace(",", ""))
+        expect(fact("reserved")).to_have_text("0", timeout=CELERY_TIMEOUT_MS)
+        expect(fact("active")).to_have_text("0", timeout=CELERY_TIMEOUT_MS)
+        page.wait_for_function(
+            "([n]) => Number(document.querySelector('[data-worker-fact=processed]')"
+            ".textContent.replace(/,/g, '')) >= n",
+            arg=[before + 2],
+            timeout=CELERY_TIMEOUT_MS,
+        )
+    finally:
+        cleanup_broker(broker, qa)
+        cleanup_broker(broker, qb)

@@ -13,6 +13,7 @@ import re
 from playwright.sync_api import expect
 
 from tests.browser.helpers import login_ui, open_live, wait_counts
+from tests.celery.conftest import broker_redis_url, queue  # noqa: F401  (fixtures)
 from tests.util import ingest, job_event
 
 
@@ -133,6 +134,9 @@ def test_rotate_key_asks_for_confirmation_and_shows_the_new_key_once(server, acc
     new_key = value.input_value()
     assert new_key != account.api_key
     expect(panel.locator("[data-curl]")).to_contain_text(new_key)
+    # A Celery connection: the agent's command and install() have the new key too.
+    expect(page.locator("[data-celery-agent]")).to_contain_text(f"--api-key {new_key}")
+    expect(page.locator("[data-celery-install]")).to_contain_text(f'api_key="{new_key}"')
     assert ingest(server.url, new_key, cid, [job_event(cid, "b", "queued")]).ok
     assert (
         ingest(server.url, account.api_key, cid, [job_event(cid, "c", "queued")]).status_code == 401
@@ -140,6 +144,8 @@ def test_rotate_key_asks_for_confirmation_and_shows_the_new_key_once(server, acc
     page.click("[data-key-dismiss]")  # shown once: dismissed, it is gone from the page
     expect(panel).to_be_hidden()
     expect(value).to_have_value("")
+    expect(page.locator("[data-celery-panel]")).to_be_hidden()
+    assert new_key not in page.content()
     expect(item).to_have_count(1)
 
 
@@ -174,3 +180,92 @@ def test_phone_width_has_no_horizontal_page_scroll(server, account, phone_page):
             page.goto(server.url + path)
         width = page.evaluate("document.documentElement.scrollWidth")
         assert width <= 375, (path, width)
+
+
+def test_a_celery_connection_shows_the_agent_command_and_install_snippet_that_work(
+    server,
+    account,
+    page,
+    broker_redis_url,  # noqa: F811
+    queue,  # noqa: F811
+):
+    """After creation the page shows, with the new key, the `celery-agent` command and
+    the `install(app)` snippet. The agent command, as the page gives it (the broker
+    typed in its field: the machine's Redis), run by a shell: it connects, and a
+    real worker's task arrives under the new connection. Without the key (later),
+    the commands say where the key is."""
+    pytest.importorskip(
+        "celery", reason="Celery is not installed: pip install -r requirements-celery.txt"
+    )
+    import os
+    import signal
+    import sys
+    from pathlib import Path
+
+    import requests
+
+    from tests.celery.rig import CeleryWorker, Proc, cleanup_broker, publisher, redis_broker_url
+    from tests.util import wait_until
+
+    login_ui(page, server.url, account)
+    page.fill("#conn-name", "Celery prod")
+    page.select_option("#conn-framework", "celery")
+    page.click("[data-create-submit]")
+    key = page.locator("[data-key-value]").input_value()
+    assert key.startswith("sk_live_")
+    celery = page.locator("[data-celery-panel]")
+    expect(celery).to_be_visible()
+    agent_cmd = page.locator("[data-celery-agent]")
+    expect(agent_cmd).to_contain_text(f"--api-key {key}")
+    expect(agent_cmd).to_contain_text(f"--url {server.url}")
+    expect(agent_cmd).to_contain_text("python -m sluice celery-agent")
+    snippet = page.locator("[data-celery-install]")
+    expect(snippet).to_contain_text("import sluice.celery")
+    expect(snippet).to_contain_text(
+        f'sluice.celery.install(app, url="{server.url}", api_key="{key}")'
+    )
+    expect(celery.locator('[data-copy-target="#celery-agent-cmd"]')).to_be_visible()
+    expect(celery.locator('[data-copy-target="#celery-install"]')).to_be_visible()
+    # The broker field makes the command exact.
+    broker = redis_broker_url(broker_redis_url)
+    page.fill("#celery-broker", broker)
+    expect(agent_cmd).to_contain_text(f"--broker {broker}")
+    command = agent_cmd.text_content()  # what the Copy button copies
+    connection_id = page.locator(".conn-item", has_text="Celery prod").get_attribute(
+        "data-connection-id"
+    )
+
+    # Pasted into a shell as it is (`python` is this environment's).
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    agent = Proc("agent-from-page", ["bash", "-c", command], {"PATH": path})
+    worker = CeleryWorker(broker, queue)
+    try:
+        agent.start()
+        agent.wait_for_output("capturing events", timeout=30)
+        assert f"(connection {connection_id})" in agent.output()
+        worker.start()
+        task_id = publisher(broker, queue).send_task("sluice_test.add", (2, 3), queue=queue).id
+
+        def completed():
+            reply = requests.get(
+                f"{server.url}/api/connections/{connection_id}/jobs/{task_id}",
+                headers={"Authorization": f"Bearer {key}"},
+                timeout=10,
+            )
+            return reply.status_code == 200 and reply.json()["data"]["state"] == "completed"
+
+        wait_until(completed, 30, "the task completed under the new connection")
+    finally:
+        worker.stop()
+        agent.stop(signal.SIGTERM)
+        cleanup_broker(broker, queue)
+
+    # The key leaves with its panel; later the commands say where the key is.
+    page.click("[data-key-dismiss]")
+    expect(celery).to_be_hidden()
+    page.locator(".conn-item", has_text="Celery prod").locator("[data-action=celery-setup]").click()
+    expect(celery).to_be_visible()
+    expect(agent_cmd).to_contain_text("--api-key <YOUR_API_KEY>")
+    expect(snippet).to_contain_text('api_key="<YOUR_API_KEY>"')
+    expect(celery.locator("[data-celery-key-note]")).to_contain_text("Rotate key")
+    assert key not in page.content()

@@ -174,3 +174,63 @@ def test_without_argument_capture_no_user_data_leaves():
         CONN, task_id="t", name="n", state="queued", extensions={"args": "(1,)"}, capture_args=False
     )
     assert "extensions" not in only_user_data["job"]
+
+
+def test_worker_detail_from_inspect_stats_queues_and_registered():
+    stats = {
+        "pool": {
+            "implementation": "celery.concurrency.prefork:TaskPool",
+            "max-concurrency": 4,
+            "processes": [101, 102],  # shrunk from 4: the size now
+        },
+        "total": {"tasks.add": 5, "tasks.fail": 2},
+    }
+    assert ce.stats_detail(stats) == {"pool": "prefork", "concurrency": 2, "processed": 7}
+    threads = {
+        "pool": {"implementation": "celery.concurrency.thread:TaskPool", "max-concurrency": 8}
+    }
+    assert ce.stats_detail(threads) == {"pool": "threads", "concurrency": 8}
+    assert ce.stats_detail(None) == {} and ce.stats_detail({"pool": "x"}) == {}
+    assert ce.pool_name("celery.concurrency.gevent:TaskPool") == "gevent"
+    assert ce.pool_name("myco.pools:Custom") == "myco.pools:Custom"
+    assert ce.pool_name("p" * 100) == ce.clip("p" * 100, contract.MAX_POOL_NAME)
+    assert ce.queue_names_of([{"name": "a"}, {"name": "b"}, {"name": "a"}, {"x": 1}]) == ["a", "b"]
+    assert ce.queue_names_of(["a", "", "q" * (contract.MAX_QUEUE_NAME + 1)]) == ["a"]
+    assert ce.queue_names_of(None) == []
+    names = ["tasks.b", "tasks.a [rate_limit=10/s]", "celery.chord_unlock", "tasks.a", 3, ""]
+    assert ce.registered_names(names) == ["tasks.a", "tasks.b"]
+    assert ce.registered_names(["t" * (contract.MAX_JOB_NAME + 1)]) == []
+
+
+def test_registered_names_are_bounded_by_count_and_bytes():
+    many = [f"t{i:04d}" for i in range(2 * contract.MAX_REGISTERED)]
+    assert len(ce.registered_names(many)) == contract.MAX_REGISTERED
+    long = [f"tasks.{i:03d}." + "x" * 200 for i in range(200)]
+    kept = ce.registered_names(long)
+    assert 0 < len(kept) < 200 and kept == sorted(kept)
+    assert len(",".join(f'"{n}"' for n in kept).encode()) <= ce.MAX_REGISTERED_BYTES
+
+
+def test_worker_event_carries_the_detail_the_server_accepts():
+    ev = ce.worker_event(
+        CONN,
+        kind=ce.WORKER_HEARTBEAT,
+        nodename="w1@vm",
+        state=ce.BUSY,
+        active=2,
+        concurrency=2,
+        queues=["a", "b"],
+        pool="prefork",
+        processed=12,
+        reserved=3,
+        registered=["tasks.add", "celery.backend_cleanup"],
+    )
+    validate([ev])
+    w = ev["worker"]
+    assert (w["pool"], w["concurrency"], w["processed"], w["reservedJobs"]) == ("prefork", 2, 12, 3)
+    assert w["queues"] == ["a", "b"] and w["registered"] == ["tasks.add"]
+    bare = ce.worker_event(
+        CONN, kind=ce.WORKER_HEARTBEAT, nodename="w1@vm", state=ce.IDLE, processed=True, reserved=-1
+    )
+    validate([bare])
+    assert not {"pool", "processed", "reservedJobs", "registered"} & set(bare["worker"])

@@ -358,3 +358,39 @@ def test_the_agent_without_argument_capture_sends_no_argument_or_result_repr():
     failed = out[3]["job"]  # what is not argument data still goes
     assert failed["error"] == "ValueError('no')" and "Traceback" in failed["stacktrace"]
     assert out[0]["job"]["extensions"]["celeryEvent"] == "task-sent"
+
+
+def test_heartbeats_carry_the_inspected_detail_processed_and_reserved_tasks():
+    m = CeleryEventMapper(CONN)
+    node = "w1@vm"
+    m.set_detail(
+        node,
+        {"pool": "prefork", "concurrency": 2, "queues": ["a", "b"], "processed": 1,
+         "registered": ["tasks.add", "tasks.mul"]},
+    )  # fmt: skip
+    out = run(
+        m,
+        Event("task-sent", uuid="t1", name="tasks.add", queue="a"),
+        Event("task-sent", uuid="t2", name="tasks.add", queue="b"),
+        Event("task-received", uuid="t1", name="tasks.add", hostname=node),
+        Event("task-received", uuid="t2", name="tasks.add", hostname=node),
+        Event("task-started", uuid="t1", hostname=node),
+        Event("worker-heartbeat", hostname=node, active=1, processed=4, freq=2.0, clock=1),
+    )
+    hb = [e["worker"] for e in out if e["type"] == "worker_heartbeat"][-1]
+    assert hb["pool"] == "prefork" and hb["concurrency"] == 2 and hb["queues"] == ["a", "b"]
+    assert hb["registered"] == ["tasks.add", "tasks.mul"]
+    assert hb["processed"] == 4  # the heartbeat's own count, newer than inspect's
+    assert hb["reservedJobs"] == 1 and hb["activeJobs"] == 1  # t2 waits on w1, t1 runs
+    out = run(
+        m,
+        Event("task-succeeded", uuid="t1", hostname=node),
+        Event("task-started", uuid="t2", hostname=node),
+        Event("worker-heartbeat", hostname=node, active=1, processed=5, freq=2.0, clock=2),
+    )
+    hb = [e["worker"] for e in out if e["type"] == "worker_heartbeat"][-1]
+    assert hb["reservedJobs"] == 0 and hb["processed"] == 5
+    # A worker nobody inspected yet still says what its heartbeat says.
+    out = run(m, Event("worker-heartbeat", hostname="w2@vm", active=0, processed=9, freq=2.0))
+    w2 = [e["worker"] for e in out if e["type"] == "worker_heartbeat"][-1]
+    assert w2["processed"] == 9 and w2["reservedJobs"] == 0 and "pool" not in w2

@@ -72,6 +72,19 @@ def test_effective_snapshot_says_why_it_is_offline():
     assert effective(said, NOW, 30) == {**said, "expired": False}
 
 
+def test_a_workers_detail_is_answered_as_last_reported_online_or_expired():
+    detail = {
+        "pool": "prefork", "concurrency": 2, "queues": ["a", "b"], "processed": 9,
+        "reservedJobs": 3, "registered": ["tasks.add"],
+    }  # fmt: skip
+    fresh = {"id": "x", "externalId": "w1@h", "state": "busy", "timestamp": at(5), **detail}
+    assert effective(fresh, NOW, 30) == {**fresh, "expired": False}
+    gone = effective({**fresh, "timestamp": at(60)}, NOW, 30)
+    assert gone["state"] == "offline" and gone["expired"] is True
+    # What it held when it went silent (now lost) and what it was stay as it said them.
+    assert {k: gone[k] for k in detail} == detail
+
+
 def test_a_job_is_held_by_the_worker_it_runs_on_or_that_received_it():
     assert held_by_worker({"state": "active", "workerId": "w1@h"}) == "w1@h"
     assert held_by_worker({"state": "queued", "workerId": "w1@h"}) == "w1@h"  # reserved

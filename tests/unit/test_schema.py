@@ -179,9 +179,42 @@ def test_extensions_limit_is_counted_in_utf8_bytes_of_compact_json():
 )
 def test_worker_queue_names(queues):
     assert problems(worker_event(queues=queues)) == {
-        "events[0].worker.queues": f"a list of at most {c.MAX_QUEUES} queue names"
+        "events[0].worker.queues": f"a list of at most {c.MAX_QUEUES} names of 1 to "
+        f"{c.MAX_QUEUE_NAME} characters"
     }
     assert problems(worker_event(queues=["q" * c.MAX_QUEUE_NAME] * c.MAX_QUEUES)) == {}
+
+
+@pytest.mark.parametrize(
+    "registered",
+    [
+        "tasks.add",
+        ["ok", ""],
+        ["ok", 3],
+        ["t" * (c.MAX_JOB_NAME + 1)],
+        ["t"] * (c.MAX_REGISTERED + 1),
+    ],
+)
+def test_worker_registered_names(registered):
+    assert problems(worker_event(registered=registered)) == {
+        "events[0].worker.registered": f"a list of at most {c.MAX_REGISTERED} names of 1 to "
+        f"{c.MAX_JOB_NAME} characters"
+    }
+    assert problems(worker_event(registered=[f"tasks.t{i}" for i in range(c.MAX_REGISTERED)])) == {}
+
+
+def test_worker_detail_fields_pass_through():
+    detail = {"pool": "prefork", "processed": 7, "reservedJobs": 3, "registered": ["tasks.add"]}
+    assert problems(worker_event(**detail)) == {}
+    assert problems(worker_event(pool="p" * (c.MAX_POOL_NAME + 1))) == {
+        "events[0].worker.pool": f"at most {c.MAX_POOL_NAME} characters"
+    }
+    assert problems(worker_event(processed=-1)) == {
+        "events[0].worker.processed": "must be an integer >= 0"
+    }
+    assert problems(worker_event(reservedJobs=True)) == {
+        "events[0].worker.reservedJobs": "must be an integer >= 0"
+    }
 
 
 @pytest.mark.parametrize(

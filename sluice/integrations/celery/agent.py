@@ -26,7 +26,7 @@ from typing import Any
 import click
 
 from ...client.ingest import DEFAULT_BUFFER, IngestSender
-from .mapping import queue_event
+from .mapping import OFFLINE, queue_event, queue_names_of, registered_names, stats_detail
 from .queues import queue_depth, redis_bound_queues
 from .state import CeleryEventMapper
 
@@ -110,6 +110,8 @@ class CeleryAgent:
         warn_after: float = 30.0,
         discover_queues: bool = True,
         capture_args: bool = True,
+        detail_interval: float = 30.0,
+        inspect_timeout: float = 2.0,
     ) -> None:
         from celery import Celery  # lazily: Celery is not a server dependency
 
@@ -124,6 +126,9 @@ class CeleryAgent:
         self.enable_events = enable_events
         self.warn_after = warn_after
         self.discover_queues = discover_queues
+        #: Seconds between two `inspect()` of one worker (pool, queues, registered); 0: never.
+        self.detail_interval = detail_interval
+        self.inspect_timeout = inspect_timeout
         self.stop_event = threading.Event()
         self._lock = threading.Lock()  # the mapper is shared by the capture and poll threads
         self._receiver: Any = None
@@ -152,6 +157,12 @@ class CeleryAgent:
             return EXIT_MISSING_PACKAGE
         poller = threading.Thread(target=self._poll_loop, name="sluice-agent-poll", daemon=True)
         poller.start()
+        inspector = None
+        if self.detail_interval > 0:
+            inspector = threading.Thread(
+                target=self._detail_loop, name="sluice-agent-inspect", daemon=True
+            )
+            inspector.start()
         delay = 1.0
         code = 0
         while not self.stop_event.is_set():
@@ -178,6 +189,8 @@ class CeleryAgent:
                 self.stop_event.wait(delay)
                 delay = min(30.0, delay * 2)
         poller.join(timeout=self.poll_interval + 5)
+        if inspector is not None:
+            inspector.join(timeout=3 * self.inspect_timeout + 2)
         delivered = self.sender.close(timeout=10.0)
         log.info("sluice celery-agent stopped: %s", self.sender.summary())
         return code or (0 if delivered else 1)
@@ -295,6 +308,35 @@ class CeleryAgent:
         if conn is not None:
             conn.release()
 
+    # -- what Celery's remote control says of each worker --
+
+    def _detail_loop(self) -> None:
+        """Each online worker's pool, pool size, consumed queues and registered tasks,
+        from `inspect()` every `detail_interval` s per worker (a new worker at once),
+        for its heartbeats. Its own thread: a slow or silent worker costs at most
+        3 × `inspect_timeout` here and never holds up the events."""
+        fetched: dict[str, float] = {}
+        while not self.stop_event.wait(1.0):
+            now = time.monotonic()
+            with self._lock:
+                online = [n for n, i in self.mapper.workers.items() if i["state"] != OFFLINE]
+            due = [n for n in online if now - fetched.get(n, -1e9) >= self.detail_interval]
+            due = due[:MAX_INSPECTED]
+            if not due:
+                continue
+            for node in due:  # answered or not, asked again after the interval
+                fetched[node] = now
+            try:
+                details = inspect_workers(self.app, due, self.inspect_timeout)
+            except Exception as exc:
+                log.debug("sluice: inspect failed: %s", exc)
+                continue
+            with self._lock:
+                for node, detail in details.items():
+                    self.mapper.set_detail(node, detail)
+            for node in [n for n in fetched if n not in online]:
+                del fetched[node]
+
     def queue_names(self, conn: Any) -> list[str]:
         """Queues to poll: --queue names, else the default queue + queues seen or bound on the broker."""
         if self.static_queues:
@@ -346,6 +388,31 @@ class CeleryAgent:
                 self.warn_after,
                 HOW_TO_ENABLE,
             )
+
+
+#: Workers asked at once by one `inspect()` (more wait for the next round).
+MAX_INSPECTED = 50
+
+
+def inspect_workers(app: Any, nodes: list[str], timeout: float) -> dict[str, dict[str, Any]]:
+    """`worker_event` keywords (pool, concurrency, processed, queues, registered) of
+    each of `nodes` that answered Celery's `stats`, `active_queues` and `registered`
+    (each broadcast returns once every node answered, or after `timeout`)."""
+    inspect = app.control.inspect(destination=list(nodes), timeout=timeout)
+    stats = inspect.stats() or {}
+    queues = inspect.active_queues() or {}
+    registered = inspect.registered() or {}
+    out: dict[str, dict[str, Any]] = {}
+    for node in nodes:
+        detail = stats_detail(stats.get(node))
+        names = queue_names_of(queues.get(node))
+        if names:
+            detail["queues"] = names
+        if node in registered:
+            detail["registered"] = registered_names(registered.get(node))
+        if detail:
+            out[node] = detail
+    return out
 
 
 def run_agent(**kwargs: Any) -> int:
@@ -441,6 +508,14 @@ def run_agent(**kwargs: Any) -> int:
     default=30.0,
     show_default=True,
     help="Warn if no task events after N s.",
+)
+@click.option(
+    "--detail-interval",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="Seconds between two remote-control inspect() calls per worker (its pool, "
+    "queues and registered tasks); 0: never.",
 )
 @click.option("--log-level", default="INFO", show_default=True)
 def celery_agent_command(log_level: str, **kwargs: Any) -> None:

@@ -58,8 +58,11 @@ from .mapping import (
     job_event,
     message_extensions,
     now_iso,
+    pool_name,
     queue_event,
+    queue_names_of,
     random_id,
+    registered_names,
     revoke_extensions,
     safe_repr,
     waiting_state,
@@ -216,6 +219,7 @@ class SluiceCelery:
         # (task id, retries of the new message) → when task.retry() published it
         self._retry_at: dict[tuple[str, int], float] = {}
         self._worker: dict[str, Any] = {}
+        self._consumer: Any = None  # the worker's consumer (worker_ready), main process only
         self._hb_stop = threading.Event()
         self._handlers: list[tuple[Any, Callable[..., None]]] = []
 
@@ -679,7 +683,9 @@ class SluiceCelery:
             "concurrency": concurrency,
             "queues": queues,
             "pid": os.getpid(),
+            "registered": registered_names(list(self.app.tasks.keys())),
         }
+        self._consumer = consumer
         self.sender.submit(
             self._worker_event(WORKER_STATE_CHANGE, ONLINE, previous=OFFLINE, active=0)
         )
@@ -780,6 +786,7 @@ class SluiceCelery:
         random: bool = False,
     ) -> dict[str, Any]:
         w = self._worker
+        live = _worker_now(self._consumer) if state != OFFLINE else {}
         return worker_event(
             self.connection_id,
             kind=kind,
@@ -787,9 +794,13 @@ class SluiceCelery:
             state=state,
             previous_state=previous,
             active=active,
-            concurrency=w.get("concurrency"),
+            concurrency=live.get("concurrency", w.get("concurrency")),
             pid=w.get("pid"),
-            queues=w.get("queues"),
+            queues=live.get("queues") or w.get("queues"),
+            pool=live.get("pool"),
+            processed=live.get("processed"),
+            reserved=live.get("reserved"),
+            registered=w.get("registered"),
             timestamp=now_iso(),
             event_id=random_id() if random else None,
             extensions={
@@ -836,6 +847,44 @@ def _active_count() -> int:
         return len(state.active_requests)
     except Exception:
         return 0
+
+
+def _worker_now(consumer: Any) -> dict[str, Any]:
+    """What this worker's own objects say of it now (main process): its pool's kind
+    and size, the queues its consumer consumes, the tasks it accepted (Celery's
+    count, the heartbeat event's `processed`) and those it holds waiting
+    (reserved, not started: what `inspect().reserved()` lists). Each read is
+    guarded: whatever Celery version misses is left out."""
+    out: dict[str, Any] = {}
+    if consumer is None:
+        return out
+    pool = getattr(consumer, "pool", None)
+    if pool is not None:
+        cls = type(pool)
+        out["pool"] = pool_name(f"{cls.__module__}:{cls.__qualname__}")
+        try:
+            out["concurrency"] = int(pool.num_processes)
+        except Exception:
+            pass
+    try:
+        out["queues"] = queue_names_of([q.name for q in consumer.task_consumer.queues])
+    except Exception:
+        pass
+    try:
+        from celery.worker import state
+
+        out["processed"] = int(state.all_total_count[0])
+    except Exception:
+        return out
+    for _ in range(3):  # the worker changes these sets meanwhile (heartbeat thread)
+        try:
+            out["reserved"] = len(state.reserved_requests - state.active_requests)
+            break
+        except RuntimeError:  # changed size during iteration: read again
+            continue
+        except Exception:
+            break
+    return out
 
 
 def _env_flag(name: str, default: bool = True) -> bool:

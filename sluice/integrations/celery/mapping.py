@@ -263,6 +263,102 @@ def revoke_extensions(terminated: Any, signum: Any, expired: Any) -> dict[str, A
     return {"terminated": terminated or None, "signum": signum, "expired": expired or None}
 
 
+# -- a worker's detail (pool, processed, reserved, registered) ------------------
+
+#: Celery's pool implementations (`celery.concurrency.ALIASES`) → the names
+#: `celery worker --pool` takes, for the worker's `pool` field.
+POOL_NAMES: Final[dict[str, str]] = {
+    "celery.concurrency.prefork:TaskPool": "prefork",
+    "celery.concurrency.thread:TaskPool": "threads",
+    "celery.concurrency.gevent:TaskPool": "gevent",
+    "celery.concurrency.eventlet:TaskPool": "eventlet",
+    "celery.concurrency.solo:TaskPool": "solo",
+}
+#: A producer sends at most this many bytes of registered task names per event
+#: (the contract allows `MAX_REGISTERED` names of up to `MAX_JOB_NAME` each; the
+#: list rides on every heartbeat, so it is kept small: a batch stays far under
+#: the server's body limit).
+MAX_REGISTERED_BYTES: Final = 8_192
+
+
+def _count(value: Any) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    return value if 0 <= value <= contract.MAX_INTEGER else None
+
+
+def pool_name(implementation: Any) -> str | None:
+    """A pool's short name from Celery's `module:Class` implementation (`stats()["pool"]
+    ["implementation"]`, or the pool object's class): `prefork`, `threads`, ...;
+    another pool keeps its dotted name (clipped)."""
+    if not implementation or not isinstance(implementation, str):
+        return None
+    return POOL_NAMES.get(implementation) or clip(implementation, contract.MAX_POOL_NAME)
+
+
+def registered_names(names: Iterable[Any] | None) -> list[str]:
+    """The task names a worker registered, as the contract takes them: sorted,
+    once each, without Celery's built-ins (`celery.*`, as `inspect().registered()`
+    leaves them out) and without the ` [rate_limit=...]` info `registered()` may
+    append; a name longer than `MAX_JOB_NAME` is left out (a clipped name would
+    name no task); at most `MAX_REGISTERED` names and `MAX_REGISTERED_BYTES`."""
+    if not names:
+        return []
+    clean: set[str] = set()
+    for raw in names:
+        if not isinstance(raw, str):
+            continue
+        name = raw.split(" [", 1)[0].strip()
+        if name and not name.startswith("celery.") and len(name) <= contract.MAX_JOB_NAME:
+            clean.add(name)
+    out: list[str] = []
+    size = 0
+    for name in sorted(clean):
+        size += len(name.encode()) + 3  # JSON quotes and comma
+        if len(out) >= contract.MAX_REGISTERED or size > MAX_REGISTERED_BYTES:
+            break
+        out.append(name)
+    return out
+
+
+def stats_detail(stats: Any) -> dict[str, Any]:
+    """What `app.control.inspect().stats()` says of one worker, as `worker_event`
+    keywords: `pool` (its kind), `concurrency` (the pool's size now: prefork's
+    processes, else its max-concurrency) and `processed` (tasks it accepted)."""
+    out: dict[str, Any] = {}
+    if not isinstance(stats, dict):
+        return out
+    pool = stats.get("pool")
+    if isinstance(pool, dict):
+        name = pool_name(pool.get("implementation"))
+        if name:
+            out["pool"] = name
+        processes = pool.get("processes")
+        size = len(processes) if isinstance(processes, list) and processes else None
+        if size is None:
+            size = _count(pool.get("max-concurrency"))
+        if size is not None:
+            out["concurrency"] = size
+    total = stats.get("total")
+    if isinstance(total, dict):
+        counts = [v for v in total.values() if _count(v) is not None]
+        out["processed"] = sum(counts)
+    return out
+
+
+def queue_names_of(active_queues: Any) -> list[str]:
+    """The names of the queues a worker consumes, from `inspect().active_queues()`
+    (a list of queue dicts) or the worker's own consumer (a list of names)."""
+    if not isinstance(active_queues, list):
+        return []
+    names = []
+    for q in active_queues:
+        name = q.get("name") if isinstance(q, dict) else q
+        if isinstance(name, str) and 0 < len(name) <= contract.MAX_QUEUE_NAME and name not in names:
+            names.append(name)
+    return names[: contract.MAX_QUEUES]
+
+
 # -- ingest event builders ----------------------------------------------------
 
 
@@ -346,10 +442,17 @@ def worker_event(
     concurrency: int | None = None,
     pid: int | None = None,
     queues: list[str] | None = None,
+    pool: str | None = None,
+    processed: int | None = None,
+    reserved: int | None = None,
+    registered: list[str] | None = None,
     extensions: dict[str, Any] | None = None,
     event_id: str | None = None,
 ) -> dict[str, Any]:
-    """A `worker_heartbeat` or `worker_state_change` ingest event."""
+    """A `worker_heartbeat` or `worker_state_change` ingest event.
+
+    The worker's detail (`pool`, `processed`, `reserved` jobs, `registered`
+    task names) is what each producer knows of it (see `worker_detail`)."""
     worker: dict[str, Any] = {
         "externalId": clip(nodename, contract.MAX_EXTERNAL_ID),
         "state": state,
@@ -363,8 +466,12 @@ def worker_event(
         "queues": [clip(q, contract.MAX_QUEUE_NAME) for q in queues if q][: contract.MAX_QUEUES]
         if queues
         else None,
+        "pool": clip(pool, contract.MAX_POOL_NAME) if pool else None,
+        "processed": _count(processed),
+        "reservedJobs": _count(reserved),
+        "registered": registered_names(registered) if registered else None,
     }
-    worker.update({k: v for k, v in optional.items() if v is not None})
+    worker.update({k: v for k, v in optional.items() if v is not None and v != []})
     if extensions:
         ext = bounded_extensions(extensions)
         if ext:

@@ -90,13 +90,29 @@ class CeleryEventMapper:
         self.seen_task_events = 0
         self.seen_worker_events = 0
         self.queues_seen: set[str] = set()
+        #: Waiting tasks a worker has received (reserved, prefetched): task id → worker.
+        self._held: dict[str, str] = {}
+        #: What `inspect()` last said of each worker (`set_detail`): pool, size, queues,
+        #: registered task names; sent with each of its heartbeats.
+        self.details: dict[str, dict[str, Any]] = {}
+
+    def set_detail(self, node: str, detail: dict[str, Any]) -> None:
+        """Remember a worker's detail (`worker_event` keywords: `pool`, `concurrency`,
+        `queues`, `registered`, `processed`) from the agent's occasional `inspect()`."""
+        self.details[node] = dict(detail)
+        while len(self.details) > 1_000:  # workers come and go: the oldest first
+            del self.details[next(iter(self.details))]
+
+    def reserved(self, node: str) -> int:
+        """Tasks waiting on `node`: received (prefetched) and not started, as events said."""
+        return sum(1 for worker in self._held.values() if worker == node)
 
     def _task(self, task_id: str) -> _Task:
         task = self._tasks.get(task_id)
         if task is None:
             task = self._tasks[task_id] = _Task()
             while len(self._tasks) > self.max_tasks:
-                self._tasks.popitem(last=False)
+                self._held.pop(self._tasks.popitem(last=False)[0], None)
         else:
             self._tasks.move_to_end(task_id)
         return task
@@ -230,6 +246,10 @@ class CeleryEventMapper:
         attempt = task.attempt  # held events of the next attempt are not applied yet
         previous = task.state
         task.state = state
+        if state in WAITING and task.worker:
+            self._held[task_id] = task.worker
+        else:
+            self._held.pop(task_id, None)
         return job_event(
             self.connection_id,
             task_id=task_id,
@@ -265,6 +285,11 @@ class CeleryEventMapper:
         }
         common = {"nodename": node, "timestamp": ts, "pid": ev.get("pid"), "extensions": ext}
         out: list[dict[str, Any]] = []
+        if kind != "worker-offline":
+            detail = dict(self.details.get(node) or {})
+            if isinstance(ev.get("processed"), int):  # the event's count is the newest
+                detail["processed"] = ev["processed"]
+            common.update(detail, reserved=self.reserved(node))
         if kind == "worker-offline":
             previous = known["state"] if known else None
             self.workers[node] = {

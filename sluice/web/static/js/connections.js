@@ -64,7 +64,16 @@ function render() {
     rotate.dataset.action = "rotate";
     rotate.setAttribute("aria-label", `Rotate the API key of connection ${c.name}`);
     rotate.addEventListener("click", () => askRotate(c));
-    li.append(main, rotate, del);
+    if (c.framework === "celery") {
+      const setup = el("button", "btn btn-ghost btn-sm", "Connect Celery");
+      setup.type = "button";
+      setup.dataset.action = "celery-setup";
+      setup.setAttribute("aria-label", `How to connect Celery to connection ${c.name}`);
+      setup.addEventListener("click", () => showCelery(c, null));
+      li.append(main, setup, rotate, del);
+    } else {
+      li.append(main, rotate, del);
+    }
     list.append(li);
   }
 }
@@ -101,6 +110,69 @@ function curlExample(conn, apiKey) {
   ].join("\n");
 }
 
+// -- connecting a Celery cluster: the agent's command and the install() snippet --
+
+const celeryPanel = document.querySelector("[data-celery-panel]");
+const brokerInput = celeryPanel.querySelector("[data-celery-broker]");
+/** What the Celery panel shows: the connection and its key (null: not known here). */
+let celeryFor = null;
+/** Where the key is when the page does not have it (it is shown once). */
+const KEY_PLACEHOLDER = "<YOUR_API_KEY>";
+
+/** `value` as one shell word (single-quoted unless it is plainly safe). */
+function shellWord(value) {
+  return /^[A-Za-z0-9_@%+=:,./-]+$/.test(value) ? value : `'${value.replace(/'/g, "'\\''")}'`;
+}
+
+function agentCommand(broker, apiKey) {
+  return [
+    "python -m sluice celery-agent \\",
+    `  --broker ${shellWord(broker || "redis://localhost:6379/0")} \\`,
+    `  --url ${shellWord(location.origin)} \\`,
+    `  --api-key ${apiKey ? shellWord(apiKey) : KEY_PLACEHOLDER}`,
+  ].join("\n");
+}
+
+function installSnippet(apiKey) {
+  return [
+    "import sluice.celery",
+    "",
+    "# after app = Celery(...)",
+    `sluice.celery.install(app, url=${JSON.stringify(location.origin)}, api_key=${JSON.stringify(apiKey || KEY_PLACEHOLDER)})`,
+  ].join("\n");
+}
+
+function renderCelery() {
+  if (!celeryFor) return;
+  const { conn, apiKey } = celeryFor;
+  celeryPanel.querySelector("[data-celery-conn-name]").textContent = conn.name;
+  celeryPanel.querySelector("[data-celery-key-note]").textContent = apiKey
+    ? "These commands hold the connection's API key: keep them as safe as the key."
+    : `Sluice shows a key only once, when the connection is created or its key rotated: put yours in place of ${KEY_PLACEHOLDER} (or use “Rotate key” for a new one; the old one then stops).`;
+  celeryPanel.querySelector("[data-celery-agent]").textContent = agentCommand(brokerInput.value.trim(), apiKey);
+  celeryPanel.querySelector("[data-celery-install]").textContent = installSnippet(apiKey);
+}
+
+function showCelery(conn, apiKey, focus = true) {
+  celeryFor = { conn, apiKey };
+  renderCelery();
+  celeryPanel.hidden = false;
+  if (focus) {
+    celeryPanel.focus();
+    celeryPanel.scrollIntoView({ block: "nearest", behavior: "smooth" });
+  }
+}
+
+function hideCelery() {
+  celeryFor = null;
+  celeryPanel.querySelector("[data-celery-agent]").textContent = "";
+  celeryPanel.querySelector("[data-celery-install]").textContent = "";
+  celeryPanel.hidden = true;
+}
+
+brokerInput.addEventListener("input", renderCelery);
+celeryPanel.querySelector("[data-celery-dismiss]").addEventListener("click", hideCelery);
+
 function showKey(conn) {
   keyPanel.querySelector("[data-key-conn-name]").textContent = conn.name;
   keyPanel.querySelector("[data-key-value]").value = conn.apiKey;
@@ -108,12 +180,16 @@ function showKey(conn) {
   keyPanel.hidden = false;
   keyPanel.focus();
   keyPanel.scrollIntoView({ block: "nearest", behavior: "smooth" });
+  // A Celery connection: the agent's command and the install() snippet, with the key.
+  if ((conn.framework || "celery") === "celery") showCelery(conn, conn.apiKey, false);
+  else hideCelery();
 }
 
 keyPanel.querySelector("[data-key-dismiss]").addEventListener("click", () => {
   keyPanel.querySelector("[data-key-value]").value = "";
   keyPanel.querySelector("[data-curl]").textContent = "";
   keyPanel.hidden = true;
+  if (celeryFor && celeryFor.apiKey) hideCelery(); // the key leaves the page with its panel
 });
 
 form.addEventListener("submit", async (ev) => {

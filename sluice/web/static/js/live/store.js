@@ -445,7 +445,7 @@ export class Store {
     if (typeof key !== "string" || !key) return false;
     let w = this.workers.get(key);
     if (!w) {
-      w = { id: key, externalId: null, hostname: null, state: "online", activeJobs: null, concurrency: null, queues: null, lastHeartbeatMs: null, seenMs: null, changedMs: ms, v: 0 };
+      w = { id: key, externalId: null, hostname: null, state: "online", activeJobs: null, concurrency: null, queues: null, pool: null, processed: null, reservedJobs: null, registered: null, lastHeartbeatMs: null, seenMs: null, changedMs: ms, v: 0 };
       this.workers.set(key, w);
     }
     if (typeof d.externalId === "string" && d.externalId) {
@@ -460,6 +460,11 @@ export class Store {
     if (Number.isFinite(d.activeJobs)) w.activeJobs = d.activeJobs;
     if (Number.isFinite(d.concurrency)) w.concurrency = d.concurrency;
     if (Array.isArray(d.queues)) w.queues = d.queues;
+    // The worker's detail (docs/api.md, worker payload), as its latest event says it.
+    if (typeof d.pool === "string" && d.pool) w.pool = d.pool;
+    if (Number.isFinite(d.processed)) w.processed = d.processed;
+    if (Number.isFinite(d.reservedJobs)) w.reservedJobs = d.reservedJobs;
+    if (Array.isArray(d.registered)) w.registered = d.registered;
     w.seenMs = parseTime(d.timestamp) ?? ms; // the latest event's time: what liveness is decided on
     if (type === WORKER_HEARTBEAT) w.lastHeartbeatMs = parseTime(d.timestamp) ?? ms;
     else if (w.lastHeartbeatMs == null) w.lastHeartbeatMs = parseTime(d.timestamp) ?? ms;

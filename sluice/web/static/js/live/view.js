@@ -394,9 +394,13 @@ export class ScopeBar {
     this.actions = actions;
     this.filter = null;
     this.items = new Map();
+    /** The worker's facts while a worker filter is on (else null). */
+    this.workerView = null;
   }
 
   setFilter(filter) {
+    // The same worker's view keeps its registered list open (a state link was followed).
+    const wasOpen = this.workerView && this.workerView.externalId === filter.worker && this.workerView.registered.open;
     this.filter = { ...filter };
     this.node.replaceChildren();
     this.items.clear();
@@ -420,9 +424,15 @@ export class ScopeBar {
       const detail = el("div", "scope-detail muted small");
       detail.dataset.scopeDetail = key;
       item.append(head, detail);
+      if (key === "worker") {
+        this.workerView = new WorkerFacts(value, filter);
+        this.workerView.registered.open = Boolean(wasOpen);
+        item.append(this.workerView.node);
+      }
       this.node.append(item);
       this.items.set(key, detail);
     }
+    if (!this.items.has("worker")) this.workerView = null;
     this.node.hidden = this.items.size === 0;
   }
 
@@ -442,6 +452,7 @@ export class ScopeBar {
         worker.dataset.state = status.state;
       }
       setText(worker, text);
+      if (this.workerView) this.workerView.render(w, store, nowMs);
     }
     const queue = this.items.get("queue");
     if (queue) {
@@ -453,6 +464,88 @@ export class ScopeBar {
       }
       setText(queue, text);
     }
+  }
+}
+
+/**
+ * The worker's view, below its summary: what its producer says of it (docs/celery.md,
+ * "The worker view"): pool and size, tasks processed, active and reserved (links to
+ * the worker's jobs in that state: reserved ones are its queued jobs), the queues it
+ * consumes, and its registered tasks in a collapsible list. A fact nobody sent is
+ * left out. Built once per filter, updated in place (a <details> stays open).
+ */
+class WorkerFacts {
+  constructor(externalId, filter) {
+    this.externalId = externalId;
+    this.filter = { ...filter };
+    this.node = el("div", "worker-view small");
+    this.node.dataset.workerView = externalId;
+    this.list = el("dl", "worker-facts");
+    this.facts = {};
+    const facts = [
+      ["pool", "Pool"],
+      ["processed", "Processed"],
+      ["active", "Active"],
+      ["reserved", "Reserved"],
+      ["queues", "Queues"],
+    ];
+    for (const [key, label] of facts) {
+      const dt = el("dt", "muted", label);
+      const dd = el("dd", "mono");
+      dd.dataset.workerFact = key;
+      if (key === "active" || key === "reserved") {
+        const state = key === "active" ? "active" : "queued";
+        const link = navLink("worker-fact-link", "", viewUrl({ filter: { ...this.filter, state } }));
+        link.title = key === "active" ? "Its active jobs" : "Its reserved jobs: received (prefetched) by this worker, not started";
+        dd.append(link);
+      }
+      dt.hidden = dd.hidden = true;
+      this.list.append(dt, dd);
+      this.facts[key] = { dt, dd };
+    }
+    this.registered = el("details", "worker-registered");
+    this.registered.dataset.workerRegistered = "";
+    this.registeredSummary = el("summary", "muted");
+    this.registeredList = el("ul", "worker-registered-list mono");
+    this.registered.append(this.registeredSummary, this.registeredList);
+    this.registered.hidden = true;
+    this.registeredKey = null;
+    this.node.append(this.list, this.registered);
+  }
+
+  fact(key, text) {
+    const { dt, dd } = this.facts[key];
+    dt.hidden = dd.hidden = text == null;
+    if (text != null) setText(dd.firstElementChild || dd, text);
+  }
+
+  render(w, store, nowMs) {
+    if (!w) {
+      this.node.hidden = true;
+      return;
+    }
+    this.node.hidden = false;
+    const status = store.workerStatus(w, nowMs);
+    const gone = status.state === "offline";
+    this.fact("pool", w.pool || w.concurrency != null ? [w.pool, w.concurrency != null ? `size ${formatInt(w.concurrency)}` : null].filter(Boolean).join(" · ") : null);
+    this.fact("processed", w.processed != null ? formatInt(w.processed) : null);
+    this.fact("active", w.activeJobs != null ? formatInt(gone ? 0 : w.activeJobs) : null);
+    this.fact("reserved", w.reservedJobs != null ? formatInt(gone ? 0 : w.reservedJobs) : null);
+    this.fact("queues", w.queues && w.queues.length ? w.queues.join(", ") : null);
+    const names = Array.isArray(w.registered) ? w.registered : null;
+    const key = names ? names.join("\n") : null;
+    if (key === this.registeredKey) return;
+    this.registeredKey = key;
+    this.registered.hidden = !names;
+    if (!names) return;
+    setText(this.registeredSummary, `Registered tasks (${formatInt(names.length)})`);
+    this.registeredList.replaceChildren(
+      ...names.map((name) => {
+        const li = el("li");
+        li.append(navLink("worker-task", name, viewUrl({ filter: { ...this.filter, state: "", name } })));
+        return li;
+      }),
+    );
   }
 }
 
