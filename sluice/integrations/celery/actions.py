@@ -48,7 +48,7 @@ from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
 from ...timefmt import now_iso, parse_iso
-from .mapping import FRAMEWORK, QUEUED, job_event, producer_id
+from .mapping import FRAMEWORK, QUEUED, RETRY_OF_HEADER, job_event, producer_id
 
 log = logging.getLogger("sluice.celery_agent.actions")
 
@@ -683,7 +683,8 @@ class CommandRunner:
         if self.on_retry is not None:
             self.on_retry(new_id, call)
         published_at = time.time()
-        options: dict[str, Any] = {"task_id": new_id}
+        # The header: workers running the integration report the link too (`retryOf`).
+        options: dict[str, Any] = {"task_id": new_id, "headers": {RETRY_OF_HEADER: call.retry_of}}
         if call.queue:
             options["queue"] = call.queue
         self.app.send_task(call.name, args=call.args, kwargs=call.kwargs, **options)

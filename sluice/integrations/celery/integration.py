@@ -48,6 +48,7 @@ from .mapping import (
     FAILED,
     OFFLINE,
     ONLINE,
+    RETRY_OF_HEADER,
     RETRYING,
     SERVER_MAX_EXTENSIONS_BYTES,
     TERMINAL,
@@ -466,6 +467,7 @@ class SluiceCelery:
             worker_id=getattr(request, "hostname", None),
             extensions={
                 "celerySignal": "task_received",
+                "retryOf": _retry_of(info),
                 **message_extensions(
                     request.id,
                     args=args_repr,
@@ -505,6 +507,7 @@ class SluiceCelery:
             finished_at=time.time(),
             extensions={
                 "celerySignal": "task_revoked",
+                "retryOf": _retry_of(getattr(request, "request_dict", None)),
                 **revoke_extensions(kw.get("terminated"), kw.get("signum"), kw.get("expired")),
             },
         )
@@ -587,6 +590,9 @@ class SluiceCelery:
         """A job event of the task running here: its request tells the attempt, queue and
         worker; `call` (args, kwargs): its call, put on when capture_call is on."""
         delivery = getattr(req, "delivery_info", None) or {}
+        retry_of = getattr(req, RETRY_OF_HEADER, None)
+        if isinstance(retry_of, str) and retry_of:
+            fields["extensions"] = {**(fields.get("extensions") or {}), "retryOf": retry_of}
         event = self._job(
             task_id=task_id,
             name=task.name,
@@ -825,6 +831,12 @@ def _active_count() -> int:
         return len(state.active_requests)
     except Exception:
         return 0
+
+
+def _retry_of(request_dict: Any) -> str | None:
+    """The job an operator's retry re-sent (the agent's `sluice_retry_of` header)."""
+    value = request_dict.get(RETRY_OF_HEADER) if isinstance(request_dict, dict) else None
+    return value if isinstance(value, str) and value else None
 
 
 def _request_call(request: Any) -> tuple[Any, Any]:

@@ -410,6 +410,9 @@ def queue_event(
 
 # -- a task's call, for an operator's retry ---------------------------------------
 
+#: The message header an operator's retry (the agent) puts on the task it re-sends:
+#: the original's external id; the integration reports it as `extensions.retryOf`.
+RETRY_OF_HEADER: Final = "sluice_retry_of"
 #: A captured call (`extensions.call`: the task's real arguments) as JSON, at most.
 MAX_CALL_BYTES: Final = 16_384
 #: The server's default limit of one payload's `extensions` (SLUICE_MAX_EXTENSIONS_BYTES).
