@@ -500,9 +500,9 @@ def with_retries(
 class CommandRunner:
     """A daemon thread: long-polls the connection's commands and carries them out.
 
-    `app` is the agent's Celery app, `sender` its `IngestSender`, `on_retry(new
-    task id, original external id, name, queue)` lets the agent's event mapper
-    remember the link so the new job's later events carry `retryOf` too.
+    `app` is the agent's Celery app, `sender` its `IngestSender`; `on_retry(new
+    task id, call)`, called before the task is sent, lets the agent's event mapper
+    remember the link so the new job's events carry `retryOf` too.
     """
 
     def __init__(
