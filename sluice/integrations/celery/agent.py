@@ -112,6 +112,7 @@ class CeleryAgent:
         capture_args: bool = True,
         detail_interval: float = 30.0,
         inspect_timeout: float = 2.0,
+        actions: bool = True,
     ) -> None:
         from celery import Celery  # lazily: Celery is not a server dependency
 
@@ -135,6 +136,23 @@ class CeleryAgent:
         self._capturing = False  # connected to the broker: silence then means a silent worker
         self._started = time.monotonic()
         self._warned = False
+        self.actions: Any = None
+        if actions:
+            from .actions import CommandRunner
+
+            self.actions = CommandRunner(
+                self.app,
+                self.sender,
+                url,
+                api_key,
+                connection_id,
+                capture_call=capture_args,
+                on_retry=self._note_retry,
+            )
+
+    def _note_retry(self, task_id: str, call: Any) -> None:
+        with self._lock:
+            self.mapper.note_retry(task_id, call.retry_of, call.name, call.queue)
 
     # -- lifecycle --
 
@@ -163,6 +181,10 @@ class CeleryAgent:
                 target=self._detail_loop, name="sluice-agent-inspect", daemon=True
             )
             inspector.start()
+        if self.actions is not None:
+            self.actions.start()
+        else:
+            log.info("sluice: operator actions off (--no-actions): commands are not carried out")
         delay = 1.0
         code = 0
         while not self.stop_event.is_set():
@@ -191,6 +213,8 @@ class CeleryAgent:
         poller.join(timeout=self.poll_interval + 5)
         if inspector is not None:
             inspector.join(timeout=3 * self.inspect_timeout + 2)
+        if self.actions is not None:
+            self.actions.stop()
         delivered = self.sender.close(timeout=10.0)
         log.info("sluice celery-agent stopped: %s", self.sender.summary())
         return code or (0 if delivered else 1)
@@ -217,6 +241,8 @@ class CeleryAgent:
 
     def stop(self) -> None:
         self.stop_event.set()
+        if self.actions is not None:
+            self.actions.stop_event.set()  # the poll in progress ends in run(), off the signal handler
         receiver = self._receiver
         if receiver is not None:
             receiver.should_stop = True
@@ -501,6 +527,19 @@ def run_agent(**kwargs: Any) -> int:
     show_default=True,
     help="Send the reprs of task arguments, keyword arguments and results "
     "(--no-args: none of them; exceptions and tracebacks are still sent).",
+)
+@click.option(
+    "--actions/--no-actions",
+    "actions",
+    envvar="SLUICE_ACTIONS",
+    show_envvar=True,
+    default=True,
+    show_default=True,
+    help="Carry out operator actions from Sluice (revoke, terminate, retry, bulk retry, "
+    "pool grow/shrink, shutdown), read from the connection's command stream "
+    "(GET /api/connections/<id>/commands, long polling with the key). --no-actions: "
+    "commands are left unanswered. Retry needs workers started with "
+    "sluice.celery.install(app, capture_call=True). Run one agent with actions per connection.",
 )
 @click.option(
     "--warn-after",
