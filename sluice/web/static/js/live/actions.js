@@ -209,6 +209,7 @@ export class Actions {
   /** Show the actions (true) or not (a read-only instance, or not known yet). */
   setEnabled(enabled) {
     this.enabled = !!enabled;
+    document.body.dataset.actions = this.enabled ? "on" : "off";
     this.changed();
   }
 
