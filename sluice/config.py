@@ -216,6 +216,12 @@ class Settings:
         "(batching producers post at most about 5 per second each, plus one per 100 events "
         "of a burst; docs/configuration.md has the arithmetic).",
     )
+    actions_rate_limit: str = setting(
+        "SLUICE_ACTIONS_RATE_LIMIT",
+        "10 per second",
+        doc="Operator actions (`POST …/actions`) per connection, from its owner's session "
+        "(429 + `Retry-After`).",
+    )
     session_days: int = setting(
         "SLUICE_SESSION_DAYS",
         14,

@@ -16,6 +16,8 @@ JOB_STATE_CHANGE: Final = "job:state_change"
 WORKER_HEARTBEAT: Final = "worker:heartbeat"
 WORKER_STATE_CHANGE: Final = "worker:state_change"
 QUEUE_SNAPSHOT: Final = "queue:snapshot"
+#: The outcome of an operator action (a command), produced by the agent.
+COMMAND_RESULT: Final = "command:result"
 
 #: The stored event types, in contract order.
 EVENT_NAMES: Final[tuple[str, ...]] = (
@@ -23,6 +25,7 @@ EVENT_NAMES: Final[tuple[str, ...]] = (
     WORKER_HEARTBEAT,
     WORKER_STATE_CHANGE,
     QUEUE_SNAPSHOT,
+    COMMAND_RESULT,
 )
 
 #: `types` categories of the stream and the event names each stands for.
@@ -30,6 +33,7 @@ CATEGORIES: Final[dict[str, tuple[str, ...]]] = {
     "job": (JOB_STATE_CHANGE,),
     "worker": (WORKER_HEARTBEAT, WORKER_STATE_CHANGE),
     "queue": (QUEUE_SNAPSHOT,),
+    "command": (COMMAND_RESULT,),
 }
 
 #: Control events a stream sends that are not stored (no `id:`): never filtered out.
@@ -50,6 +54,7 @@ PRODUCER_TYPES: Final[dict[str, tuple[str, str]]] = {
     "worker_heartbeat": ("worker", WORKER_HEARTBEAT),
     "worker_state_change": ("worker", WORKER_STATE_CHANGE),
     "queue_snapshot": ("queue", QUEUE_SNAPSHOT),
+    "command_result": ("command", COMMAND_RESULT),
 }
 
 # -- states and frameworks -------------------------------------------------------
@@ -99,6 +104,44 @@ MAX_SNAPSHOTS: Final = 1_000
 MAX_QUERY: Final = 1_024
 #: Each part of a Redis Stream id (and so of an event id) is an unsigned 64-bit integer.
 MAX_ID_PART: Final = 2**64 - 1
+
+# -- operator actions (commands to the agent, `docs/api.md#operator-actions`) ------
+
+#: Actions on one job, on the jobs a filter matches, on one worker; as the
+#: command stream names them (a bulk retry is `bulk_retry` there).
+JOB_ACTIONS: Final[tuple[str, ...]] = ("revoke", "terminate", "retry")
+BULK_ACTIONS: Final[tuple[str, ...]] = ("retry",)
+WORKER_ACTIONS: Final[tuple[str, ...]] = ("pool_grow", "pool_shrink", "shutdown")
+BULK_RETRY: Final = "bulk_retry"
+COMMAND_ACTIONS: Final[tuple[str, ...]] = (*JOB_ACTIONS, BULK_RETRY, *WORKER_ACTIONS)
+#: Signals a `terminate` may send (the first is the default).
+SIGNALS: Final[tuple[str, ...]] = ("SIGTERM", "SIGKILL", "SIGINT", "SIGQUIT", "SIGHUP", "SIGUSR1")
+#: Job states a bulk retry may select.
+BULK_RETRY_STATES: Final[tuple[str, ...]] = ("failed", "cancelled")
+#: A pool action's `n`: default and range.
+POOL_N_DEFAULT: Final = 1
+POOL_N_MAX: Final = 100
+#: How a command ended (`command:result`'s `status`).
+COMMAND_STATUSES: Final[tuple[str, ...]] = ("done", "failed")
+#: Characters of a command id (the server's are UUIDs, 36).
+MAX_COMMAND_ID: Final = 64
+#: Bytes of a result's `detail` as JSON at most.
+MAX_COMMAND_DETAIL_BYTES: Final = 4_096
+#: Entries a connection's command stream keeps (about: `XADD MAXLEN ~`).
+MAX_COMMAND_STREAM: Final = 1_000
+#: Seconds the same action on the same target gives back the same command id
+#: (a double click makes one command) while it has no result.
+COMMAND_DEDUPE_SECONDS: Final = 30
+#: Seconds after `requestedAt` past which the agent no longer carries a command
+#: out (it answers `failed`, `{"error": "expired"}`); also how far back a read
+#: without `after` looks.
+COMMAND_MAX_AGE_SECONDS: Final = 60
+#: Seconds `GET /api/connections/<id>/commands` may wait for a command (`wait`).
+COMMAND_WAIT_MAX_SECONDS: Final = 25
+#: Commands one read answers at most.
+COMMAND_READ_COUNT: Final = 100
+#: The command stream's entry field holding the command's JSON.
+COMMAND_FIELD: Final = "c"
 
 # -- stream entries -------------------------------------------------------------
 

@@ -29,7 +29,7 @@ _NAMESPACE_BYTES = ID_NAMESPACE.bytes
 MAX_REPORTED_PROBLEMS: Final = 200
 
 # Kinds of field.
-STRING, INTEGER, CHOICE, FRACTION, TIME, NAMES, OBJECT, EVENT_TIME = (
+STRING, INTEGER, CHOICE, FRACTION, TIME, NAMES, OBJECT, DETAIL, EVENT_TIME = (
     "string",
     "integer",
     "choice",
@@ -37,6 +37,7 @@ STRING, INTEGER, CHOICE, FRACTION, TIME, NAMES, OBJECT, EVENT_TIME = (
     "time",
     "names",
     "object",
+    "detail",
     "event-time",
 )
 
@@ -107,17 +108,28 @@ QUEUE: Final[tuple[Field, ...]] = (
     _EXTENSIONS,
 )
 
+#: The outcome of a command (`command:result`): its data is these fields, the
+#: event's timestamp and the connection id (`normalised`).
+COMMAND: Final[tuple[Field, ...]] = (
+    Field("commandId", STRING, required=True, max_len=c.MAX_COMMAND_ID),
+    Field("action", CHOICE, required=True, choices=c.COMMAND_ACTIONS),
+    Field("status", CHOICE, required=True, choices=c.COMMAND_STATUSES),
+    Field("detail", DETAIL, max_len=c.MAX_COMMAND_DETAIL_BYTES, emit="always"),
+    _TIMESTAMP,
+)
+
 #: Stream event name -> its payload's fields.
 PAYLOAD_FIELDS: Final[dict[str, tuple[Field, ...]]] = {
     c.JOB_STATE_CHANGE: JOB,
     c.WORKER_HEARTBEAT: WORKER,
     c.WORKER_STATE_CHANGE: WORKER_CHANGE,
     c.QUEUE_SNAPSHOT: QUEUE,
+    c.COMMAND_RESULT: COMMAND,
 }
 #: Payload kinds whose events carry a stable `id` (from connection, kind, externalId).
 IDENTIFIED: Final = frozenset({"job", "worker"})
 TOP_LEVEL: Final = frozenset(
-    {"type", "timestamp", "framework", "connectionId", "id", "job", "worker", "queue"}
+    {"type", "timestamp", "framework", "connectionId", "id", "job", "worker", "queue", "command"}
 )
 PAYLOAD_KEYS: Final = tuple(dict.fromkeys(key for key, _ in c.PRODUCER_TYPES.values()))
 
@@ -195,6 +207,12 @@ def _object(spec: Field, value: Any, max_extensions_bytes: int) -> str | None:
     return None
 
 
+def _detail(spec: Field, value: Any, _limit: int) -> str | None:
+    """An object of at most `spec.max_len` bytes of JSON (a fixed bound, not the
+    extensions' setting)."""
+    return _object(spec, value, spec.max_len)
+
+
 #: Field kind -> what is wrong with a present value of it (None: nothing).
 CHECKS: Final[dict[str, Callable[[Field, Any, int], str | None]]] = {
     STRING: _string,
@@ -204,6 +222,7 @@ CHECKS: Final[dict[str, Callable[[Field, Any, int], str | None]]] = {
     TIME: _time,
     NAMES: _names,
     OBJECT: _object,
+    DETAIL: _detail,
 }
 
 
@@ -342,6 +361,10 @@ def normalised(event: dict[str, Any], connection_id: str) -> tuple[str, dict[str
         if value is None and spec.emit != "always":
             continue
         data[spec.name] = parse_iso(value) if spec.kind == TIME and value is not None else value
+    if name == c.COMMAND_RESULT:
+        if data["detail"] is None:
+            data["detail"] = {}
+        data["connectionId"] = connection_id
     return name, data
 
 

@@ -160,6 +160,7 @@ class SluiceServer:
             "SLUICE_LOGIN_RATE_LIMIT": "1000 per minute",
             "SLUICE_LOGIN_ACCOUNT_RATE_LIMIT": "1000 per minute",
             "SLUICE_INGEST_RATE_LIMIT": "100000 per minute",
+            "SLUICE_ACTIONS_RATE_LIMIT": "100000 per minute",
             "SLUICE_GRACEFUL_TIMEOUT": "20",
             **(env or {}),
         }

@@ -14,6 +14,7 @@ from ..contract import FRAMEWORKS, MAX_CONNECTION_NAME
 from ..errors import Conflict, Invalid, NotFound
 from ..timefmt import iso_from_ms
 from .client import Redis, text, transaction
+from .commands import purge as purge_commands
 from .events import close_stream
 from .jobmetrics import forget_connection
 from .jobs import purge as purge_index
@@ -307,3 +308,4 @@ def delete_connection(r: Redis, owner_id: str, connection_id: str) -> None:
         forget_connection(pipe, connection_id)
         pipe.execute()
     purge_index(r, connection_id)
+    purge_commands(r, connection_id)

@@ -60,6 +60,26 @@ class Keys:
         """Bookkeeping of the stream (a hash: `bytes` held), for its byte budget."""
         return f"{PREFIX}:{{{connection_id}}}:meta"
 
+    # Operator actions (`store.commands`): the same hash tag, so one slot.
+
+    @staticmethod
+    def commands(connection_id: str) -> str:
+        """The command stream the connection's agent reads (a Redis Stream, one
+        entry per command, field `c` = the command's JSON; `MAXLEN ~ 1000`)."""
+        return f"{PREFIX}:{{{connection_id}}}:commands"
+
+    @staticmethod
+    def command_once(connection_id: str, digest: str) -> str:
+        """The double-click guard of one action on one target (`digest`): a string
+        holding the command id, `SET NX EX 30`; deleted when its result arrives."""
+        return f"{PREFIX}:{{{connection_id}}}:command-once:{digest}"
+
+    @staticmethod
+    def command_pending(connection_id: str, command_id: str) -> str:
+        """Which `command_once` key a command holds (its digest), so that its result
+        frees it; expires with it."""
+        return f"{PREFIX}:{{{connection_id}}}:command-pending:{command_id}"
+
     # The job index: every key under the connection's prefix (one slot). The
     # scripts build these names from `index_prefix` and the suffixes below.
 
@@ -141,3 +161,7 @@ class Keys:
     @staticmethod
     def ingest_limit(key_hash: str) -> str:
         return f"ingest:{key_hash}"
+
+    @staticmethod
+    def actions_limit(connection_id: str) -> str:
+        return f"actions:{connection_id}"

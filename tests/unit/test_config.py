@@ -48,6 +48,7 @@ EXPECTED = {
     "SLUICE_LOGIN_RATE_LIMIT": ("30 per minute", None),
     "SLUICE_LOGIN_ACCOUNT_RATE_LIMIT": ("5 per minute;15 per 15 minutes", None),
     "SLUICE_INGEST_RATE_LIMIT": ("1000 per second", None),
+    "SLUICE_ACTIONS_RATE_LIMIT": ("10 per second", None),
     "SLUICE_SESSION_DAYS": (14, 1),
     "SLUICE_REDIS_MAX_CONNECTIONS": (50, 2),
     "SLUICE_REDIS_CLUSTER": ("auto", None),

@@ -280,7 +280,15 @@ def test_age_text_order_is_time_then_attempt_then_step(a, b):
 
 @pytest.mark.parametrize(
     "event",
-    [c.CLOSED_EVENT, c.HEARTBEAT, c.STREAM_RESET, "job:state", "job_state_change", ""],
+    [
+        c.CLOSED_EVENT,
+        c.COMMAND_RESULT,
+        c.HEARTBEAT,
+        c.STREAM_RESET,
+        "job:state",
+        "job_state_change",
+        "",
+    ],
 )
 def test_other_events_are_not_indexed(event):
     # Whatever the data: an event the index ignores is all empty strings.

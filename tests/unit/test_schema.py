@@ -61,6 +61,17 @@ def queue_event(**queue):
     }
 
 
+def command_event(**command):
+    payload = {"commandId": "c1", "action": "retry", "status": "done", **command}
+    return {
+        "type": "command_result",
+        "timestamp": TS,
+        "framework": "celery",
+        "connectionId": CONN,
+        "command": payload,
+    }
+
+
 def problems(event, connection_id=CONN, max_extensions_bytes=EXT_BYTES):
     errors = FieldErrors()
     validate_event(errors, event, 0, connection_id, max_extensions_bytes)
@@ -99,6 +110,11 @@ def problems(event, connection_id=CONN, max_extensions_bytes=EXT_BYTES):
         queue_event(depth=0, consumers=0),
         {**job_event(), "id": "p" * c.MAX_PRODUCER_ID},
         {**job_event(), "id": "x"},
+        command_event(),
+        command_event(commandId="i" * c.MAX_COMMAND_ID, status="failed", detail={}),
+        command_event(action="bulk_retry", detail={"retried": 2, "newJobIds": ["a", "b"]}),
+        # 4096 bytes of JSON exactly: {"e":"…"} is 8 bytes around the string.
+        command_event(detail={"e": "x" * (c.MAX_COMMAND_DETAIL_BYTES - 8)}),
     ],
 )
 def test_valid_events_have_no_problems(event):
@@ -209,6 +225,36 @@ def test_worker_field_problems(field, value, detail):
 )
 def test_queue_field_problems(field, value, detail):
     assert problems(queue_event(**{field: value})) == {f"events[0].queue.{field}": detail}
+
+
+@pytest.mark.parametrize(
+    "field, value, detail",
+    [
+        ("commandId", None, "required"),
+        ("commandId", "", "must not be empty"),
+        ("commandId", "i" * (c.MAX_COMMAND_ID + 1), f"at most {c.MAX_COMMAND_ID} characters"),
+        ("action", "reboot", "one of " + ", ".join(c.COMMAND_ACTIONS)),
+        ("status", "pending", "one of done, failed"),
+        ("status", None, "required"),
+        ("detail", [], "must be a JSON object"),
+        ("detail", "boom", "must be a JSON object"),
+        (
+            "detail",
+            {"e": "x" * (c.MAX_COMMAND_DETAIL_BYTES - 7)},
+            f"at most {c.MAX_COMMAND_DETAIL_BYTES} bytes of JSON",
+        ),
+    ],
+)
+def test_command_result_field_problems(field, value, detail):
+    event = command_event(**{field: value})
+    if value is None:
+        del event["command"][field]
+    assert problems(event) == {f"events[0].command.{field}": detail}
+
+
+def test_command_result_detail_bound_is_fixed_not_the_extensions_setting():
+    event = command_event(detail={"e": "x" * 2000})
+    assert problems(event, max_extensions_bytes=100) == {}
 
 
 def test_unknown_payload_fields_at_most_five_sorted():
@@ -405,6 +451,17 @@ def test_normalise_queue_snapshot_has_no_id_and_null_consumers():
     )
 
 
+def test_normalise_command_result_adds_the_connection_and_an_empty_detail():
+    name, data = normalise(command_event(detail={"newJobId": "n1"}), CONN)
+    assert name == c.COMMAND_RESULT
+    assert data == (
+        '{"commandId":"c1","action":"retry","status":"done","detail":{"newJobId":"n1"},'
+        f'"timestamp":"2026-03-01T12:00:00.000Z","connectionId":"{CONN}"}}'
+    )
+    _, data = normalise(command_event(status="failed"), CONN)
+    assert '"detail":{}' in data
+
+
 def test_the_producer_id_is_not_in_the_data():
     _, data = normalise({**job_event(), "id": "producer-1"}, CONN)
     assert "producer-1" not in data
@@ -453,7 +510,8 @@ def enc(*names):
         ("queue", enc(c.QUEUE_SNAPSHOT)),
         (" job , queue:snapshot ", enc(c.JOB_STATE_CHANGE, c.QUEUE_SNAPSHOT)),
         ("worker:heartbeat,worker:heartbeat", enc(c.WORKER_HEARTBEAT)),
-        ("job,worker,queue", enc(*c.EVENT_NAMES)),
+        ("job,worker,queue,command", enc(*c.EVENT_NAMES)),
+        ("command", enc(c.COMMAND_RESULT)),
         # Control events are always sent: naming only them selects no stored event.
         ("heartbeat", frozenset()),
         ("heartbeat,stream:reset", frozenset()),
@@ -482,8 +540,8 @@ def test_parse_types_unknown(raw, message):
         parse_types(raw)
     assert info.value.message == message
     assert info.value.details == {
-        "types": "each item is one of job, worker, queue, job:state_change, "
-        "queue:snapshot, worker:heartbeat, worker:state_change"
+        "types": "each item is one of job, worker, queue, command, command:result, "
+        "job:state_change, queue:snapshot, worker:heartbeat, worker:state_change"
     }
 
 

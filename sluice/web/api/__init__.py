@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from flask import Blueprint
 
-from . import auth, connections, events, ingest, jobs, system
+from . import actions, auth, connections, events, ingest, jobs, system
 
 BLUEPRINTS: tuple[Blueprint, ...] = (
     auth.bp,
     connections.bp,
     jobs.bp,
+    actions.bp,
     ingest.bp,
     events.bp,
     system.bp,

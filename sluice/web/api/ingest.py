@@ -13,9 +13,11 @@ from __future__ import annotations
 from flask import Blueprint, Response, jsonify
 
 from ... import schema
+from ...contract import COMMAND_RESULT
 from ...errors import Invalid, SluiceError, TooLarge, Unauthorized
 from ...jobindex import index_fields
 from ...metrics import INGEST_ACCEPTED, INGEST_DUPLICATE, INGEST_REJECTED
+from ...store import commands as command_store
 from ...store import events as event_store
 from ...store import users
 from ...store.client import text
@@ -72,6 +74,9 @@ def ingest() -> tuple[Response, int]:
         else normalised
     )
     count_accepted(app_state.redis, connection_id, settings, appended)
+    for name, data in appended:
+        if name == COMMAND_RESULT:  # its action on its target may be asked again
+            command_store.release(app_state.redis, connection_id, data["commandId"])
     return jsonify({"accepted": accepted, "duplicates": duplicates}), 202
 
 
