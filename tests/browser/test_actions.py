@@ -199,6 +199,11 @@ def test_worker_view_pool_and_shutdown_ask_first(server, account, page):
     bar.locator('[data-worker-action="pool_shrink"]').click()
     found = wait_commands(server, account, 2)
     assert [c["action"] for c in found] == ["pool_grow", "pool_shrink"]
+    expect(status).to_have_text("Pool −1: pending…")
+    # While a command of the worker waits for its result, its buttons wait too.
+    expect(bar.locator('[data-worker-action="shutdown"]')).to_be_disabled()
+    send_result(server, account, found[1], "failed", {"error": "no reply from w1@host"})
+    expect(status).to_have_text("Pool −1: failed: no reply from w1@host")
 
     # Shut down asks first; Escape cancels (and leaves the page as it was).
     shutdown = bar.locator('[data-worker-action="shutdown"]')
@@ -306,3 +311,42 @@ def test_read_only_mode_shows_no_action_buttons(read_only_server, server, accoun
         headers={"X-Requested-With": "fetch"},
     )
     assert refused.status_code == 403
+
+
+def test_results_arrive_with_a_types_filter_on(server, account, page):
+    """The page's stream always carries command results, whatever panels are shown."""
+    cid = account.connection_id
+    send(server, account, [job_event(cid, "tf-1", "queued")])
+    login_cookie(page, server.url, account)
+    drawer = open_drawer(page, server, account, "tf-1")
+    with page.expect_request(lambda r: "/api/events/stream" in r.url and "types=" in r.url) as req:
+        page.locator('[data-type-filter][value="queue"]').uncheck()
+    assert "command" in req.value.url.split("types=")[1].split("&")[0].split("%2C")
+    expect(page.locator("[data-indicator]")).to_have_attribute("data-state", "live")
+    drawer.locator('[data-job-action="revoke"]').click()
+    [command] = wait_commands(server, account, 1)
+    send_result(server, account, command, "done")
+    expect(drawer.locator("[data-action-status]")).to_have_text("Revoke: done")
+
+
+@pytest.fixture(scope="module")
+def limited_server(start_server):
+    return start_server(SLUICE_ACTIONS_RATE_LIMIT="1 per minute")
+
+
+def test_a_rate_limited_action_shows_the_server_message(limited_server, account, page):
+    server = limited_server
+    cid = account.connection_id
+    send(server, account, [worker_event(cid, "rl@host", "online")])
+    login_cookie(page, server.url, account)
+    page.goto(f"{server.url}/connections/{cid}?worker=rl@host")
+    bar = page.locator("[data-worker-actions]")
+    status = bar.locator("[data-action-status]")
+    bar.locator('[data-worker-action="pool_grow"]').click()
+    [command] = wait_commands(server, account, 1)
+    send_result(server, account, command, "done")
+    expect(status).to_have_text("Pool +1: done")
+    bar.locator('[data-worker-action="pool_shrink"]').click()
+    expect(status).to_have_text("Pool −1: Too many requests; retry later")
+    expect(status).to_have_attribute("data-status", "error")
+    assert len(commands(server, account)) == 1

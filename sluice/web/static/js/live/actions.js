@@ -14,6 +14,7 @@
 // page calls setEnabled() once it knows. Untrusted text only goes through textContent.
 
 import { api, errorMessage } from "../api.js";
+import * as contract from "../contract.js";
 import { filterToParams, FILTER_KEYS } from "./query.js";
 import { el, navLink, setText } from "./view.js";
 import { formatInt } from "../format.js";
@@ -28,7 +29,7 @@ export const ACTION_LABEL = {
   shutdown: "Shut down",
 };
 /** Signals a terminate may send (the API's list); the first is the default. */
-export const SIGNALS = ["SIGTERM", "SIGKILL", "SIGINT", "SIGQUIT", "SIGHUP", "SIGUSR1"];
+export const SIGNALS = contract.SIGNALS || ["SIGTERM", "SIGKILL", "SIGINT", "SIGQUIT", "SIGHUP", "SIGUSR1"];
 /** Which job actions a job in each state offers. */
 const JOB_ACTIONS = {
   queued: ["revoke"],
