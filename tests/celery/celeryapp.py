@@ -52,3 +52,20 @@ def sleep(seconds: float) -> None:
     import time
 
     time.sleep(seconds)
+
+
+@app.task(name="sluice_test.fail")
+def fail(*args: object, **kwargs: object) -> None:
+    """Fails whatever it is called with (the captured-call tests)."""
+    raise RuntimeError("failed on purpose")
+
+
+@app.task(name="sluice_test.fail_then_ok")
+def fail_then_ok(path: str) -> str:
+    """Fails the first time (leaving `path` behind), succeeds once `path` exists: a
+    job an operator's retry (the same task, the same arguments) completes."""
+    if os.path.exists(path):
+        return "ok"
+    with open(path, "w") as f:
+        f.write("failed once\n")
+    raise RuntimeError(f"first run: {path} did not exist")

@@ -391,3 +391,58 @@ def test_capture_off_wins_over_a_redact_hook_and_a_bad_hook_turns_capture_off(ca
         )
     integ.uninstall()
     assert integ.capture_args is False and "not callable" in caplog.text
+
+
+def test_capture_call_puts_the_real_call_on_failed_and_retrying_events_only(capture):
+    app = make_app()
+    integ = sluice.celery.install(
+        app, url=capture.url, api_key="k", connection_id=CONN, capture_call=True
+    )
+    try:
+        with start_worker(app, pool="threads", concurrency=1, perform_ping_check=False):
+            boom = app.tasks["inproc.boom"].delay("a message").id
+            flaky = app.tasks["inproc.flaky"].delay().id
+            ok = app.tasks["inproc.login"].delay("ann", password="x").id
+
+            def finished(events):
+                return (
+                    ("failed", 1) in jobs(events, boom)
+                    and ("completed", 3) in jobs(events, flaky)
+                    and ("completed", 1) in jobs(events, ok)
+                )
+
+            capture.wait_for(finished, timeout=20)
+    finally:
+        integ.uninstall()
+    events = posted(capture)
+    (failed,) = of(events, boom, "failed")
+    assert failed["extensions"]["call"] == {"args": ["a message"], "kwargs": {}}
+    retrying = of(events, flaky, "retrying")
+    assert len(retrying) == 2
+    assert all(j["extensions"]["call"] == {"args": [], "kwargs": {}} for j in retrying)
+    # Only where a retry may be asked for: never on queued, active or completed events.
+    for task_id in (boom, flaky, ok):
+        for j in (e["job"] for e in events if e["job"]["externalId"] == task_id):
+            if j["state"] not in ("failed", "retrying", "cancelled"):
+                assert "call" not in j.get("extensions", {}), j
+
+
+def test_capture_call_is_off_by_default_from_the_environment_and_without_capture(
+    capture, monkeypatch, caplog
+):
+    def installed(**kw):
+        integ = sluice.celery.install(
+            make_app(), url=capture.url, api_key="k", connection_id=CONN, **kw
+        )
+        integ.uninstall()
+        return integ.capture_call
+
+    assert installed() is False
+    monkeypatch.setenv("SLUICE_CAPTURE_CALL", "1")
+    assert installed() is True
+    assert installed(capture_call=False) is False
+    # Never without argument capture, nor with a redact hook (it would send what it hides).
+    assert installed(capture_args=False) is False
+    with caplog.at_level(logging.WARNING, logger="sluice.celery"):
+        assert installed(redact=lambda name, args, kwargs: (args, {})) is False
+    assert "capture_call is off: a redact hook is set" in caplog.text

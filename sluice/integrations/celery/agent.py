@@ -112,6 +112,7 @@ class CeleryAgent:
         warn_after: float = 30.0,
         discover_queues: bool = True,
         capture_args: bool = True,
+        actions: bool = True,
     ) -> None:
         from celery import Celery  # lazily: Celery is not a server dependency
 
@@ -132,6 +133,23 @@ class CeleryAgent:
         self._capturing = False  # connected to the broker: silence then means a silent worker
         self._started = time.monotonic()
         self._warned = False
+        self.actions: Any = None
+        if actions:
+            from .actions import CommandRunner
+
+            self.actions = CommandRunner(
+                self.app,
+                self.sender,
+                url,
+                api_key,
+                connection_id,
+                capture_call=capture_args,
+                on_retry=self._note_retry,
+            )
+
+    def _note_retry(self, task_id: str, call: Any) -> None:
+        with self._lock:
+            self.mapper.note_retry(task_id, call.retry_of, call.name, call.queue)
 
     # -- lifecycle --
 
@@ -154,6 +172,10 @@ class CeleryAgent:
             return EXIT_MISSING_PACKAGE
         poller = threading.Thread(target=self._poll_loop, name="sluice-agent-poll", daemon=True)
         poller.start()
+        if self.actions is not None:
+            self.actions.start()
+        else:
+            log.info("sluice: operator actions off (--no-actions): commands are not carried out")
         delay = 1.0
         code = 0
         while not self.stop_event.is_set():
@@ -180,6 +202,8 @@ class CeleryAgent:
                 self.stop_event.wait(delay)
                 delay = min(30.0, delay * 2)
         poller.join(timeout=self.poll_interval + 5)
+        if self.actions is not None:
+            self.actions.stop()
         delivered = self.sender.close(timeout=10.0)
         log.info("sluice celery-agent stopped: %s", self.sender.summary())
         return code or (0 if delivered else 1)
@@ -206,6 +230,8 @@ class CeleryAgent:
 
     def stop(self) -> None:
         self.stop_event.set()
+        if self.actions is not None:
+            self.actions.stop_event.set()  # the poll in progress ends in run(), off the signal handler
         receiver = self._receiver
         if receiver is not None:
             receiver.should_stop = True
@@ -477,6 +503,19 @@ def run_agent(**kwargs: Any) -> int:
     show_default=True,
     help="Send the reprs of task arguments, keyword arguments and results "
     "(--no-args: none of them; exceptions and tracebacks are still sent).",
+)
+@click.option(
+    "--actions/--no-actions",
+    "actions",
+    envvar="SLUICE_ACTIONS",
+    show_envvar=True,
+    default=True,
+    show_default=True,
+    help="Carry out operator actions from Sluice (revoke, terminate, retry, bulk retry, "
+    "pool grow/shrink, shutdown), read from the connection's command stream "
+    "(GET /api/connections/<id>/commands, long polling with the key). --no-actions: "
+    "commands are left unanswered. Retry needs workers started with "
+    "sluice.celery.install(app, capture_call=True). Run one agent with actions per connection.",
 )
 @click.option(
     "--warn-after",

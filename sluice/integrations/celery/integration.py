@@ -48,7 +48,9 @@ from .mapping import (
     FAILED,
     OFFLINE,
     ONLINE,
+    RETRY_OF_HEADER,
     RETRYING,
+    SERVER_MAX_EXTENSIONS_BYTES,
     TERMINAL,
     WORKER_HEARTBEAT,
     WORKER_STATE_CHANGE,
@@ -62,6 +64,7 @@ from .mapping import (
     revoke_extensions,
     safe_repr,
     waiting_state,
+    with_call,
     worker_event,
 )
 
@@ -89,6 +92,7 @@ def install(
     heartbeat_interval: float | None = None,
     capture_args: bool | None = None,
     redact: Redact | None = None,
+    capture_call: bool | None = None,
 ) -> SluiceCelery | None:
     """Forward this Celery app's task and worker events to Sluice (idempotent per app).
 
@@ -104,6 +108,13 @@ def install(
     tasks' arguments, keyword arguments and results; False sends none of them.
     `redact(task name, args, kwargs)` returns the `(args, kwargs)` whose reprs
     are sent instead of the real ones (see `SluiceCelery.arguments`).
+
+    `capture_call` (default: SLUICE_CAPTURE_CALL, off): put the task's real
+    arguments, `extensions.call = {"args": [...], "kwargs": {...}}`, on its
+    failed, retrying and cancelled events, so that the agent can retry it (an
+    operator's action); only when they are JSON and small (`mapping.with_call`),
+    else `extensions.callSkipped`. Never without `capture_args`, nor with a
+    `redact` hook (the call would carry what the hook hides).
     """
     url = url or os.environ.get("SLUICE_URL")
     api_key = api_key or os.environ.get("SLUICE_API_KEY")
@@ -133,6 +144,17 @@ def install(
         log.error("sluice: redact=%r is not callable: no arguments will be sent", redact)
         capture_args = False
         redact = None
+    if capture_call is None:
+        capture_call = _env_flag("SLUICE_CAPTURE_CALL", default=False)
+    if capture_call and not capture_args:
+        log.info("sluice: capture_call is off because argument capture is off")
+        capture_call = False
+    if capture_call and redact is not None:
+        log.warning(
+            "sluice: capture_call is off: a redact hook is set, and the call would send "
+            "the real arguments it hides (retry from Sluice needs the call)"
+        )
+        capture_call = False
     integration = SluiceCelery(
         celery_app,
         url=url,
@@ -142,6 +164,7 @@ def install(
         heartbeat_interval=heartbeat_interval,
         capture_args=capture_args,
         redact=redact,
+        capture_call=capture_call,
     )
     integration.connect()
     _installed[id(celery_app)] = integration
@@ -188,12 +211,18 @@ class SluiceCelery:
         heartbeat_interval: float = 10.0,
         capture_args: bool = True,
         redact: Redact | None = None,
+        capture_call: bool = False,
     ) -> None:
         self.app = celery_app
         self.connection_id = connection_id
         #: Send the reprs of arguments, keyword arguments and results (`USER_DATA_KEYS`).
         self.capture_args = capture_args
         self.redact = redact
+        #: Put the task's real call on failed/retrying/cancelled events (for a retry).
+        self.capture_call = bool(capture_call and capture_args and redact is None)
+        self.max_extensions_bytes = _env_int(
+            "SLUICE_MAX_EXTENSIONS_BYTES", SERVER_MAX_EXTENSIONS_BYTES
+        )
         self._redact_failed = False  # the hook's first error is logged, later ones at debug
         self.sender = IngestSender(
             url, api_key, max_buffer=buffer_size, name="sluice-celery-sender"
@@ -254,6 +283,7 @@ class SluiceCelery:
             f"it needs no event settings (worker_send_task_events={conf.worker_send_task_events}, "
             f"task_send_sent_event={conf.task_send_sent_event} left as they are); "
             f"{_capture_summary(self.capture_args, self.redact)}"
+            f"{'; captures calls for retry (capture_call)' if self.capture_call else ''}"
         )
         return "sluice: " + hooked
 
@@ -437,6 +467,7 @@ class SluiceCelery:
             worker_id=getattr(request, "hostname", None),
             extensions={
                 "celerySignal": "task_received",
+                "retryOf": _retry_of(info),
                 **message_extensions(
                     request.id,
                     args=args_repr,
@@ -466,21 +497,23 @@ class SluiceCelery:
         if not task_id:
             return
         delivery = getattr(request, "delivery_info", None) or {}
-        self.sender.submit(
-            self._job(
-                task_id=task_id,
-                name=getattr(request, "task", None) or getattr(sender, "name", None),
-                state=CANCELLED,
-                attempt=attempt_from_retries(getattr(request, "retries", 0)),
-                queue=delivery.get("routing_key"),
-                worker_id=getattr(request, "hostname", None),
-                finished_at=time.time(),
-                extensions={
-                    "celerySignal": "task_revoked",
-                    **revoke_extensions(kw.get("terminated"), kw.get("signum"), kw.get("expired")),
-                },
-            )
+        event = self._job(
+            task_id=task_id,
+            name=getattr(request, "task", None) or getattr(sender, "name", None),
+            state=CANCELLED,
+            attempt=attempt_from_retries(getattr(request, "retries", 0)),
+            queue=delivery.get("routing_key"),
+            worker_id=getattr(request, "hostname", None),
+            finished_at=time.time(),
+            extensions={
+                "celerySignal": "task_revoked",
+                "retryOf": _retry_of(getattr(request, "request_dict", None)),
+                **revoke_extensions(kw.get("terminated"), kw.get("signum"), kw.get("expired")),
+            },
         )
+        if self.capture_call:
+            event = self._with_call(event, *_request_call(request))
+        self.sender.submit(event)
 
     def on_rejected(
         self, sender: Any = None, message: Any = None, exc: Any = None, **kw: Any
@@ -539,21 +572,40 @@ class SluiceCelery:
             },
         )
 
-    def _submit_running(self, task: Any, req: Any, task_id: str, state: str, **fields: Any) -> None:
-        """A job event of the task running here: its request tells the attempt, queue and worker."""
+    def _with_call(self, event: dict[str, Any], args: Any, kwargs: Any) -> dict[str, Any]:
+        """`event` with the task's call (`extensions.call`) when capture_call is on."""
+        if not self.capture_call:
+            return event
+        return with_call(event, args, kwargs, max_extensions_bytes=self.max_extensions_bytes)
+
+    def _submit_running(
+        self,
+        task: Any,
+        req: Any,
+        task_id: str,
+        state: str,
+        call: tuple[Any, Any] | None = None,
+        **fields: Any,
+    ) -> None:
+        """A job event of the task running here: its request tells the attempt, queue and
+        worker; `call` (args, kwargs): its call, put on when capture_call is on."""
         delivery = getattr(req, "delivery_info", None) or {}
-        self.sender.submit(
-            self._job(
-                task_id=task_id,
-                name=task.name,
-                state=state,
-                attempt=attempt_from_retries(getattr(req, "retries", 0)),
-                queue=delivery.get("routing_key"),
-                worker_id=getattr(req, "hostname", None),
-                max_retries=getattr(task, "max_retries", None),
-                **fields,
-            )
+        retry_of = getattr(req, RETRY_OF_HEADER, None)
+        if isinstance(retry_of, str) and retry_of:
+            fields["extensions"] = {**(fields.get("extensions") or {}), "retryOf": retry_of}
+        event = self._job(
+            task_id=task_id,
+            name=task.name,
+            state=state,
+            attempt=attempt_from_retries(getattr(req, "retries", 0)),
+            queue=delivery.get("routing_key"),
+            worker_id=getattr(req, "hostname", None),
+            max_retries=getattr(task, "max_retries", None),
+            **fields,
         )
+        if call is not None:
+            event = self._with_call(event, *call)
+        self.sender.submit(event)
 
     def _finish(
         self, task: Any, state: str, signal_name: str, req: Any = None, **fields: Any
@@ -596,12 +648,17 @@ class SluiceCelery:
     ) -> None:
         if sender is None or not self._mine(sender):
             return
+        req = sender.request
         self._finish(
             sender,
             FAILED,
             "task_failure",
             error=describe_exception(exception),
             stacktrace=getattr(einfo, "traceback", None),
+            call=(
+                kw.get("args", getattr(req, "args", None)),
+                kw.get("kwargs", getattr(req, "kwargs", None)),
+            ),
         )
 
     def on_retry(
@@ -625,6 +682,7 @@ class SluiceCelery:
             timestamp=self._retry_at.pop(key, None),
             error=describe_exception(exc),
             stacktrace=getattr(einfo, "traceback", None),
+            call=(getattr(req, "args", None), getattr(req, "kwargs", None)),
             extensions={
                 "when": safe_repr(getattr(reason, "when", None))
                 if getattr(reason, "when", None)
@@ -773,6 +831,29 @@ def _active_count() -> int:
         return len(state.active_requests)
     except Exception:
         return 0
+
+
+def _retry_of(request_dict: Any) -> str | None:
+    """The job an operator's retry re-sent (the agent's `sluice_retry_of` header)."""
+    value = request_dict.get(RETRY_OF_HEADER) if isinstance(request_dict, dict) else None
+    return value if isinstance(value, str) and value else None
+
+
+def _request_call(request: Any) -> tuple[Any, Any]:
+    """(args, kwargs) of a worker's Request (they are decoded from the message body
+    on demand; a message that cannot be read gives none)."""
+    try:
+        return request.args, request.kwargs
+    except Exception:
+        return None, None
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    try:
+        return int(raw) if raw else default
+    except ValueError:
+        return default
 
 
 def _env_flag(name: str, default: bool = True) -> bool:

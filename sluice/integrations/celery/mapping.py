@@ -406,3 +406,82 @@ def queue_event(
         "connectionId": connection_id,
         QUEUE_FIELD: queue,
     }
+
+
+# -- a task's call, for an operator's retry ---------------------------------------
+
+#: The message header an operator's retry (the agent) puts on the task it re-sends:
+#: the original's external id; the integration reports it as `extensions.retryOf`.
+RETRY_OF_HEADER: Final = "sluice_retry_of"
+#: A captured call (`extensions.call`: the task's real arguments) as JSON, at most.
+MAX_CALL_BYTES: Final = 16_384
+#: The server's default limit of one payload's `extensions` (SLUICE_MAX_EXTENSIONS_BYTES).
+SERVER_MAX_EXTENSIONS_BYTES: Final = 8_192
+
+
+def _json_size(value: Any) -> int:
+    # ASCII escapes: never fewer bytes than the server counts, whatever its encoder.
+    return len(json.dumps(value, separators=(",", ":")).encode())
+
+
+def _is_plain_json(value: Any, depth: int = 0) -> bool:
+    """JSON that comes back as it went: None, bools, numbers (finite), strings, lists
+    (tuples) and objects with string keys; nothing json.dumps would change or refuse."""
+    if depth > 50:
+        return False
+    if value is None or isinstance(value, (bool, int, str)):
+        return True
+    if isinstance(value, float):
+        return value == value and value not in (float("inf"), float("-inf"))
+    if isinstance(value, (list, tuple)):
+        return all(_is_plain_json(v, depth + 1) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _is_plain_json(v, depth + 1) for k, v in value.items())
+    return False
+
+
+def with_call(
+    event: dict[str, Any],
+    args: Any,
+    kwargs: Any,
+    *,
+    max_call_bytes: int = MAX_CALL_BYTES,
+    max_extensions_bytes: int = SERVER_MAX_EXTENSIONS_BYTES,
+) -> dict[str, Any]:
+    """`event` (a job event) with its task's call, for a retry by the agent:
+    `extensions.call = {"args": [...], "kwargs": {...}}` when the arguments are
+    JSON (no objects, no NaN) and the call fits `max_call_bytes` and the whole
+    `extensions` the server's `max_extensions_bytes` (an event over it would be
+    refused, and lost); else `extensions.callSkipped` = "not JSON" | "too large".
+    Added after `job_event` bounded the rest: the call is whole or absent."""
+    job = event[JOB_FIELD]
+    ext = dict(job.get("extensions") or {})
+    call: dict[str, Any] = {
+        "args": list(args) if isinstance(args, (list, tuple)) else args,
+        "kwargs": dict(kwargs) if isinstance(kwargs, dict) else kwargs,
+    }
+    if call["args"] is None:
+        call["args"] = []
+    if call["kwargs"] is None:
+        call["kwargs"] = {}
+    skipped: str | None = None
+    if (
+        not isinstance(call["args"], list)
+        or not isinstance(call["kwargs"], dict)
+        or not _is_plain_json(call)
+    ):
+        skipped = "not JSON"
+    else:
+        try:
+            size = len(json.dumps(call, separators=(",", ":"), allow_nan=False).encode())
+        except (TypeError, ValueError, RecursionError):
+            skipped = "not JSON"
+        else:
+            if size > max_call_bytes or _json_size({**ext, "call": call}) > max_extensions_bytes:
+                skipped = "too large"
+    if skipped is None:
+        ext["call"] = call
+    else:
+        ext["callSkipped"] = skipped
+    job["extensions"] = ext
+    return event

@@ -40,7 +40,7 @@ from .mapping import (
 class _Task:
     __slots__ = (
         "name", "state", "attempt", "queue", "worker", "created", "started", "pending",
-        "pending_since",
+        "pending_since", "retry_of",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -54,6 +54,8 @@ class _Task:
         #: The next attempt's events that came before the task-retried they follow.
         self.pending: list[dict[str, Any]] = []
         self.pending_since: float | None = None
+        #: The external id of the job this task re-sent (an operator's retry).
+        self.retry_of: str | None = None
 
 
 class CeleryEventMapper:
@@ -100,6 +102,16 @@ class CeleryEventMapper:
         else:
             self._tasks.move_to_end(task_id)
         return task
+
+    def note_retry(self, task_id: str, retry_of: str, name: str, queue: str | None) -> None:
+        """A task the agent sent to retry job `retry_of` (an operator's action): its
+        events carry `extensions.retryOf`, so the new job stays linked to the original
+        whatever its latest state."""
+        task = self._task(task_id)
+        task.retry_of = retry_of
+        task.name = task.name or name
+        task.queue = task.queue or queue
+        task.state = task.state or QUEUED  # the agent reported it queued itself
 
     def map(self, event: dict[str, Any]) -> list[dict[str, Any]]:
         """One Celery event → zero or more ingest events."""
@@ -220,6 +232,7 @@ class CeleryEventMapper:
             "result": ev.get("result"),
             **revoke_extensions(ev.get("terminated"), ev.get("signum"), ev.get("expired")),
             "requeue": ev.get("requeue") if kind == "task-rejected" else None,
+            "retryOf": task.retry_of,
         }
         error = stack = None
         if kind in ("task-failed", "task-retried"):
