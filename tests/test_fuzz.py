@@ -96,7 +96,7 @@ def fuzz(max_examples: int):
 
 ORIGIN = "http://localhost"  # the test client's origin
 ERROR_CODE_RE = re.compile(r"^[A-Z][A-Z_]*$")
-EVENT_NAMES = {"job:state_change", "worker:heartbeat", "worker:state_change", "queue:snapshot"}
+EVENT_NAMES = set(contract.EVENT_NAMES)
 U64 = 2**64 - 1
 
 
@@ -382,6 +382,7 @@ def fz(redis_url):
         "redis_url": redis_url,
         "login_rate_limit": "1000000 per minute",
         "ingest_rate_limit": "1000000 per minute",
+        "actions_rate_limit": "1000000 per minute",
     }
     app = create_app(overrides={**common, "debug_stats": True})
     app_no_debug = create_app(overrides=common)
@@ -908,6 +909,124 @@ def test_fuzz_get_key(fz: Fuzz, data):
         assert response.get_json()["connectionId"] == fz.account.connection_id
 
 
+# -- operator actions ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def actions_account(fz, redis_url):
+    """An account of its own with one failed job `t1` and one worker `w1@host`."""
+    account = make_account(redis_url, "Actions")
+    cid = account.connection_id
+    events = [
+        job_event(cid, "t1", "failed", queue="celery"),
+        worker_event(cid, "w1@host", "online"),
+    ]
+    response = fz.client().post(
+        "/api/ingest",
+        json={"events": events},
+        headers={"Authorization": f"Bearer {account.api_key}"},
+    )
+    assert response.status_code == 202, response.get_data()
+    return account
+
+
+ACTION_NAMES = [*contract.COMMAND_ACTIONS, "REVOKE", "", "reboot"]
+
+
+@fuzz(200)
+@given(data=st.data())
+def test_fuzz_action_endpoints(fz: Fuzz, actions_account, data):
+    """POST …/jobs/<ref>/actions, …/jobs/actions, …/workers/<ref>/actions and GET
+    …/commands with hostile ids, bodies, headers and credentials: 202 with a
+    command id (200 with commands) or a 4xx, never a 500."""
+    account = actions_account
+    kind = data.draw(st.sampled_from(["own", "own", "own", "foreign", "odd"]), "kind")
+    if kind == "own":
+        raw = data.draw(mostly([account.connection_id], id_forms(account.connection_id)), "id")
+    elif kind == "foreign":
+        raw = fz.other.connection_id
+    else:
+        raw = data.draw(st.sampled_from(ODD_IDS), "id")
+    ref = data.draw(
+        st.one_of(
+            st.sampled_from(["t1", "w1@host", "nope", "%00", "%ED%A0%80", "x" * 600, "a/b"]),
+            st.text(alphabet=st.characters(min_codepoint=48, max_codepoint=122), max_size=20),
+        ),
+        "ref",
+    )
+    method, tail = data.draw(
+        st.sampled_from(
+            [
+                ("POST", f"/jobs/{ref}/actions"),
+                ("POST", "/jobs/t1/actions"),
+                ("POST", "/jobs/actions"),
+                ("POST", f"/workers/{ref}/actions"),
+                ("POST", "/workers/w1@host/actions"),
+                ("GET", "/commands"),
+                ("GET", "/jobs/actions"),
+                ("PUT", "/workers/w1@host/actions"),
+            ]
+        ),
+        "endpoint",
+    )
+    filter_value = st.one_of(
+        st.fixed_dictionaries(
+            {"state": st.sampled_from(["failed", "cancelled", "completed"])},
+            optional={
+                "queue": st.one_of(st.just("celery"), weird),
+                "q": st.one_of(st.just("x"), weird),
+            },
+        ),
+        weird,
+    )
+    body = data.draw(
+        body_strategy(
+            {
+                "action": st.one_of(st.sampled_from(ACTION_NAMES), weird),
+                "signal": st.one_of(st.sampled_from([*contract.SIGNALS, "SIGSEGV"]), weird),
+                "n": st.one_of(st.integers(-2, 102), weird),
+                "filter": filter_value,
+            }
+        ),
+        "body",
+    )
+    headers = json_headers(
+        data.draw(mostly(VALID_CONTENT_TYPES, CONTENT_TYPES), "content_type"),
+        data.draw(mostly([ORIGIN], ORIGINS), "origin"),
+    )
+    auth = data.draw(
+        st.sampled_from([None, None, f"Bearer {account.api_key}", *AUTH_HEADERS]), "auth"
+    )
+    if auth is not None:
+        headers["Authorization"] = auth
+    logged_in = data.draw(mostly([True], [False]), "logged_in")
+    client = fz.client(logged_in=logged_in, account=account)
+    query = ""
+    if method == "GET":
+        query = data.draw(
+            st.sampled_from(
+                ["", "wait=0", "wait=0.01", "wait=26", "wait=nan", "after=0-0", "after=x", "%ff=1"]
+            ),
+            "query",
+        )
+    path = f"/api/connections/{raw}{tail}"
+    response = send(fz, client, method, path, body=body, headers=headers, query=query)
+    status = response.status_code
+    where = f"{method} {path[:120]}?{query} -> {status} {response.get_data()[:300]!r}"
+    assert status in (200, 202, 400, 401, 403, 404, 405, 413), where
+    if status == 202:
+        assert method == "POST" and auth is None and logged_in, where
+        (command_id,) = response.get_json().values()
+        assert str(uuid.UUID(command_id)) == command_id, where
+    elif status == 200:
+        assert method == "GET" and auth == f"Bearer {account.api_key}", where
+        answer = response.get_json()
+        assert set(answer) == {"data", "lastId"}, where
+        assert all(
+            set(c) >= {"streamId", "commandId", "action", "requestedAt"} for c in answer["data"]
+        )
+
+
 # -- ingest ------------------------------------------------------------------------
 
 TIMESTAMPS = ["2026-02-27T10:30:00Z", "2026-02-27T10:30:00.123+02:00", "2026-02-27"]
@@ -998,11 +1117,51 @@ def valid_event(draw, connection_id: str) -> dict:
     return event
 
 
+@st.composite
+def valid_command_result(draw, connection_id: str) -> dict:
+    """An agent's `command_result` (the outcome of an operator action)."""
+    command = {
+        "commandId": draw(st.one_of(st.uuids().map(str), st.text(min_size=1, max_size=64))),
+        "action": draw(st.sampled_from(contract.COMMAND_ACTIONS)),
+        "status": draw(st.sampled_from(contract.COMMAND_STATUSES)),
+    }
+    detail = draw(
+        st.one_of(
+            st.none(),
+            st.just({"newJobId": "t2"}),
+            st.just({"error": "arguments not captured"}),
+            st.dictionaries(st.text(max_size=5), st.integers() | st.text(max_size=5), max_size=3),
+        )
+    )
+    if detail is not None:
+        command["detail"] = detail
+    event = {
+        "type": "command_result",
+        "timestamp": draw(st.sampled_from(TIMESTAMPS)),
+        "framework": "celery",
+        "connectionId": connection_id,
+        "command": command,
+    }
+    producer_id = draw(st.one_of(st.none(), st.uuids().map(str)))
+    if producer_id is not None:
+        event["id"] = producer_id
+    return event
+
+
+def ingest_event(connection_id: str) -> st.SearchStrategy[dict]:
+    """A valid producer event of any type (a command result one time in four)."""
+    job_or_snapshot = valid_event(connection_id)
+    return st.one_of(
+        job_or_snapshot, job_or_snapshot, job_or_snapshot, valid_command_result(connection_id)
+    )
+
+
 PAYLOAD_OF = {
     "job_state_change": "job",
     "worker_heartbeat": "worker",
     "worker_state_change": "worker",
     "queue_snapshot": "queue",
+    "command_result": "command",
 }
 # The contract's field tables, from the one place that defines them (sorted: a
 # stable order for derandomized runs).
@@ -1010,14 +1169,25 @@ PAYLOAD_FIELDS = {
     "job": sorted(f.name for f in schema_module.JOB if f.kind != schema_module.EVENT_TIME),
     "worker": sorted(f.name for f in schema_module.WORKER if f.kind != schema_module.EVENT_TIME),
     "queue": sorted(f.name for f in schema_module.QUEUE if f.kind != schema_module.EVENT_TIME),
+    "command": sorted(f.name for f in schema_module.COMMAND if f.kind != schema_module.EVENT_TIME),
 }
-TOP_FIELDS = ["type", "timestamp", "framework", "connectionId", "id", "job", "worker", "queue"]
+TOP_FIELDS = [
+    "type",
+    "timestamp",
+    "framework",
+    "connectionId",
+    "id",
+    "job",
+    "worker",
+    "queue",
+    "command",
+]
 
 
 @st.composite
 def mutated_event(draw, connection_id: str) -> dict:
     """A valid event with exactly one thing changed."""
-    event = draw(valid_event(connection_id))
+    event = draw(ingest_event(connection_id))
     payload_key = PAYLOAD_OF[event["type"]]
     payload = event[payload_key]
     where = draw(
@@ -1070,7 +1240,7 @@ def ingest_body(connection_id: str) -> st.SearchStrategy[tuple[bytes, int | None
             return encode(draw(random_json)), None
         if kind == "bytes":
             return draw(random_bytes_body), None
-        events = draw(st.lists(valid_event(connection_id), min_size=0, max_size=3))
+        events = draw(st.lists(ingest_event(connection_id), min_size=0, max_size=3))
         if not draw(one_in(5)):
             events.insert(draw(st.integers(0, len(events))), draw(mutated_event(connection_id)))
         body: dict[str, Any] = {"events": events}
@@ -2180,6 +2350,10 @@ KNOWN_PATHS = [
     "/api/connections/00000000-0000-0000-0000-000000000000/rotate-key",
     "/api/connections/00000000-0000-0000-0000-000000000000/keys",
     "/api/connections/00000000-0000-0000-0000-000000000000/keys/x",
+    "/api/connections/00000000-0000-0000-0000-000000000000/jobs/actions",
+    "/api/connections/00000000-0000-0000-0000-000000000000/jobs/x/actions",
+    "/api/connections/00000000-0000-0000-0000-000000000000/workers/w1@h/actions",
+    "/api/connections/00000000-0000-0000-0000-000000000000/commands",
     "/api/key",
     "/api/key/",
     "/api//ingest",

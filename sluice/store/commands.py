@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 from .. import contract as c
@@ -104,14 +105,19 @@ def _only_stream(reply: Any) -> Any:
 
 
 def read(
-    r: Redis, connection_id: str, after: str, wait_seconds: float
+    r: Redis,
+    connection_id: str,
+    after: str,
+    wait_seconds: float,
+    stop: Callable[[], bool] = lambda: False,
 ) -> list[tuple[str, dict[str, Any]]]:
     """The commands after entry id `after` (at most `COMMAND_READ_COUNT`), as
-    (entry id, command); waits up to `wait_seconds` for one when there is none."""
+    (entry id, command); waits up to `wait_seconds` for one when there is none,
+    or until `stop()` says so between steps (the process is draining)."""
     key = Keys.commands(connection_id)
     deadline = time.monotonic() + wait_seconds
     while True:
-        remaining = deadline - time.monotonic()
+        remaining = 0.0 if stop() else deadline - time.monotonic()
         block_ms = int(min(remaining, BLOCK_STEP_SECONDS) * 1000)
         if block_ms <= 0:
             # No wait (or none left): one plain read. (`block=0` would wait forever.)

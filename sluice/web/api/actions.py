@@ -28,7 +28,7 @@ from ...store.keys import Keys
 from ...timefmt import iso_from_ms
 from ..extensions import limiter, state
 from ..request import read_json_object, require_json_content_type
-from .auth import bearer_token, request_key_grant, require_writable
+from .auth import request_key_grant, require_writable
 
 bp = Blueprint("actions", __name__, url_prefix="/api/connections")
 
@@ -43,7 +43,7 @@ def _actions_limit_key() -> str:
 def _not_acting_user() -> bool:
     """Only the owner's session acts; requests that will be refused anyway do not
     use up the connection's budget."""
-    return bearer_token() is not None or not current_user.is_authenticated
+    return "Authorization" in request.headers or not current_user.is_authenticated
 
 
 def _owner_connection(raw_id: str) -> str:
@@ -139,6 +139,8 @@ def read_commands(connection_id: str) -> Response:
         )
     query = actions.parse_commands_query(request.args)
     after = query.after or actions.start_id(int(time.time() * 1000))
-    found = commands.read(r, connection_id, after, query.wait)
+    # A draining process (a deploy) ends the wait within one step: the agent asks again.
+    hub = state().hub
+    found = commands.read(r, connection_id, after, query.wait, lambda: hub.draining)
     data = [{"streamId": entry_id, **command} for entry_id, command in found]
     return jsonify({"data": data, "lastId": found[-1][0] if found else after})
