@@ -327,3 +327,25 @@ def test_a_call_too_large_for_16_kib_or_for_the_servers_extensions_is_skipped():
     assert "call" in ext["job"]["extensions"]
     ext = with_call(event_with_ext(), ("é" * 1_400,), {}, max_extensions_bytes=8_000)
     assert ext["job"]["extensions"]["callSkipped"] == "too large"
+
+
+def test_the_events_the_agent_sends_are_accepted_by_the_servers_validator():
+    from sluice.config import load_settings
+    from sluice.schema import validate_batch
+
+    limit = load_settings({}).max_extensions_bytes
+    command = {"commandId": "8f7e6d5c-0000-4000-8000-000000000000", "action": "bulk_retry"}
+    tally = a.BulkTally(retried=100)
+    tally.new_job_ids = [f"{i:08d}-0000-4000-8000-000000000000" for i in range(150)]
+    status, detail = tally.outcome()
+    call = a.retry_call(failed_job(extensions={"call": {"args": ["é" * 3_000], "kwargs": {}}}))
+    validate_batch(
+        [
+            a.result_event(CONN, command, status, detail),
+            a.result_event(CONN, {**command, "action": "retry"}, "failed", {"error": a.NO_CALL}),
+            a.retried_job_event(CONN, "new", call),
+            with_call(event_with_ext(celerySignal="task_failure"), ("x" * 7_000,), {}),
+        ],
+        CONN,
+        limit,
+    )

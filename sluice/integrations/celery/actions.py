@@ -44,46 +44,49 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 from urllib.parse import quote, urlencode, urlsplit
 
+from ... import contract
 from ...timefmt import now_iso, parse_iso
-from .mapping import FRAMEWORK, QUEUED, RETRY_OF_HEADER, job_event, producer_id
+from .mapping import (
+    COMMAND_FIELD,
+    COMMAND_RESULT,
+    FRAMEWORK,
+    QUEUED,
+    RETRY_OF_HEADER,
+    job_event,
+    producer_id,
+)
 
 log = logging.getLogger("sluice.celery_agent.actions")
 
 USER_AGENT = "sluice-actions/1"
 
-#: The producer event type of a command's outcome, and its payload field (spec §3).
-COMMAND_RESULT = "command_result"
-COMMAND_FIELD = "command"
-DONE = "done"
-FAILED = "failed"
+DONE, FAILED = contract.COMMAND_STATUSES
 
 #: Commands older than this (seconds, from `requestedAt`) are answered `expired`.
-MAX_COMMAND_AGE = 60.0
-#: Seconds the server may hold a poll open (`wait`, 0..25).
-POLL_WAIT = 25
+MAX_COMMAND_AGE: Final = float(contract.COMMAND_MAX_AGE_SECONDS)
+#: Seconds the server may hold a poll open (`wait`).
+POLL_WAIT: Final = contract.COMMAND_WAIT_MAX_SECONDS
 #: Jobs one bulk retry re-sends at most (the rest: another command).
-MAX_BULK_RETRY = 1_000
+MAX_BULK_RETRY: Final = 1_000
 #: Jobs one bulk retry looks at, at most (jobs without a captured call are skipped).
-MAX_BULK_SCAN = 5_000
+MAX_BULK_SCAN: Final = 5_000
 #: Jobs per page of `GET …/jobs` (the API's maximum).
-BULK_PAGE = 200
+BULK_PAGE: Final = contract.JOBS_PAGE_MAX
 #: New job ids a bulk retry's detail lists.
-MAX_NEW_JOB_IDS = 100
+MAX_NEW_JOB_IDS: Final = 100
 #: A result's `detail` as JSON, at most.
-MAX_DETAIL_BYTES = 4_096
+MAX_DETAIL_BYTES: Final = contract.MAX_COMMAND_DETAIL_BYTES
 #: Seconds a control command waits for the workers' replies.
-CONTROL_TIMEOUT = 3.0
-#: Signals a terminate may send (spec §1).
-SIGNALS = frozenset({"SIGTERM", "SIGKILL", "SIGINT", "SIGQUIT", "SIGHUP", "SIGUSR1"})
+CONTROL_TIMEOUT: Final = 3.0
+#: Signals a terminate may send.
+SIGNALS: Final = frozenset(contract.SIGNALS)
 #: States a job can be retried from.
-RETRYABLE = frozenset({"failed", "cancelled"})
-
-JOB_ACTIONS = frozenset({"revoke", "terminate", "retry"})
-WORKER_ACTIONS = frozenset({"pool_grow", "pool_shrink", "shutdown"})
-ACTIONS = JOB_ACTIONS | WORKER_ACTIONS | {"bulk_retry"}
+RETRYABLE: Final = frozenset(contract.BULK_RETRY_STATES)
+#: The actions of the command stream (a bulk retry is `bulk_retry` there).
+ACTIONS: Final = frozenset(contract.COMMAND_ACTIONS)
 
 NO_CALL = (
     "arguments not captured: start the workers with sluice.celery.install(app, capture_call=True)"
@@ -601,6 +604,14 @@ class CommandRunner:
             log.warning("sluice: a command without commandId was ignored: %.200r", command)
             return
         if command_id in self._done:
+            return
+        if command.get("action") not in ACTIONS:  # a newer server's: its result would be refused
+            log.warning(
+                "sluice: command %s has an action this agent does not know (%r): not carried "
+                "out; upgrade the agent",
+                command_id,
+                command.get("action"),
+            )
             return
         self._done[command_id] = None
         while len(self._done) > 10_000:

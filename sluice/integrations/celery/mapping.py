@@ -64,10 +64,13 @@ JOB_STATE_CHANGE: Final = _producer_type(contract.JOB_STATE_CHANGE)
 WORKER_HEARTBEAT: Final = _producer_type(contract.WORKER_HEARTBEAT)
 WORKER_STATE_CHANGE: Final = _producer_type(contract.WORKER_STATE_CHANGE)
 QUEUE_SNAPSHOT: Final = _producer_type(contract.QUEUE_SNAPSHOT)
+#: The outcome of an operator's action, which the agent carries out (`actions`).
+COMMAND_RESULT: Final = _producer_type(contract.COMMAND_RESULT)
 #: The payload field of each (`job`, `worker`, `queue`).
 JOB_FIELD: Final = contract.PRODUCER_TYPES[JOB_STATE_CHANGE][0]
 WORKER_FIELD: Final = contract.PRODUCER_TYPES[WORKER_STATE_CHANGE][0]
 QUEUE_FIELD: Final = contract.PRODUCER_TYPES[QUEUE_SNAPSHOT][0]
+COMMAND_FIELD: Final = contract.PRODUCER_TYPES[COMMAND_RESULT][0]
 
 #: Job states (`contract.JOB_STATES`).
 QUEUED: Final = _from_contract(contract.JOB_STATES, "queued")
