@@ -350,3 +350,45 @@ def test_a_rate_limited_action_shows_the_server_message(limited_server, account,
     expect(status).to_have_text("Pool −1: Too many requests; retry later")
     expect(status).to_have_attribute("data-status", "error")
     assert len(commands(server, account)) == 1
+
+
+def test_action_controls_are_named_and_work_from_the_keyboard(server, account, page):
+    from tests.browser.test_accessibility import UNNAMED
+
+    cid = account.connection_id
+    send(
+        server,
+        account,
+        [
+            job_event(cid, "kb-f", "failed", error="x", workerId="kb@host"),
+            job_event(cid, "kb-a", "active", workerId="kb@host"),
+            worker_event(cid, "kb@host", "busy", activeJobs=1),
+        ],
+    )
+    login_cookie(page, server.url, account)
+    page.goto(f"{server.url}/connections/{cid}?state=failed&worker=kb@host&job=kb-a")
+    expect(page.locator('[data-job-action="terminate"]')).to_be_visible()
+    expect(page.locator('[data-worker-action="pool_grow"]')).to_be_visible()
+    expect(page.locator("[data-bulk-retry]")).to_have_text("Retry all 1 failed")
+    assert page.evaluate(UNNAMED) == []
+    for region in page.locator("[data-action-status]").all():
+        assert region.get_attribute("role") == "status"
+        assert region.get_attribute("aria-live") == "polite"
+    # From the keyboard: the signal select, then Terminate.
+    page.locator("[data-terminate-signal]").focus()
+    page.keyboard.press("Tab")
+    expect(page.locator('[data-job-action="terminate"]')).to_be_focused()
+    page.keyboard.press("Enter")
+    [command] = wait_commands(server, account, 1)
+    assert command["action"] == "terminate" and command["signal"] == "SIGTERM"
+    # The bulk retry's question: Escape cancels it, the drawer stays open.
+    page.locator("[data-bulk-retry]").focus()
+    page.keyboard.press("Enter")
+    dialog = page.locator("[data-confirm-dialog]")
+    expect(dialog).to_be_visible()
+    expect(dialog.locator("[data-confirm-cancel]")).to_be_focused()
+    page.keyboard.press("Escape")
+    expect(dialog).to_be_hidden()
+    expect(page.locator("[data-drawer]")).to_be_visible()
+    expect(page.locator("[data-bulk-retry]")).to_be_focused()
+    assert len(commands(server, account)) == 1
