@@ -101,7 +101,7 @@ def test_retry_revoke_terminate_and_pool_grow_from_the_page(
     assert "active" not in [entry["state"] for entry in revoked["timeline"]]
 
     # Pool +1 from the worker's view: Celery's pool has two processes.
-    assert pool_size(acting.pub, worker.nodename) == 1
+    wait_until(lambda: pool_size(acting.pub, worker.nodename) == 1, 20, "a pool of 1")
     page.goto(f"{server.url}/connections/{account.connection_id}?worker={worker.nodename}")
     bar = page.locator("[data-worker-actions]")
     bar.locator('[data-worker-action="pool_grow"]').click()
