@@ -15,7 +15,7 @@ import requests
 from sluice import contract as c
 from sluice.store.keys import Keys
 from tests.sse import open_stream
-from tests.util import ingest, job_event, now, worker_event
+from tests.util import ingest, job_event, now, wait_until, worker_event
 
 
 def bearer(key: str) -> dict[str, str]:
@@ -437,3 +437,32 @@ def test_deleting_the_connection_deletes_its_commands(server, account, redis_cli
     assert session.delete(base(server, cid)).status_code == 204
     assert not redis_client.exists(Keys.commands(cid))
     assert not list(redis_client.scan_iter(pattern))
+
+
+@pytest.mark.single_node(reason="reads the node's CLIENT LIST")
+def test_a_waiting_read_ends_when_the_server_drains(start_server, account, redis_client):
+    """A deploy (SIGTERM) ends a long poll within one blocking step, well inside the
+    graceful timeout: the agent gets an empty answer and asks again elsewhere."""
+    server = start_server()
+    (worker_pid,) = server.worker_pids()
+    with ThreadPoolExecutor(1) as pool:
+
+        def poll() -> tuple[requests.Response, float]:
+            response = read_commands(server, account, wait="25")
+            return response, time.monotonic()
+
+        waiting = pool.submit(poll)
+
+        def blocked() -> bool:
+            return any(
+                client.get("name") == f"sluice-{worker_pid}" and client.get("cmd") == "xread"
+                for client in redis_client.client_list()
+            )
+
+        wait_until(blocked, what="the long poll blocked in XREAD")
+        started = time.monotonic()
+        server.stop()
+        answer, answered_at = waiting.result(timeout=30)
+    # Within one blocking step (4 s) of the signal, not the 25 s asked for.
+    assert answered_at - started < 6
+    assert answer.status_code == 200 and answer.json()["data"] == []
