@@ -65,6 +65,25 @@ def test_no_args_reaches_the_agent_from_the_option_or_the_environment(monkeypatc
     assert "--no-args" in help_text and "SLUICE_CAPTURE_ARGS" in help_text
 
 
+def test_no_actions_reaches_the_agent_and_the_help_says_what_it_does(monkeypatch):
+    from click.testing import CliRunner
+
+    from sluice.integrations.celery import agent
+
+    seen: list[bool] = []
+    monkeypatch.setattr(agent, "run_agent", lambda **kw: seen.append(kw["actions"]) or 0)
+    required = ["--broker", "memory://", "--url", "http://x", "--api-key", "k"]
+    runner = CliRunner()
+    for args, env in (([], {}), (["--no-actions"], {}), ([], {"SLUICE_ACTIONS": "0"})):
+        result = runner.invoke(agent.celery_agent_command, required + args, env=env)
+        assert result.exit_code == 0, result.output
+    assert seen == [True, False, False]
+    help_text = " ".join(runner.invoke(agent.celery_agent_command, ["--help"]).output.split())
+    assert "--actions / --no-actions" in help_text and "SLUICE_ACTIONS" in help_text
+    assert "revoke, terminate, retry, bulk retry, pool grow/shrink, shutdown" in help_text
+    assert "capture_call=True" in help_text
+
+
 @pytest.mark.parametrize("hidden", ["redis", "packaging"])
 def test_a_missing_transport_library_stops_the_agent_at_once_naming_the_package(
     server, account, broker_redis_url, hidden

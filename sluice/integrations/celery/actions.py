@@ -417,12 +417,15 @@ class SluiceReader:
         self.timeout = timeout
         self._conn: http.client.HTTPConnection | None = None
         self._lock = threading.Lock()
+        self._shut = False  # closed for good (the agent is stopping): no new connection
 
     def get_json(self, path: str, timeout: float | None = None) -> Any:
         """GET `path` → its JSON. `SluiceHTTPError` for a non-2xx answer; OSError /
         HTTPException for the network."""
         cls = http.client.HTTPSConnection if self._scheme == "https" else http.client.HTTPConnection
         with self._lock:
+            if self._shut:
+                raise ConnectionAbortedError("the agent is stopping")
             if self._conn is None:
                 self._conn = cls(self._host, self._port, timeout=timeout or self.timeout)
             conn = self._conn
@@ -442,9 +445,11 @@ class SluiceReader:
             raise SluiceHTTPError(response.status, _error_message(body))
         return json.loads(body)
 
-    def close(self) -> None:
-        """Close the connection; from another thread this ends a poll in progress."""
+    def close(self, final: bool = False) -> None:
+        """Close the connection; from another thread this ends a poll in progress
+        (`final`: and no request opens another)."""
         with self._lock:
+            self._shut = self._shut or final
             conn, self._conn = self._conn, None
         if conn is not None:
             sock = conn.sock
@@ -500,9 +505,9 @@ def with_retries(
 class CommandRunner:
     """A daemon thread: long-polls the connection's commands and carries them out.
 
-    `app` is the agent's Celery app, `sender` its `IngestSender`, `on_retry(new
-    task id, original external id, name, queue)` lets the agent's event mapper
-    remember the link so the new job's later events carry `retryOf` too.
+    `app` is the agent's Celery app, `sender` its `IngestSender`; `on_retry(new
+    task id, call)`, called before the task is sent, lets the agent's event mapper
+    remember the link so the new job's events carry `retryOf` too.
     """
 
     def __init__(
@@ -545,7 +550,7 @@ class CommandRunner:
 
     def stop(self, timeout: float = 5.0) -> None:
         self.stop_event.set()
-        self.reader.close()  # ends a poll in progress
+        self.reader.close(final=True)  # ends a poll in progress, and no new one starts
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
