@@ -359,6 +359,7 @@ def test_jobs_held_by_an_offline_or_expired_worker_are_lost_on_read(server, acco
 def test_the_expiry_reaches_clients_by_the_config_endpoint(server):
     config = requests.get(f"{server.url}/api/config", timeout=10).json()
     assert config["workerExpirySeconds"] == 30.0
+    assert config["readOnly"] is False
 
 
 def test_rejected_batch_leaves_nothing_in_the_index(server, account):

@@ -320,6 +320,8 @@ def test_read_only_mode_refuses_writes_and_keeps_reading(read_only_server, accou
         assert stream.status == 200
     # A bad key is still a 401 first.
     assert ingest(base, "sk_live_forged", cid, []).status_code == 401
+    # The dashboard learns it from its config (and shows no action buttons).
+    assert requests.get(f"{base}/api/config", timeout=10).json()["readOnly"] is True
     assert session.post(f"{base}/api/auth/logout", json={}).status_code == 204
 
 

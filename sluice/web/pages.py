@@ -83,10 +83,12 @@ def contract_module() -> str:
         "WORKER_HEARTBEAT": contract.WORKER_HEARTBEAT,
         "WORKER_STATE_CHANGE": contract.WORKER_STATE_CHANGE,
         "QUEUE_SNAPSHOT": contract.QUEUE_SNAPSHOT,
+        "COMMAND_RESULT": contract.COMMAND_RESULT,
         "HEARTBEAT": contract.HEARTBEAT,
         "STREAM_RESET": contract.STREAM_RESET,
         "JOB_STATES": list(contract.JOB_STATES),
         "WORKER_STATES": list(contract.WORKER_STATES),
+        "SIGNALS": list(contract.SIGNALS),
     }
     lines = ["// Generated from sluice/contract.py by the server; do not edit."]
     lines += [f"export const {name} = {json.dumps(value)};" for name, value in values.items()]

@@ -290,3 +290,39 @@ def test_store_keeps_a_job_as_of_its_latest_event_by_time(server, page):
     assert out["events"] == 6 and out["resume"] == "1005-0"
     assert out["age"] == [3, 2]
     assert out["rule"] == [True, True, True, False, False, False, False]
+
+
+UNKNOWN_EVENTS = (
+    "async () => {"
+    + PRELUDE
+    + """
+  const s = new Store();
+  s.load({ jobs: { data: [job('a', 'queued', 0)], streamId: '1000-0' } }, { baseline: true });
+  const out = {};
+  // An action's result, and a name this page has never heard of: neither is a job,
+  // a worker or a queue, nothing throws, and the resume point moves past them.
+  out.command = s.apply('command:result', '1001-0', { commandId: 'c1', action: 'retry', status: 'done', detail: { newJobId: 'x' } });
+  out.future = s.apply('something:new', '1002-0', { id: 'a', state: 'failed', name: 'n.a' });
+  out.noData = s.apply('something:new', '1003-0', null);
+  out.notJson = s.apply('command:result', '1003-1', 'text');
+  out.jobs = s.jobs.size;
+  out.a = s.jobs.get('a').state;
+  out.workers = s.workers.size;
+  out.queues = s.queues.size;
+  out.resume = s.resumeId();
+  // Job events go on as before.
+  out.after = s.apply('job:state_change', '1004-0', job('a', 'active', 1));
+  out.aAfter = s.jobs.get('a').state;
+  return out;
+}"""
+)
+
+
+def test_store_ignores_event_names_it_does_not_know(server, page):
+    page.goto(server.url + "/login")
+    out = page.evaluate(UNKNOWN_EVENTS)
+    assert out["command"] is True and out["future"] is True  # counted as received
+    assert out["noData"] is False and out["notJson"] is False
+    assert (out["jobs"], out["a"], out["workers"], out["queues"]) == (1, "queued", 0, 0)
+    assert out["resume"] == "1002-0"
+    assert out["after"] is True and out["aAfter"] == "active"

@@ -63,16 +63,21 @@ def test_contract_module_exports_the_contract():
     ]
     assert values["WORKER_STATE_CHANGE"] == contract.WORKER_STATE_CHANGE
     assert values["QUEUE_SNAPSHOT"] == contract.QUEUE_SNAPSHOT
+    # The live view's actions: the result event it waits for, the signals it offers.
+    assert values["COMMAND_RESULT"] == contract.COMMAND_RESULT
+    assert values["SIGNALS"] == list(contract.SIGNALS)
     assert set(values) == {
         "EVENT_NAMES",
         "JOB_STATE_CHANGE",
         "WORKER_HEARTBEAT",
         "WORKER_STATE_CHANGE",
         "QUEUE_SNAPSHOT",
+        "COMMAND_RESULT",
         "HEARTBEAT",
         "STREAM_RESET",
         "JOB_STATES",
         "WORKER_STATES",
+        "SIGNALS",
     }
 
 

@@ -332,7 +332,11 @@ def test_health_is_503_when_the_store_is_down(client):
 def test_config_needs_no_store(client):
     response = client.get("/api/config")
     assert response.status_code == 200
-    assert response.get_json() == {"heartbeatSeconds": 15.0, "workerExpirySeconds": 30.0}
+    assert response.get_json() == {
+        "heartbeatSeconds": 15.0,
+        "workerExpirySeconds": 30.0,
+        "readOnly": False,
+    }
 
 
 # -- cross-site writes -------------------------------------------------------------------------

@@ -84,11 +84,13 @@ def debug_stats() -> Response:
 @bp.get("/config")
 def client_config() -> Response:
     """Settings a dashboard needs to interpret the stream (e.g. when to call it
-    stale) and its workers (when one whose heartbeats stopped is offline)."""
+    stale) and its workers (when one whose heartbeats stopped is offline), and
+    whether the instance is read-only (`SLUICE_READ_ONLY=1`: no action buttons)."""
     settings = state().settings
     return jsonify(
         {
             "heartbeatSeconds": settings.heartbeat_seconds,
             "workerExpirySeconds": settings.worker_expiry_seconds,
+            "readOnly": settings.read_only,
         }
     )

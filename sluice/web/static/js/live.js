@@ -18,10 +18,11 @@
 import "./common.js";
 import { api, errorMessage, goToLogin } from "./api.js";
 import { JOB_STATE_CHANGE } from "./contract.js";
+import { Actions } from "./live/actions.js";
 import { JobDrawer } from "./live/detail.js";
 import { filterToParams, isFiltered, readLocation, sameFilter, viewUrl } from "./live/query.js";
 import { Store } from "./live/store.js";
-import { StreamClient } from "./live/stream.js";
+import { COMMAND_RESULT, StreamClient } from "./live/stream.js";
 import {
   JobsTable,
   PAGE_SIZE,
@@ -56,6 +57,12 @@ const scope = new ScopeBar(root, {
 const workers = new WorkersPanel(root);
 const queues = new QueuesPanel(root);
 const stats = new Stats(root);
+// Operator actions: shown once GET /api/config says the instance is not read-only.
+const actions = new Actions(root, {
+  connectionId,
+  jobHref: (jobId) => viewUrl({ filter: view.filter, job: jobId }),
+  onUnauthorized: () => signedOut(),
+});
 const drawer = new JobDrawer(root, {
   connectionId,
   onClose: () => closeJob(),
@@ -63,6 +70,8 @@ const drawer = new JobDrawer(root, {
   onLoaded: (job) => jobs.setOpen(job.id),
   rowLink: (jobId) => jobs.rowLink(jobId),
   isLost: (job) => store.jobLost(job, client.serverNow()),
+  actions,
+  filter: () => view.filter,
 });
 
 // The DOM is written at most every RENDER_INTERVAL_MS, always inside an animation
@@ -89,6 +98,7 @@ function render(ts) {
   workers.render(store, now);
   queues.render(store, now);
   stats.render(store, now);
+  actions.renderBulk(store);
   drawer.renderLost();
 }
 
@@ -99,6 +109,8 @@ const client = new StreamClient({
     if (type === JOB_STATE_CHANGE) {
       drawer.onJobEvent(id, data);
       countsChanged();
+    } else if (type === COMMAND_RESULT) {
+      actions.onResult(data);
     }
     if (store.apply(type, id, data)) scheduleRender();
   },
@@ -360,6 +372,7 @@ function closeJob() {
 function showFilter() {
   jobs.setFilter(view.filter, isFiltered(view.filter));
   scope.setFilter(view.filter);
+  actions.setFilter(view.filter);
   workers.setSelected(view.filter.worker);
   if (search.value.trim() !== view.filter.q) search.value = view.filter.q;
   scheduleRender();
@@ -427,6 +440,7 @@ async function loadMeta() {
   if (config.ok && config.data) {
     client.setHeartbeatSeconds(Number(config.data.heartbeatSeconds));
     store.setWorkerExpirySeconds(Number(config.data.workerExpirySeconds));
+    actions.setEnabled(config.data.readOnly !== true);
     scheduleRender();
   }
   if (list.status === 401) return signedOut();

@@ -26,6 +26,8 @@ export class JobDrawer {
    *   onUnauthorized: () => void,
    *   onLoaded?: (job: any) => void,
    *   rowLink?: (jobId: string) => HTMLElement | null,
+   *   isLost?: (job: any) => boolean,
+   *   actions?: import("./actions.js").Actions,
    * }} opts
    */
   constructor(root, opts) {
@@ -48,6 +50,13 @@ export class JobDrawer {
     this.gen = 0;
     this.opener = null;
     this.parts = null;
+    this.bar = null; // the job's action buttons (live/actions.js)
+  }
+
+  /** Drop the action bar of the job shown (its command statuses stay with the page). */
+  dropBar() {
+    if (this.bar) this.bar.remove();
+    this.bar = null;
   }
 
   get isOpen() {
@@ -70,6 +79,7 @@ export class JobDrawer {
     this.asOf = null;
     this.pending = [];
     this.parts = null;
+    this.dropBar();
     const gen = ++this.gen;
     this.node.hidden = false;
     this.node.setAttribute("aria-busy", "true");
@@ -133,6 +143,7 @@ export class JobDrawer {
     this.job = null;
     this.pending = null;
     this.parts = null;
+    this.dropBar();
     const hadFocus = this.node.contains(document.activeElement);
     this.node.hidden = true;
     document.body.classList.remove("drawer-open");
@@ -169,6 +180,7 @@ export class JobDrawer {
     for (const key of ["args", "kwargs", "result"]) {
       if (ext[key] !== undefined && ext[key] !== null) job[key] = ext[key];
     }
+    if (typeof ext.retryOf === "string" && ext.retryOf) job.retryOf = ext.retryOf;
     if (typeof data.stacktrace === "string" && data.stacktrace) job.traceback = data.stacktrace;
     const entry = { state: data.state, timestamp: data.timestamp };
     if (data.workerId != null) entry.workerId = data.workerId;
@@ -202,6 +214,7 @@ export class JobDrawer {
       finished: row("finishedAt", "Finished"),
       duration: row("duration", "Duration"),
       updated: row("updatedAt", "Updated"),
+      retryOf: row("retryOf", "Retry of"),
     };
     parts.id.className = "mono";
     parts.externalId.className = "mono";
@@ -228,7 +241,9 @@ export class JobDrawer {
     }
     const none = el("p", "muted small", "The producer sent no arguments, result or traceback for this job.");
     this.parts = { ...parts, error, timeline, timelineNote, sections, none, shown: -1 };
-    this.body.replaceChildren(dl, error, timelineHead, timeline, timelineNote, payload, none);
+    this.dropBar();
+    this.bar = this.opts.actions ? this.opts.actions.jobBar() : null;
+    this.body.replaceChildren(...(this.bar ? [this.bar.node] : []), dl, error, timelineHead, timeline, timelineNote, payload, none);
     this.update();
   }
 
@@ -275,6 +290,12 @@ export class JobDrawer {
       setText(node, ms == null ? "—" : formatDateTime(ms));
       if (ms != null) node.title = job[key];
     }
+    // A retry made by Sluice links back to the job it retried (the agent sends
+    // `extensions.retryOf`; a retry made from this page is known to the page too).
+    const ext = job.extensions && typeof job.extensions === "object" ? job.extensions : {};
+    const origin = job.retryOf || (typeof ext.retryOf === "string" ? ext.retryOf : "") || (this.opts.actions ? this.opts.actions.retryOf(job.externalId) || this.opts.actions.retryOf(job.id) : "");
+    this.linkJob(p.retryOf, origin);
+    if (this.bar) this.bar.update(job);
     const d = duration(job);
     setText(p.duration, d == null ? (job.state === "active" ? "running" : "—") : formatDuration(d));
     const showError = (job.state === "failed" || job.state === "retrying") && job.error;
@@ -292,6 +313,23 @@ export class JobDrawer {
       }
     }
     p.none.hidden = any;
+  }
+
+  /** The "Retry of" row: a link that opens the original job's drawer, hidden without one. */
+  linkJob(dd, ref) {
+    const dt = dd.previousElementSibling;
+    dd.hidden = !ref;
+    if (dt) dt.hidden = !ref;
+    if (dd._value === ref) return;
+    dd._value = ref;
+    if (!ref) {
+      dd.replaceChildren();
+      return;
+    }
+    const a = navLink("detail-link mono", ref, viewUrl({ filter: this.opts.filter ? this.opts.filter() : {}, job: ref }));
+    a.title = `The job this one retried: ${ref}`;
+    a.dataset.retryOf = ref;
+    dd.replaceChildren(a);
   }
 
   /** A field whose value links to the jobs list filtered on it. */

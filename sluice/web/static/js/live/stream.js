@@ -13,7 +13,15 @@
 // one (a new filter, a `stream:reset`) the stream is paused.
 
 import { api, goToLogin } from "../api.js";
-import { EVENT_NAMES as EVENT_TYPES, HEARTBEAT, STREAM_RESET } from "../contract.js";
+import * as contract from "../contract.js";
+
+const { EVENT_NAMES, HEARTBEAT, STREAM_RESET } = contract;
+/** An operator action's outcome (docs/api.md, "Actions"), category `command`. */
+export const COMMAND_RESULT = contract.COMMAND_RESULT || "command:result";
+/** Whether this server streams command results (its `types` then know `command`). */
+const COMMANDS = EVENT_NAMES.includes(COMMAND_RESULT);
+/** Every stored event name the page listens to: the contract's, and command results. */
+const EVENT_TYPES = COMMANDS ? EVENT_NAMES : [...EVENT_NAMES, COMMAND_RESULT];
 
 const BACKOFF_MIN_MS = 250;
 const BACKOFF_MAX_MS = 8000;
@@ -135,9 +143,13 @@ export class StreamClient {
     this.open();
   }
 
-  /** Change the type filter (null or [] = all); takes effect at the next open. */
+  /**
+   * Change the type filter (null or [] = all); takes effect at the next open. The
+   * `command` category is always added: the page's actions wait for their results.
+   */
   setTypes(types) {
     this.types = types && types.length ? types : null;
+    if (this.types && COMMANDS && !this.types.includes("command")) this.types = [...this.types, "command"];
   }
 
   touch() {
