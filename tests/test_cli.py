@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 
@@ -161,6 +162,8 @@ def test_demo_serves_live_traffic_with_embedded_redis():
                 break
             output += line
         assert "embedded Valkey" in output
+        # Read on what the demo writes while it serves: a full pipe would block its logging.
+        threading.Thread(target=process.stdout.read, daemon=True).start()
         key = re.search(r"Bearer (sk_live_[\w-]+)", output).group(1)
         connection_id = re.search(r"connectionId=([0-9a-f-]{36})", output).group(1)
         assert re.search(r"Login\s+demo@sluice.dev\s+/\s+\S+", output)
@@ -175,7 +178,7 @@ def test_demo_serves_live_traffic_with_embedded_redis():
         }
     finally:
         process.send_signal(signal.SIGINT)
-        process.wait(timeout=30)
+        process.wait(timeout=60)
 
 
 def test_user_commands_refuse_without_redis_url():

@@ -128,11 +128,15 @@ def test_demo_children_end_with_the_demo(tmp_path, sig, to_group):
         else:
             demo.process.send_signal(sig)
 
-        wait_until(
-            lambda: not any(alive(p) for p in demo.descendants),
-            timeout=30,
-            what="gunicorn and valkey-server to end with the demo",
-        )
+        try:
+            wait_until(
+                lambda: not any(alive(p) for p in demo.descendants),
+                timeout=60,  # a drain of up to SLUICE_GRACEFUL_TIMEOUT (10 s), on a loaded machine
+                what="gunicorn and valkey-server to end with the demo",
+            )
+        except AssertionError as exc:
+            left = [" ".join(p.cmdline()[:4]) for p in demo.descendants if alive(p)]
+            raise AssertionError(f"{exc}: still running {left}\n{demo.output()[-3000:]}") from None
         assert not answers(demo.url)
         demo.process.wait(timeout=30)
         if sig != signal.SIGKILL:
