@@ -18,8 +18,10 @@ pytest.importorskip(
 )
 
 from .rig import (  # noqa: E402
+    BROKERS,
     Agent,
     CeleryWorker,
+    broker_for,
     cleanup_broker,
     publisher,
     redis_broker_url,
@@ -130,10 +132,11 @@ def run_workload(producer: str, start_server, account, broker: str, queue: str) 
         cleanup_broker(broker, queue)
 
 
+@pytest.mark.parametrize("broker_kind", BROKERS)
 def test_agent_and_integration_give_the_same_picture(
-    start_server, account, other_account, broker_redis_url, queue
+    broker_kind, start_server, account, other_account, broker_redis_url, queue
 ):
-    broker = redis_broker_url(broker_redis_url)
+    broker = broker_for(broker_kind, broker_redis_url)
     by_agent = run_workload("agent", start_server, account, broker, queue)
     by_integration = run_workload("integration", start_server, other_account, broker, queue)
     assert by_agent["final"] == by_integration["final"]
