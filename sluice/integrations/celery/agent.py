@@ -26,8 +26,8 @@ from typing import Any
 import click
 
 from ...client.ingest import DEFAULT_BUFFER, IngestSender
-from .mapping import OFFLINE, queue_event, queue_names_of, registered_names, stats_detail
-from .queues import queue_depth, redis_bound_queues
+from .mapping import OFFLINE, queue_names_of, registered_names, stats_detail
+from .queues import depth_events, redis_bound_queues
 from .state import CeleryEventMapper
 
 log = logging.getLogger("sluice.celery_agent")
@@ -375,21 +375,7 @@ class CeleryAgent:
         return sorted(names)
 
     def _poll_queues(self, conn: Any) -> None:
-        driver = conn.transport.driver_type
-        events = []
-        for name in self.queue_names(conn):
-            depth, consumers = queue_depth(conn, name)
-            if depth is None:
-                continue
-            events.append(
-                queue_event(
-                    self.connection_id,
-                    name=name,
-                    depth=depth,
-                    consumers=consumers,
-                    extensions={"broker": driver},
-                )
-            )
+        events = depth_events(conn, self.connection_id, self.queue_names(conn))
         if events:
             self.sender.submit_many(events)
 

@@ -61,7 +61,6 @@ from .mapping import (
     message_extensions,
     now_iso,
     pool_name,
-    queue_event,
     queue_names_of,
     random_id,
     registered_names,
@@ -71,7 +70,7 @@ from .mapping import (
     with_call,
     worker_event,
 )
-from .queues import queue_depth
+from .queues import depth_events
 
 log = logging.getLogger("sluice.celery")
 
@@ -812,20 +811,7 @@ class SluiceCelery:
             if conn is None:
                 conn = self.app.connection_for_read()
                 conn.ensure_connection(max_retries=1)
-            driver = conn.transport.driver_type
-            events = []
-            for name in names:
-                depth, consumers = queue_depth(conn, name)
-                if depth is not None:
-                    events.append(
-                        queue_event(
-                            self.connection_id,
-                            name=name,
-                            depth=depth,
-                            consumers=consumers,
-                            extensions={"broker": driver},
-                        )
-                    )
+            events = depth_events(conn, self.connection_id, names)
             self.sender.submit_many(events)
             return conn
         except Exception as exc:

@@ -7,7 +7,10 @@ Redis: LLEN of each queue's list and its priority variants; AMQP: a passive
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
+
+from .mapping import queue_event
 
 #: Exchanges and queue names of Celery's own plumbing, never user queues.
 _INTERNAL_EXCHANGES = {"celeryev", "celery.pidbox", "reply.celery.pidbox"}
@@ -52,3 +55,22 @@ def redis_bound_queues(conn: Any) -> set[str]:
             if queue and not queue.startswith("celeryev.") and not queue.endswith(".pidbox"):
                 names.add(queue)
     return names
+
+
+def depth_events(conn: Any, connection_id: str, names: Iterable[str]) -> list[dict[str, Any]]:
+    """A `queue_snapshot` of each of `names` whose depth the broker gives."""
+    driver = conn.transport.driver_type
+    events = []
+    for name in names:
+        depth, consumers = queue_depth(conn, name)
+        if depth is not None:
+            events.append(
+                queue_event(
+                    connection_id,
+                    name=name,
+                    depth=depth,
+                    consumers=consumers,
+                    extensions={"broker": driver},
+                )
+            )
+    return events
