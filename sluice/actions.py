@@ -111,9 +111,16 @@ def parse_worker_action(body: Mapping[str, Any]) -> dict[str, Any]:
 
 def digest(action: Mapping[str, Any], target: Mapping[str, Any]) -> str:
     """What makes two requests "the same action on the same target": the action's
-    fields and the target's, as canonical JSON, hashed (SHA-256, hex, 32 chars)."""
+    fields and the target's identity (a job's or a worker's id, whatever else
+    its record says meanwhile; a bulk action's filter), as canonical JSON,
+    hashed (SHA-256, hex, 32 chars)."""
+    identity = {
+        kind: {"id": part.get("id")} if isinstance(part, Mapping) else part
+        for kind, part in target.items()
+        if kind in ("job", "worker")
+    } or dict(target)
     canonical = json.dumps(
-        {"a": action, "t": target}, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+        {"a": action, "t": identity}, sort_keys=True, separators=(",", ":"), ensure_ascii=False
     )
     return hashlib.sha256(canonical.encode()).hexdigest()[:32]
 

@@ -159,12 +159,15 @@ def test_the_same_action_twice_is_one_command_until_its_result(server, account):
     other = session.post(url, json={"action": "revoke"})
     assert other.json()["commandId"] != first.json()["commandId"]
     assert len(commands_after(server, account)) == 2
-    # Once the result is in, the same action makes a new command.
+    # Once the result is in, the command leaves the stream (an agent that starts again
+    # never carries it out twice), and the same action makes a new command.
     result = command_result(cid, first.json()["commandId"], detail={"newJobId": "t2"})
     assert ingest(server.url, account.api_key, cid, [result]).status_code == 202
+    left = commands_after(server, account)
+    assert [cmd["commandId"] for cmd in left] == [other.json()["commandId"]]
     third = session.post(url, json={"action": "retry"})
     assert third.json()["commandId"] != first.json()["commandId"]
-    assert len(commands_after(server, account)) == 3
+    assert len(commands_after(server, account)) == 2
 
 
 def test_the_guard_expires_with_the_dedupe_window(server, account, redis_client):
@@ -323,6 +326,11 @@ def test_actions_are_rate_limited_per_connection(limited_server, account, other_
     session = account.login(server.url)
     body = {"action": "retry", "filter": {"state": "failed"}}
     url = f"{base(server, account.connection_id)}/jobs/actions"
+    # Another user's requests on this connection (404), under any spelling of its id,
+    # use up their own budget, never the owner's.
+    intruder = other_account.login(server.url)
+    spellings = [url, url.replace(account.connection_id, account.connection_id.upper())]
+    assert [intruder.post(u, json=body).status_code for u in spellings * 2] == [404] * 3 + [429]
     statuses = [session.post(url, json=body).status_code for _ in range(4)]
     assert statuses == [202, 202, 202, 429]
     limited = session.post(url, json=body)
@@ -441,7 +449,7 @@ def test_deleting_the_connection_deletes_its_commands(server, account, redis_cli
 
 @pytest.mark.single_node(reason="reads the node's CLIENT LIST")
 def test_a_waiting_read_ends_when_the_server_drains(start_server, account, redis_client):
-    """A deploy (SIGTERM) ends a long poll within one blocking step, well inside the
+    """A deploy (SIGTERM) ends a long poll within a step or two, well inside the
     graceful timeout: the agent gets an empty answer and asks again elsewhere."""
     server = start_server()
     (worker_pid,) = server.worker_pids()
@@ -459,10 +467,11 @@ def test_a_waiting_read_ends_when_the_server_drains(start_server, account, redis
                 for client in redis_client.client_list()
             )
 
-        wait_until(blocked, what="the long poll blocked in XREAD")
+        wait_until(blocked, what="the long poll reading the command stream")
         started = time.monotonic()
         server.stop()
         answer, answered_at = waiting.result(timeout=30)
-    # Within one blocking step (4 s) of the signal, not the 25 s asked for.
-    assert answered_at - started < 6
+    # Within a step (0.5 s) or two of the signal, not the 25 s asked for (with room for
+    # a loaded machine).
+    assert answered_at - started < 10
     assert answer.status_code == 200 and answer.json()["data"] == []

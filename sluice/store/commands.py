@@ -3,10 +3,10 @@ agent reads (`Keys.commands`), with the double-click guard (`Keys.command_once`)
 
 Every key is under the connection's hash tag, so the issuing script stays in
 one Redis Cluster slot. The agent reads through `GET /api/connections/<id>/commands`
-(never Redis itself): `read` waits with `XREAD BLOCK` in steps shorter than the
-client's socket timeout, so a pooled connection is held for one step at a
-time (a few seconds), never for the whole wait; under gevent the wait yields
-to other greenlets (redis-py's sockets are monkey-patched).
+(never Redis itself): `read` polls with a plain `XREAD` every
+`POLL_STEP_SECONDS`, so a waiting agent holds a pooled connection for one
+round trip at a time, never for the whole wait; under gevent the wait yields
+to other greenlets (`time.sleep` is monkey-patched).
 """
 
 from __future__ import annotations
@@ -22,8 +22,12 @@ from .client import Redis, script, text
 from .keys import Keys
 
 #: Issue a command once: the guard (`SET NX EX`) and the entry (`XADD MAXLEN ~`)
-#: in one atomic step. KEYS: guard, stream, pending (of this command id).
-#: ARGV: command id, guard seconds, stream length, command JSON, digest.
+#: in one atomic step; the stream expires `ARGV[6]` seconds after its last
+#: command (commands older than `COMMAND_MAX_AGE_SECONDS` are never carried out),
+#: so an idle connection holds none. KEYS: guard, stream, pending (of this
+#: command id). ARGV: command id, guard seconds, stream length, command JSON,
+#: digest, stream and pending seconds. The pending mark holds the digest and
+#: the entry id, for `release`.
 #: Returns {1, command id, entry id} when appended, {0, the guard's command id}
 #: when the same action on the same target is still pending.
 _ISSUE_LUA = """
@@ -32,23 +36,32 @@ if existing then
   return {0, existing}
 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-redis.call('SET', KEYS[3], ARGV[5], 'EX', ARGV[2])
 local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'c', ARGV[4])
+redis.call('EXPIRE', KEYS[2], ARGV[6])
+redis.call('SET', KEYS[3], ARGV[5] .. ' ' .. id, 'EX', ARGV[6])
 return {1, ARGV[1], id}
 """
-
-#: Free a command's guard when its result arrives (only if the guard still holds
-#: that command). KEYS: pending, guard. ARGV: command id.
+#: A command's result arrived: free its guard (only if the guard still holds
+#: that command) and take its entry off the stream, so that an agent that
+#: starts again (and reads the last minute's commands) never carries it out a
+#: second time. KEYS: pending, guard, stream. ARGV: command id, entry id.
 _RELEASE_LUA = """
 if redis.call('GET', KEYS[2]) == ARGV[1] then
   redis.call('DEL', KEYS[2])
 end
 redis.call('DEL', KEYS[1])
+redis.call('XDEL', KEYS[3], ARGV[2])
 return 1
 """
+#: How long a command's entry and pending mark live: twice the age past which
+#: the agent no longer carries a command out.
+KEEP_SECONDS = 2 * c.COMMAND_MAX_AGE_SECONDS
 
-#: Seconds of one `XREAD BLOCK` step: below the client's socket timeout (5 s).
-BLOCK_STEP_SECONDS = 4.0
+#: Seconds between two reads while a poll waits: each read holds a pooled
+#: connection for one round trip, never while waiting (a blocking XREAD would
+#: hold one for the whole wait, and enough waiting agents would take the pool
+#: from every tenant).
+POLL_STEP_SECONDS = 0.5
 
 
 def issue(r: Redis, connection_id: str, digest: str, command: dict[str, Any]) -> tuple[str, bool]:
@@ -68,6 +81,7 @@ def issue(r: Redis, connection_id: str, digest: str, command: dict[str, Any]) ->
             c.MAX_COMMAND_STREAM,
             dumps(command),
             digest,
+            KEEP_SECONDS,
         ],
     )
     return text(reply[1]), int(reply[0]) == 1
@@ -79,11 +93,13 @@ def release(r: Redis, connection_id: str, command_id: str) -> None:
     if len(command_id) > c.MAX_COMMAND_ID:
         return
     pending = Keys.command_pending(connection_id, command_id)
-    digest = r.get(pending)
-    if digest is None:
+    mark = r.get(pending)
+    if mark is None:
         return
+    digest, _, entry_id = text(mark).partition(" ")
     script(r, _RELEASE_LUA)(
-        keys=[pending, Keys.command_once(connection_id, text(digest))], args=[command_id]
+        keys=[pending, Keys.command_once(connection_id, digest), Keys.commands(connection_id)],
+        args=[command_id, entry_id or "0-0"],
     )
 
 
@@ -117,19 +133,15 @@ def read(
     key = Keys.commands(connection_id)
     deadline = time.monotonic() + wait_seconds
     while True:
-        remaining = 0.0 if stop() else deadline - time.monotonic()
-        block_ms = int(min(remaining, BLOCK_STEP_SECONDS) * 1000)
-        if block_ms <= 0:
-            # No wait (or none left): one plain read. (`block=0` would wait forever.)
-            reply = r.xread({key: after}, count=c.COMMAND_READ_COUNT)
-        else:
-            reply = r.xread({key: after}, count=c.COMMAND_READ_COUNT, block=block_ms)
+        reply = r.xread({key: after}, count=c.COMMAND_READ_COUNT)
         if reply:
             found = _entries(_only_stream(reply))
             if found:
                 return found
-        if block_ms <= 0:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or stop():
             return []
+        time.sleep(min(remaining, POLL_STEP_SECONDS))  # a greenlet's sleep under gevent
 
 
 def purge(r: Redis, connection_id: str) -> None:

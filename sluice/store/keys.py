@@ -163,5 +163,6 @@ class Keys:
         return f"ingest:{key_hash}"
 
     @staticmethod
-    def actions_limit(connection_id: str) -> str:
-        return f"actions:{connection_id}"
+    def actions_limit(user_and_connection: str) -> str:
+        """One user's budget of actions on one connection (`<user id>:<connection id>`)."""
+        return f"actions:{user_and_connection}"

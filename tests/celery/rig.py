@@ -154,6 +154,21 @@ class Agent(Proc):
         return self
 
 
+def integration_env(
+    server, account, *, heartbeat: str | None = "0.5", connection: bool = False, **extra: str
+) -> dict[str, str]:
+    """The environment of a worker running the in-worker integration
+    (tests/celery/celeryapp.py installs it) against `server` with `account`'s key:
+    heartbeats `heartbeat` seconds apart (None: the default), the connection id
+    given too when `connection` (else the key alone says it), and `extra`."""
+    env = {"TEST_SLUICE_INSTALL": "1", "SLUICE_URL": server.url, "SLUICE_API_KEY": account.api_key}
+    if connection:
+        env["SLUICE_CONNECTION_ID"] = account.connection_id
+    if heartbeat is not None:
+        env["SLUICE_HEARTBEAT_INTERVAL"] = heartbeat
+    return {**env, **extra}
+
+
 def publisher(broker: str, queue: str):
     """A Celery app in the test process that publishes to `queue` (task-sent events on)."""
     from celery import Celery

@@ -39,6 +39,7 @@ from .rig import (  # noqa: E402
     CeleryWorker,
     Collector,
     cleanup_broker,
+    integration_env,
     publisher,
     redis_broker_url,
     wait_until,
@@ -56,13 +57,7 @@ def procs(queue, broker_redis_url):
 
 
 def worker_env(server, account, *, capture_call: bool = True) -> dict[str, str]:
-    return {
-        "TEST_SLUICE_INSTALL": "1",
-        "SLUICE_URL": server.url,
-        "SLUICE_API_KEY": account.api_key,
-        "SLUICE_HEARTBEAT_INTERVAL": "0.5",
-        "SLUICE_CAPTURE_CALL": "1" if capture_call else "0",
-    }
+    return integration_env(server, account, SLUICE_CAPTURE_CALL="1" if capture_call else "0")
 
 
 def key_get(server, account, path: str) -> requests.Response:

@@ -19,7 +19,13 @@ pytest.importorskip(
     "celery", reason="Celery is not installed: pip install -r requirements-celery.txt"
 )
 
-from .rig import CeleryWorker, cleanup_broker, redis_broker_url, wait_until  # noqa: E402
+from .rig import (  # noqa: E402
+    CeleryWorker,
+    cleanup_broker,
+    integration_env,
+    redis_broker_url,
+    wait_until,
+)
 
 EXPIRY = 3.0
 
@@ -53,13 +59,7 @@ def test_integration_two_workers_told_apart_and_a_sigkilled_one_expires(
 ):
     server = start_server(SLUICE_WORKER_EXPIRY_SECONDS=str(EXPIRY))
     broker = redis_broker_url(broker_redis_url)
-    env = {
-        "TEST_SLUICE_INSTALL": "1",
-        "SLUICE_URL": server.url,
-        "SLUICE_API_KEY": account.api_key,
-        "SLUICE_CONNECTION_ID": account.connection_id,
-        "SLUICE_HEARTBEAT_INTERVAL": "0.5",
-    }
+    env = integration_env(server, account, connection=True)
     first = CeleryWorker(broker, queue, env=env)
     second = CeleryWorker(broker, queue, env=env)
     orphans: list[int] = []
@@ -128,13 +128,7 @@ def test_jobs_of_a_sigkilled_worker_are_lost(
         worker = CeleryWorker(broker, queue)
         agent = Agent(broker, server.url, account, "--queue", queue).start()
     else:
-        env = {
-            "TEST_SLUICE_INSTALL": "1",
-            "SLUICE_URL": server.url,
-            "SLUICE_API_KEY": account.api_key,
-            "SLUICE_CONNECTION_ID": account.connection_id,
-            "SLUICE_HEARTBEAT_INTERVAL": "0.5",
-        }
+        env = integration_env(server, account, connection=True)
         worker = CeleryWorker(broker, queue, env=env, events=False)
     orphans: list[int] = []
     headers = {"Authorization": f"Bearer {account.api_key}"}

@@ -23,6 +23,7 @@ from .rig import (  # noqa: E402
     CeleryWorker,
     broker_for,
     cleanup_broker,
+    integration_env,
     publisher,
     redis_broker_url,
     wait_until,
@@ -62,12 +63,7 @@ def run_workload(producer: str, start_server, account, broker: str, queue: str) 
             worker = CeleryWorker(broker, queue, extra_args=("-c", "1"))
             procs.append(Agent(broker, server.url, account).start())
         else:
-            env = {
-                "TEST_SLUICE_INSTALL": "1",
-                "SLUICE_URL": server.url,
-                "SLUICE_API_KEY": account.api_key,
-                "SLUICE_HEARTBEAT_INTERVAL": "0.5",
-            }
+            env = integration_env(server, account)
             worker = CeleryWorker(broker, queue, events=False, env=env, extra_args=("-c", "1"))
         procs.append(worker.start())
         pub = publisher(broker, queue)
@@ -157,12 +153,7 @@ def test_the_integrations_worker_keeps_up_with_its_jobs(
     sends a heartbeat when its count of active tasks changes."""
     broker = redis_broker_url(broker_redis_url)
     server = start_server()
-    env = {
-        "TEST_SLUICE_INSTALL": "1",
-        "SLUICE_URL": server.url,
-        "SLUICE_API_KEY": account.api_key,
-        "SLUICE_HEARTBEAT_INTERVAL": "60",
-    }
+    env = integration_env(server, account, heartbeat="60")
     worker = CeleryWorker(broker, queue, events=False, env=env, extra_args=("-c", "1"))
     try:
         worker.start()

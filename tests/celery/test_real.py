@@ -22,6 +22,7 @@ from .rig import (  # noqa: E402
     Collector,
     broker_for,
     cleanup_broker,
+    integration_env,
     publisher,
     redis_broker_url,
 )
@@ -176,13 +177,7 @@ def test_integration_streams_tasks_and_workers(
     brokers, procs = cleanup
     brokers.append(broker)
     col = Collector(server.url, account)
-    env = {
-        "TEST_SLUICE_INSTALL": "1",
-        "SLUICE_URL": server.url,
-        "SLUICE_API_KEY": account.api_key,
-        "SLUICE_CONNECTION_ID": account.connection_id,
-        "SLUICE_HEARTBEAT_INTERVAL": "0.5",
-    }
+    env = integration_env(server, account, connection=True)
     # Task events off in the worker: the integration works from signals alone.
     worker = CeleryWorker(broker, queue, pool=pool, events=False, env=env)
     procs.append(worker.start())

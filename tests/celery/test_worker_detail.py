@@ -19,6 +19,7 @@ from .rig import (  # noqa: E402
     Agent,
     CeleryWorker,
     cleanup_broker,
+    integration_env,
     publisher,
     redis_broker_url,
     wait_until,
@@ -49,12 +50,7 @@ def test_a_worker_shows_pool_size_queues_registered_processed_and_reserved(
     qa, qb = f"{queue}-a", f"{queue}-b"
     env = {}
     if producer == "integration":
-        env = {
-            "TEST_SLUICE_INSTALL": "1",
-            "SLUICE_URL": server.url,
-            "SLUICE_API_KEY": account.api_key,
-            "SLUICE_HEARTBEAT_INTERVAL": "0.5",
-        }
+        env = integration_env(server, account)
     worker = CeleryWorker(broker, f"{qa},{qb}", pool=pool, env=env)
     agent = (
         Agent(broker, server.url, account, with_connection=False) if producer == "agent" else None

@@ -176,6 +176,14 @@ def test_digest_is_the_same_for_the_same_action_on_the_same_target():
     assert len(a) == 32
     assert a != digest({"action": "revoke"}, job_target(JOB))
     assert a != digest({"action": "retry"}, job_target({**JOB, "id": "other"}))
+    # The job's identity, not what its record says meanwhile (a double click across an
+    # update of the job is still one command).
+    moved = {**JOB, "name": "renamed", "queue": "elsewhere", "externalId": JOB["externalId"]}
+    assert a == digest({"action": "retry"}, job_target(moved))
+    pool = {"action": "pool_grow", "n": 1}
+    w1 = worker_target({"id": "w-1", "externalId": "w1@h"})
+    assert digest(pool, w1) == digest(pool, worker_target({"id": "w-1", "externalId": "x"}))
+    assert digest(pool, w1) != digest(pool, worker_target({"id": "w-2", "externalId": "w1@h"}))
     sigterm = digest({"action": "terminate", "signal": "SIGTERM"}, job_target(JOB))
     assert sigterm != digest({"action": "terminate", "signal": "SIGKILL"}, job_target(JOB))
     failed = {"action": "bulk_retry", "filter": {"state": "failed", "queue": "q"}}

@@ -37,7 +37,15 @@ MAX_WORKER_REF = 512
 
 
 def _actions_limit_key() -> str:
-    return Keys.actions_limit(str((request.view_args or {}).get("connection_id", ""))[:64])
+    """The budget of one signed-in user acting on one connection (its canonical
+    id: another spelling of the same id is the same budget), so that nobody
+    else's requests, refused with a 404, ever use up the owner's."""
+    raw = str((request.view_args or {}).get("connection_id", ""))[:64]
+    try:
+        connection = parse_uuid(raw, "id")
+    except Invalid:
+        connection = raw
+    return Keys.actions_limit(f"{current_user.id}:{connection}")
 
 
 def _not_acting_user() -> bool:
