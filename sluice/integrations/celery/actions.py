@@ -80,7 +80,7 @@ MAX_NEW_JOB_IDS: Final = 100
 #: A result's `detail` as JSON, at most.
 MAX_DETAIL_BYTES: Final = contract.MAX_COMMAND_DETAIL_BYTES
 #: Seconds a control command waits for the workers' replies.
-CONTROL_TIMEOUT: Final = 3.0
+CONTROL_TIMEOUT: Final = 5.0
 #: Signals a terminate may send.
 SIGNALS: Final = frozenset(contract.SIGNALS)
 #: States a job can be retried from.
@@ -667,7 +667,7 @@ class CommandRunner:
         return control_outcome(str(action), worker, control_replies(replies))
 
     def revoke(self, task_id: str, signal: str | None = None) -> tuple[str, dict[str, Any]]:
-        options: dict[str, Any] = {"reply": True, "timeout": 1.0}
+        options: dict[str, Any] = {"reply": True, "timeout": CONTROL_TIMEOUT}
         if signal is not None:
             options.update(terminate=True, signal=signal)
         replies = control_replies(self.app.control.revoke(task_id, **options))

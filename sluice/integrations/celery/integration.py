@@ -750,6 +750,9 @@ class SluiceCelery:
         threading.Thread(
             target=self._heartbeat_loop, name="sluice-celery-heartbeat", daemon=True
         ).start()
+        threading.Thread(
+            target=self._queue_loop, name="sluice-celery-queue-depth", daemon=True
+        ).start()
 
     def on_worker_shutdown(self, sender: Any = None, **kw: Any) -> None:
         self._hb_stop.set()
@@ -774,30 +777,34 @@ class SluiceCelery:
     def _heartbeat_loop(self) -> None:
         """The main process's heartbeat: every `heartbeat_interval`, and at once
         (checked every `ACTIVE_CHECK_SECONDS`) when its count of active tasks
-        changes, so the worker's panel keeps up with its jobs; with each regular
-        one, the depth of the queues it consumes, read from the broker as the
-        agent reads it."""
+        changes, so the worker's panel keeps up with its jobs."""
         tick = min(ACTIVE_CHECK_SECONDS, self.heartbeat_interval)
         last_active: int | None = None
         due = time.monotonic() + self.heartbeat_interval
-        conn = None
         while not self._hb_stop.wait(tick):
             now = time.monotonic()
             try:
                 active = _active_count()
-                regular = now >= due
-                if regular or active != last_active:
+                if now >= due or active != last_active:
                     self.sender.submit(
                         self._worker_event(
                             WORKER_HEARTBEAT, heartbeat_state(active), active=active, random=True
                         )
                     )
                     last_active = active
-                if regular:
+                if now >= due:
                     due = now + self.heartbeat_interval
-                    conn = self._send_queue_depths(conn)
             except Exception:
                 log.debug("sluice: heartbeat failed", exc_info=True)
+
+    def _queue_loop(self) -> None:
+        """Every `heartbeat_interval`, the depth of the queues the worker consumes,
+        read from the broker as the agent reads it. A thread of its own: a broker
+        that hangs holds up these reads, never the heartbeats (which would make a
+        live worker expire)."""
+        conn = None
+        while not self._hb_stop.wait(self.heartbeat_interval):
+            conn = self._send_queue_depths(conn)
         if conn is not None:
             _release(conn)
 
