@@ -446,6 +446,57 @@ def test_live_change_updates_the_open_row_and_drawer_then_streams_exactly(
     assert event_count(page) == 1 + len(events)
 
 
+def test_a_late_event_joins_the_drawers_timeline_without_changing_the_job(
+    short_server, account, page
+):
+    """A publisher's `queued` that arrives after the worker's `completed` (several
+    processes report one job): the open drawer keeps the job completed and puts
+    the late entry first in its timeline, as the server's index does (a reload
+    shows the same timeline)."""
+    from datetime import UTC, datetime, timedelta
+
+    def at(seconds: float) -> str:
+        when = datetime.now(UTC) + timedelta(seconds=seconds)
+        return when.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+    def stamped(event: dict, when: str) -> dict:
+        event["timestamp"] = when
+        return event
+
+    cid = account.connection_id
+    send(
+        short_server,
+        account,
+        [
+            stamped(job_event(cid, "late-1", "active", workerId="celery@w1"), at(-2)),
+            stamped(job_event(cid, "late-1", "completed", workerId="celery@w1"), at(-1)),
+        ],
+    )
+    login_cookie(page, short_server.url, account)
+    open_live(page, short_server.url, cid)
+    row = job_row(page, "late-1")
+    row.locator("a.job-link").click()
+    drawer = page.locator("[data-drawer]")
+    timeline = drawer.locator("[data-detail-timeline] li")
+    expect(timeline).to_have_count(2)
+
+    send(
+        short_server,
+        account,
+        [stamped(job_event(cid, "late-1", "queued", extensions={"args": "(7,)"}), at(-3))],
+    )
+    expect(timeline).to_have_count(3)
+    expect(drawer.locator('[data-detail-field="state"] .badge')).to_have_text("Completed")
+    expect(drawer).to_have_attribute("data-state", "completed")
+    expect(row.locator(".badge")).to_have_text("Completed")
+    expect(drawer.locator('[data-detail-section="args"] pre')).to_have_text("(7,)")
+    live = timeline.all_inner_texts()
+    assert "Queued" in live[0] and "Completed" in live[2], live
+    page.reload()
+    expect(timeline).to_have_count(3)
+    assert timeline.all_inner_texts() == live
+
+
 def test_worker_view_from_the_workers_panel(short_server, account, page):
     cid = account.connection_id
     send(

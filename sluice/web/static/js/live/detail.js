@@ -8,7 +8,7 @@
 
 import { api } from "../api.js";
 import { compareIds, parseId } from "./ids.js";
-import { FINISHED } from "./store.js";
+import { FINISHED, eventAge, isLate } from "./store.js";
 import { viewUrl } from "./query.js";
 import { badge, el, navLink, setText } from "./view.js";
 import { formatDateTime, formatDuration, parseTime } from "../format.js";
@@ -16,6 +16,16 @@ import { formatDateTime, formatDuration, parseTime } from "../format.js";
 /** The index keeps this many transitions per job, and this much of each error. */
 const MAX_TIMELINE = 50;
 const MAX_TIMELINE_ERROR = 500;
+
+/** A job event's timeline entry, as the server's index writes it (docs/api.md). */
+function timelineEntry(data, previousState) {
+  const entry = { state: data.state, timestamp: data.timestamp };
+  if (data.workerId != null) entry.workerId = data.workerId;
+  if (data.attempt != null) entry.attempt = data.attempt;
+  if (data.error) entry.error = String(data.error).slice(0, MAX_TIMELINE_ERROR);
+  entry.previousState = previousState;
+  return entry;
+}
 
 export class JobDrawer {
   /**
@@ -169,6 +179,11 @@ export class JobDrawer {
     const parsed = parseId(id);
     if (!parsed || compareIds(parsed, this.asOf) <= 0) return; // already in what we have
     this.asOf = parsed;
+    const ext = data.extensions && typeof data.extensions === "object" ? data.extensions : {};
+    if (isLate({ age: eventAge(job) }, eventAge(data))) {
+      this.onLateEvent(data, ext);
+      return;
+    }
     const previous = job.state;
     for (const [key, value] of Object.entries(data)) {
       if (key === "extensions" || key === "stacktrace" || value === null || value === undefined) continue;
@@ -176,20 +191,37 @@ export class JobDrawer {
     }
     job.previousState = data.previousState ?? null;
     job.updatedAt = new Date(parsed[0]).toISOString();
-    const ext = data.extensions && typeof data.extensions === "object" ? data.extensions : {};
+    this.takeDetails(data, ext);
+    if (typeof ext.retryOf === "string" && ext.retryOf) job.retryOf = ext.retryOf;
+    job.timeline.push(timelineEntry(data, previous ?? null));
+    if (job.timeline.length > MAX_TIMELINE) job.timeline.splice(0, job.timeline.length - MAX_TIMELINE);
+    this.update();
+  }
+
+  /**
+   * An event older than what the drawer shows (another process's, arrived late):
+   * as the server's index does, the job stays as of its newest event; the event
+   * only joins the timeline at its time (before the first entry of its time or
+   * later) and brings what it sent of arguments, result and traceback.
+   */
+  onLateEvent(data, ext) {
+    const job = this.job;
+    this.takeDetails(data, ext);
+    const entry = timelineEntry(data, data.previousState ?? null);
+    const at = job.timeline.findIndex((e) => typeof e.timestamp === "string" && e.timestamp >= data.timestamp);
+    if (at < 0) job.timeline.push(entry);
+    else job.timeline.splice(at, 0, entry);
+    if (job.timeline.length > MAX_TIMELINE) job.timeline.splice(0, job.timeline.length - MAX_TIMELINE);
+    this.update();
+  }
+
+  /** What an event sent of arguments, keyword arguments, result and traceback. */
+  takeDetails(data, ext) {
+    const job = this.job;
     for (const key of ["args", "kwargs", "result"]) {
       if (ext[key] !== undefined && ext[key] !== null) job[key] = ext[key];
     }
-    if (typeof ext.retryOf === "string" && ext.retryOf) job.retryOf = ext.retryOf;
     if (typeof data.stacktrace === "string" && data.stacktrace) job.traceback = data.stacktrace;
-    const entry = { state: data.state, timestamp: data.timestamp };
-    if (data.workerId != null) entry.workerId = data.workerId;
-    if (data.attempt != null) entry.attempt = data.attempt;
-    if (data.error) entry.error = String(data.error).slice(0, MAX_TIMELINE_ERROR);
-    entry.previousState = previous ?? null;
-    job.timeline.push(entry);
-    if (job.timeline.length > MAX_TIMELINE) job.timeline.splice(0, job.timeline.length - MAX_TIMELINE);
-    this.update();
   }
 
   /** Build the drawer's parts for a newly loaded job. */
