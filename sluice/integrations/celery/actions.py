@@ -260,32 +260,34 @@ def pool_n(command: dict[str, Any]) -> int:
     return n
 
 
+def _target_text(
+    command: dict[str, Any], target: str, fields: tuple[str, ...], problem: str
+) -> str:
+    """The first non-empty string of `command[target][field]` for `fields`, else
+    `CommandError(problem)`."""
+    part = command.get(target)
+    if isinstance(part, dict):
+        for field in fields:
+            value = part.get(field)
+            if isinstance(value, str) and value:
+                return value
+    raise CommandError(problem)
+
+
 def command_job_ref(command: dict[str, Any]) -> str:
     """The job a job command targets, as `GET …/jobs/<ref>` takes it."""
-    job = command.get("job")
-    if not isinstance(job, dict):
-        raise CommandError("the command names no job")
-    ref = job.get("id") or job.get("externalId")
-    if not isinstance(ref, str) or not ref:
-        raise CommandError("the command names no job")
-    return ref
+    return _target_text(command, "job", ("id", "externalId"), "the command names no job")
 
 
 def command_task_id(command: dict[str, Any]) -> str:
-    job = command.get("job")
-    external_id = job.get("externalId") if isinstance(job, dict) else None
-    if not isinstance(external_id, str) or not external_id:
-        raise CommandError("the command's job has no Celery task id (externalId)")
-    return external_id
+    return _target_text(
+        command, "job", ("externalId",), "the command's job has no Celery task id (externalId)"
+    )
 
 
 def command_worker(command: dict[str, Any]) -> str:
     """The Celery node name (`w1@host`) a worker command targets."""
-    worker = command.get("worker")
-    name = worker.get("externalId") if isinstance(worker, dict) else None
-    if not isinstance(name, str) or not name:
-        raise CommandError("the command names no worker")
-    return name
+    return _target_text(command, "worker", ("externalId",), "the command names no worker")
 
 
 def control_replies(replies: Any) -> dict[str, str]:
