@@ -114,6 +114,9 @@ def run_demo(
     is SIGKILLed (see `die_with_parent`).
     """
     previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    # Ctrl-C stops the demo even when its parent ignored SIGINT (a background job
+    # of a script, `nohup … &`): Python keeps an inherited "ignore" as it is.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _raise_stop)
     signal.signal(signal.SIGHUP, _raise_stop)
     embedded = redis_url is None

@@ -53,11 +53,15 @@ def answers(url: str) -> bool:
 # --- the demo's children end with the demo -------------------------------------------
 
 
+def ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class Demo:
     """`python -m sluice demo` with REDIS_URL unset, in a session of its own so that a
     signal to its process group is what a terminal's Ctrl-C or hang-up sends."""
 
-    def __init__(self, log_path: Path) -> None:
+    def __init__(self, log_path: Path, *, sigint_ignored: bool = False) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
@@ -69,6 +73,8 @@ class Demo:
                 env=clean_env(),
                 cwd=ROOT,
                 start_new_session=True,
+                # What a background job of a script inherits: SIGINT ignored.
+                preexec_fn=ignore_sigint if sigint_ignored else None,
             )
         self.descendants: list[psutil.Process] = []
 
@@ -103,12 +109,15 @@ class Demo:
         pytest.param(signal.SIGTERM, False, id="SIGTERM"),
         pytest.param(signal.SIGHUP, False, id="SIGHUP"),
         pytest.param(signal.SIGINT, True, id="terminal-ctrl-c"),
+        pytest.param(signal.SIGINT, None, id="ctrl-c-started-with-sigint-ignored"),
         pytest.param(signal.SIGHUP, True, id="terminal-closed"),
         pytest.param(signal.SIGKILL, False, id="SIGKILL"),
     ],
 )
 def test_demo_children_end_with_the_demo(tmp_path, sig, to_group):
-    demo = Demo(tmp_path / "demo.log")
+    """`to_group` None: the demo inherited SIGINT ignored (started by a script as a
+    background job) and stops on SIGINT all the same."""
+    demo = Demo(tmp_path / "demo.log", sigint_ignored=to_group is None)
     try:
         demo.wait_ready()
         names = [p.name() for p in demo.descendants]
