@@ -455,8 +455,10 @@ def test_a_late_event_joins_the_drawers_timeline_without_changing_the_job(
     shows the same timeline)."""
     from datetime import UTC, datetime, timedelta
 
+    base = datetime.now(UTC)  # one base: the late event is older however slow the sends
+
     def at(seconds: float) -> str:
-        when = datetime.now(UTC) + timedelta(seconds=seconds)
+        when = base + timedelta(seconds=seconds)
         return when.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
     def stamped(event: dict, when: str) -> dict:
