@@ -54,6 +54,14 @@ def query(page: Any) -> dict[str, list[str]]:
     return parse_qs(urlsplit(page.url).query)
 
 
+def open_row_drawer(page: Any, external_id: str) -> tuple[Any, Any, Any]:
+    """Open a listed job's drawer from its row: (row, drawer, timeline entries)."""
+    row = job_row(page, external_id)
+    row.locator("a.job-link").click()
+    drawer = page.locator("[data-drawer]")
+    return row, drawer, drawer.locator("[data-detail-timeline] li")
+
+
 def watch_streams(page: Any) -> list[str]:
     streams: list[str] = []
     page.on("request", lambda r: streams.append(r.url) if "/api/events/stream" in r.url else None)
@@ -399,11 +407,8 @@ def test_live_change_updates_the_open_row_and_drawer_then_streams_exactly(
     login_cookie(page, short_server.url, account)
     open_live(page, short_server.url, cid)
     wait_counts(page, rows=1, events=0)
-    row = job_row(page, "x-1")
+    row, drawer, timeline = open_row_drawer(page, "x-1")
     handle = row.element_handle()
-    row.locator("a.job-link").click()
-    drawer = page.locator("[data-drawer]")
-    timeline = drawer.locator("[data-detail-timeline] li")
     expect(timeline).to_have_count(2)
 
     send(
@@ -476,10 +481,7 @@ def test_a_late_event_joins_the_drawers_timeline_without_changing_the_job(
     )
     login_cookie(page, short_server.url, account)
     open_live(page, short_server.url, cid)
-    row = job_row(page, "late-1")
-    row.locator("a.job-link").click()
-    drawer = page.locator("[data-drawer]")
-    timeline = drawer.locator("[data-detail-timeline] li")
+    row, drawer, timeline = open_row_drawer(page, "late-1")
     expect(timeline).to_have_count(2)
 
     send(
