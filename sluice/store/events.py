@@ -82,15 +82,33 @@ if redis.call("EXISTS", stream) == 1 then
 end
 local accepted, duplicates, first, remembered, indexed = 0, 0, nil, false, 0
 local repeated = {}
-for position, ev in ipairs(cmsgpack.unpack(ARGV[14])) do
+local events = cmsgpack.unpack(ARGV[14])
+-- The producer ids already seen: one ZMSCORE for the batch; the fresh ones
+-- are remembered with one ZADD after it (`new_ids`).
+local seen_at, ids, new_ids = {}, {}, {}
+for _, ev in ipairs(events) do
+  if ev[1] ~= "" then ids[#ids + 1] = ev[1] end
+end
+for first_id = 1, #ids, 1000 do  -- Lua's unpack limit
+  local last_id = math.min(first_id + 999, #ids)
+  local scores = redis.call("ZMSCORE", seen, unpack(ids, first_id, last_id))
+  for j = first_id, last_id do
+    local at = scores[j - first_id + 1]
+    if at then seen_at[ids[j]] = tonumber(at) end
+  end
+end
+prefetch(events)
+for position, ev in ipairs(events) do
   local producer_id = ev[1]
   local fresh = true
   if producer_id ~= "" then
-    local at = redis.call("ZSCORE", seen, producer_id)
-    if at and tonumber(at) > now - ttl then
+    local at = seen_at[producer_id]
+    if at and at > now - ttl then
       fresh = false
     else
-      redis.call("ZADD", seen, now_text, producer_id)
+      seen_at[producer_id] = now
+      new_ids[#new_ids + 1] = now_text
+      new_ids[#new_ids + 1] = producer_id
       remembered = true
     end
   end
@@ -105,6 +123,10 @@ for position, ev in ipairs(cmsgpack.unpack(ARGV[14])) do
     repeated[duplicates] = position
   end
 end
+for first_id = 1, #new_ids, 1000 do
+  redis.call("ZADD", seen, unpack(new_ids, first_id, math.min(first_id + 999, #new_ids)))
+end
+save_records()
 if accepted > 0 then
   -- Trim the oldest entries past either bound, never this batch's own.
   local excess = redis.call("XLEN", stream) - maxlen

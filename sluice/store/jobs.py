@@ -127,6 +127,46 @@ touched[P .. "$POSITION$"] = true
 -- before the batch (`before`, false for a new job) and after it (`after`),
 -- applied by flush_index with one ZADD / ZREM per sorted set.
 local before, after, order = {}, {}, {}
+-- Records are read once per batch (`prefetch`: one HMGET of its jobs) and
+-- written once per batch (`save_records`: one HSET); in between, a job's
+-- current record is the one this batch wrote (`pending`) or the one read.
+local prefetched, pending, pending_order = {}, {}, {}
+local function prefetch(events)
+  local ids, wanted = {}, {}
+  for _, ev in ipairs(events) do
+    if ev[4] == "j" and not wanted[ev[5]] then
+      wanted[ev[5]] = true
+      ids[#ids + 1] = ev[5]
+    end
+  end
+  for first = 1, #ids, 1000 do  -- Lua's unpack limit
+    local last = math.min(first + 999, #ids)
+    local got = redis.call("HMGET", RECORDS, unpack(ids, first, last))
+    for j = first, last do prefetched[ids[j]] = got[j - first + 1] end
+  end
+end
+local function current(id)
+  local record = pending[id]
+  if record then return record end
+  local packed = prefetched[id]
+  if packed then return cmsgpack.unpack(packed) end
+  if packed == nil then return load(id) end  -- not prefetched
+  return nil
+end
+local function keep(id, record)
+  if not pending[id] then pending_order[#pending_order + 1] = id end
+  pending[id] = record
+end
+local function save_records()
+  local items = {}
+  for _, id in ipairs(pending_order) do
+    items[#items + 1] = id
+    items[#items + 1] = cmsgpack.pack(pending[id])
+  end
+  for first = 1, #items, 1000 do
+    redis.call("HSET", RECORDS, unpack(items, first, math.min(first + 999, #items)))
+  end
+end
 -- Add a late entry to a timeline (entries newline-joined, oldest first) at
 -- its time: before the first entry of its millisecond or later (`at` is its
 -- age, which starts with its timestamp). Then keep the newest within the
@@ -166,7 +206,7 @@ local function index_job(ev, data)
   if ev[18] and ev[18] ~= "" then data = ev[18] end  -- without its stacktrace
   local id, state, queue, name = ev[5], ev[6], ev[7], ev[8]
   local worker, xid, entry, sent_prev, at = ev[9], ev[10], ev[11], ev[12], ev[13]
-  local old = load(id)
+  local old = current(id)
   local late = old and old[13] and at < old[13]
   if not late then
     position = position + 1
@@ -227,7 +267,7 @@ local function index_job(ev, data)
     record = {data, now, position, state, queue, name, worker, xid, timeline, count, size, extra, at}
     after[id] = record
   end
-  redis.call("HSET", RECORDS, id, cmsgpack.pack(record))
+  keep(id, record)
 end
 local function bulk(command, key, items)
   -- items: a flat list of arguments; sent in slices (Lua's unpack limit).
