@@ -12,7 +12,10 @@ domain's `StoreUnavailable` / `StoreRefused` instead.
 from __future__ import annotations
 
 import os
+import threading
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, cast
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
@@ -115,6 +118,44 @@ def script(client: redis.Redis, source: str) -> Any:
     if registered is None:
         registered = per_client[source] = client.register_script(source)
     return registered
+
+
+#: Long scripts (a batch's append) one process has in flight on one Redis node,
+#: at most. Redis runs one command at a time, first come first served: every
+#: other command of the process (the rate limit, the key lookup, the fan-out's
+#: read) waits behind the scripts queued before it. Unbounded, a worker's
+#: requests fall into step (all waiting on Redis while the worker idles, then
+#: all computing while Redis idles); with two, one runs while the next is sent,
+#: and the rest wait in the process, not in Redis (`bench/jobindex.py
+#: --parts ingest`: see docs/performance.md).
+SCRIPTS_IN_FLIGHT = 2
+
+_gates: dict[tuple[int, str], threading.BoundedSemaphore] = {}
+_gates_lock = threading.Lock()
+
+
+@contextmanager
+def script_slot(client: redis.Redis, key: str) -> Iterator[None]:
+    """Hold one of `SCRIPTS_IN_FLIGHT` places of the node that serves `key` (the
+    node, not the process: a slow node of a cluster holds up only its own);
+    `TimeoutError` after `POOL_WAIT` s without one."""
+    node = ""
+    if is_cluster(client):
+        try:
+            node = cast(RedisCluster, client).get_node_from_key(key).name
+        except (StoreError, ClusterUnavailable, IndexError, KeyError):
+            node = ""  # slots being learnt: one shared gate meanwhile
+    gate_key = (os.getpid(), node)  # a forked process makes its own
+    gate = _gates.get(gate_key)
+    if gate is None:
+        with _gates_lock:
+            gate = _gates.setdefault(gate_key, threading.BoundedSemaphore(SCRIPTS_IN_FLIGHT))
+    if not gate.acquire(timeout=POOL_WAIT):
+        raise redis.TimeoutError(f"no place for a script on {node or 'Redis'} in {POOL_WAIT:g} s")
+    try:
+        yield
+    finally:
+        gate.release()
 
 
 def is_cluster(client: object) -> bool:

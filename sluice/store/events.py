@@ -23,7 +23,7 @@ from ..contract import CLOSED_EVENT, ENTRY_DATA, ENTRY_EVENT
 from ..errors import StoreRefused, StoreUnavailable
 from ..jobindex import JOB, NOT_INDEXED
 from ..strictjson import dumps
-from .client import STORE_ERRORS, Redis, is_cluster, script
+from .client import STORE_ERRORS, Redis, is_cluster, script, script_slot
 from .jobs import INDEX_LUA, index_args
 from .keys import Keys
 from .notifications import ClusterNotifications, NodeNotifications
@@ -233,7 +233,8 @@ def append_events_detailed(
     args.append(msgpack.packb(packed))
     append = script(r, APPEND_SCRIPT)
     keys = [Keys.stream(connection_id), Keys.seen(connection_id), Keys.stream_meta(connection_id)]
-    accepted, duplicates, repeated = append(keys=keys, args=args)
+    with script_slot(r, keys[0]):
+        accepted, duplicates, repeated = append(keys=keys, args=args)
     return int(accepted), int(duplicates), frozenset(int(i) - 1 for i in repeated)
 
 
