@@ -45,6 +45,8 @@ _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]", re.ASCII)
 #: orjson reads an integer outside [-2**63, 2**64) as a float, `json` as an
 #: integer: a body whose value holds a float this large takes the `json` way.
 _INEXACT = float(2**63)
+#: What `_walk` finds (0: neither).
+_TOO_DEEP, _LARGE_FLOAT = 1, 2
 
 
 class JsonError(ValueError):
@@ -81,9 +83,6 @@ def too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
     """Whether arrays/objects nest more than `limit` levels in a parsed value
     (iterative: safe for any depth; about 1.5 µs per ingested event)."""
     return _walk(value, limit) == _TOO_DEEP
-
-
-_TOO_DEEP, _LARGE_FLOAT = 1, 2
 
 
 def _walk(value: Any, limit: int) -> int:

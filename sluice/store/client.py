@@ -130,7 +130,10 @@ def script(client: redis.Redis, source: str) -> Any:
 #: --parts ingest`: see docs/performance.md).
 SCRIPTS_IN_FLIGHT = 2
 
-_gates: dict[tuple[int, str], threading.BoundedSemaphore] = {}
+#: Per client (made in each process after it forks, like `_scripts`), per node.
+_gates: weakref.WeakKeyDictionary[redis.Redis, dict[str, threading.BoundedSemaphore]] = (
+    weakref.WeakKeyDictionary()
+)
 _gates_lock = threading.Lock()
 
 
@@ -145,11 +148,10 @@ def script_slot(client: redis.Redis, key: str) -> Iterator[None]:
             node = cast(RedisCluster, client).get_node_from_key(key).name
         except (StoreError, ClusterUnavailable, IndexError, KeyError):
             node = ""  # slots being learnt: one shared gate meanwhile
-    gate_key = (os.getpid(), node)  # a forked process makes its own
-    gate = _gates.get(gate_key)
-    if gate is None:
-        with _gates_lock:
-            gate = _gates.setdefault(gate_key, threading.BoundedSemaphore(SCRIPTS_IN_FLIGHT))
+    with _gates_lock:
+        gate = _gates.setdefault(client, {}).get(node)
+        if gate is None:
+            gate = _gates[client][node] = threading.BoundedSemaphore(SCRIPTS_IN_FLIGHT)
     if not gate.acquire(timeout=POOL_WAIT):
         raise redis.TimeoutError(f"no place for a script on {node or 'Redis'} in {POOL_WAIT:g} s")
     try:

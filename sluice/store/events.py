@@ -89,13 +89,9 @@ local seen_at, ids, new_ids = {}, {}, {}
 for _, ev in ipairs(events) do
   if ev[1] ~= "" then ids[#ids + 1] = ev[1] end
 end
-for first_id = 1, #ids, 1000 do  -- Lua's unpack limit
-  local last_id = math.min(first_id + 999, #ids)
-  local scores = redis.call("ZMSCORE", seen, unpack(ids, first_id, last_id))
-  for j = first_id, last_id do
-    local at = scores[j - first_id + 1]
-    if at then seen_at[ids[j]] = tonumber(at) end
-  end
+local scores = bulk("ZMSCORE", seen, ids)
+for j, id in ipairs(ids) do
+  if scores[j] then seen_at[id] = tonumber(scores[j]) end
 end
 prefetch(events)
 for position, ev in ipairs(events) do
@@ -123,9 +119,7 @@ for position, ev in ipairs(events) do
     repeated[duplicates] = position
   end
 end
-for first_id = 1, #new_ids, 1000 do
-  redis.call("ZADD", seen, unpack(new_ids, first_id, math.min(first_id + 999, #new_ids)))
-end
+bulk("ZADD", seen, new_ids)
 save_records()
 if accepted > 0 then
   -- Trim the oldest entries past either bound, never this batch's own.

@@ -127,6 +127,19 @@ touched[P .. "$POSITION$"] = true
 -- before the batch (`before`, false for a new job) and after it (`after`),
 -- applied by flush_index with one ZADD / ZREM per sorted set.
 local before, after, order = {}, {}, {}
+-- One command over many arguments (`items`, a flat list), sent in slices
+-- (Lua's unpack limit); the replies of a command that answers per argument
+-- (ZMSCORE, HMGET), joined in order.
+local function bulk(command, key, items)
+  local replies = {}
+  for first = 1, #items, 1000 do
+    local reply = redis.call(command, key, unpack(items, first, math.min(first + 999, #items)))
+    if type(reply) == "table" then
+      for j = 1, #reply do replies[#replies + 1] = reply[j] end
+    end
+  end
+  return replies
+end
 -- Records are read once per batch (`prefetch`: one HMGET of its jobs) and
 -- written once per batch (`save_records`: one HSET); in between, a job's
 -- current record is the one this batch wrote (`pending`) or the one read.
@@ -139,11 +152,8 @@ local function prefetch(events)
       ids[#ids + 1] = ev[5]
     end
   end
-  for first = 1, #ids, 1000 do  -- Lua's unpack limit
-    local last = math.min(first + 999, #ids)
-    local got = redis.call("HMGET", RECORDS, unpack(ids, first, last))
-    for j = first, last do prefetched[ids[j]] = got[j - first + 1] end
-  end
+  local got = bulk("HMGET", RECORDS, ids)
+  for j, id in ipairs(ids) do prefetched[id] = got[j] end
 end
 local function current(id)
   local record = pending[id]
@@ -163,9 +173,7 @@ local function save_records()
     items[#items + 1] = id
     items[#items + 1] = cmsgpack.pack(pending[id])
   end
-  for first = 1, #items, 1000 do
-    redis.call("HSET", RECORDS, unpack(items, first, math.min(first + 999, #items)))
-  end
+  bulk("HSET", RECORDS, items)
 end
 -- Add a late entry to a timeline (entries newline-joined, oldest first) at
 -- its time: before the first entry of its millisecond or later (`at` is its
@@ -268,12 +276,6 @@ local function index_job(ev, data)
     after[id] = record
   end
   keep(id, record)
-end
-local function bulk(command, key, items)
-  -- items: a flat list of arguments; sent in slices (Lua's unpack limit).
-  for first = 1, #items, 1000 do
-    redis.call(command, key, unpack(items, first, math.min(first + 999, #items)))
-  end
 end
 -- Apply the batch's changes to the orderings: per sorted set one ZREM of
 -- what left it and one ZADD of what entered or moved (keys built once per

@@ -4,6 +4,7 @@ a client object that is never connected)."""
 from __future__ import annotations
 
 import threading
+import weakref
 
 import pytest
 import redis
@@ -14,7 +15,7 @@ from sluice.store import client as store_client
 @pytest.fixture
 def quick(monkeypatch):
     monkeypatch.setattr(store_client, "POOL_WAIT", 0.05)
-    monkeypatch.setattr(store_client, "_gates", {})
+    monkeypatch.setattr(store_client, "_gates", weakref.WeakKeyDictionary())
 
 
 def test_at_most_scripts_in_flight_then_a_timeout(quick):
